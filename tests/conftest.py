@@ -1,0 +1,32 @@
+"""Shared test setup: keep every Ray node, emulator and server on 127.0.0.1, and quiet Ray's auth warning.
+
+These variables must be set before Ray/gcsfs are imported anywhere, hence at conftest import time.
+"""
+import os
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray binds to 127.0.0.1 (NOTES-stack)
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # else every gcsfs call waits 60 s
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from unimat_dist.datasets import resolve_split  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def bundled():
+    """Paths of the bundled benchmark CSVs, keyed like ``bundled['perov_5']['test']``."""
+    from unimat_dist.datasets.registry import bundled_path
+
+    return {
+        name: {s: bundled_path(name, s) for s in ("train", "val", "test") if bundled_path(name, s) is not None}
+        for name in ("perov_5", "carbon_24", "mp_20_subset")
+    }
+
+
+@pytest.fixture(scope="session")
+def resolve():
+    return resolve_split
