@@ -21,6 +21,7 @@ from .codec import (
     infer_mask,
     structure_arrays,
 )
+from .conditioning import count_mask, element_mask, parse_composition
 from .lattice import clip_params, matrix_to_params, params_to_matrix
 from .normalize import LatticeStats, Normalizer, batch_to_model, structures_from_model
 from .periodic_table import CELL_OF, SYMBOLS, Z_OF, table_ascii
@@ -38,15 +39,18 @@ __all__ = [
     "Z_OF",
     "batch_to_model",
     "clip_params",
+    "count_mask",
     "decode",
     "decode_arrays",
     "decode_batch",
+    "element_mask",
     "encode",
     "encode_arrays",
     "encode_batch",
     "infer_mask",
     "matrix_to_params",
     "params_to_matrix",
+    "parse_composition",
     "random_rotation",
     "random_translation",
     "shuffle_slots",
