@@ -196,10 +196,11 @@ def structure_arrays(structure, record: str | None = None) -> tuple[np.ndarray, 
         )
     z = []
     for i, sp in enumerate(structure.species):
-        try:
-            z.append(sp.Z)
-        except AttributeError:
-            raise ValueError(f"{where}site {i} holds {sp!s}, which is not an element") from None
+        # DummySpecies (vacancies, "X") carry a meaningless Z; only real elements are representable.
+        zi = getattr(sp, "Z", None) if getattr(sp, "symbol", None) in pt.Z_OF else None
+        if zi is None:
+            raise ValueError(f"{where}site {i} holds {sp!s}, which is not an element")
+        z.append(zi)
     return np.asarray(z, dtype=np.int64), structure.frac_coords, np.asarray(structure.lattice.parameters)
 
 

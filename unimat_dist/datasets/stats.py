@@ -1,0 +1,211 @@
+"""Data-set statistics in UniMat terms: how big L must be, which elements occur, how sparse x is.
+
+    stats = dataset_stats("perov_5")              # parses every bundled/downloaded split
+    print(format_table([stats]))
+    plot_element_heatmap(stats, "out/perov_5_elements.png")
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..representation import periodic_table as pt
+from .cdvae_csv import iter_cdvae_csv
+from .parse import structure_from_cif
+from .registry import SPLITS, get_info, resolve_split
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SplitStats:
+    name: str
+    split: str
+    path: str
+    note: str
+    num_structures: int = 0
+    num_failed: int = 0
+    max_atoms_per_element: int = 0
+    max_atoms: int = 0
+    atoms_histogram: dict[int, int] = field(default_factory=dict)
+    element_structures: dict[str, int] = field(default_factory=dict)  # element -> #structures containing it
+    total_atoms: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+def _summarise_chunk(cifs: list[tuple[str, str]]) -> tuple[list[tuple[int, int, tuple[str, ...]]], list[str]]:
+    """Worker: parse CIFs -> (num_atoms, max per-element count, elements) per structure, and failures."""
+    rows, failures = [], []
+    for rid, cif in cifs:
+        try:
+            s = structure_from_cif(cif, rid)
+            if not s.is_ordered:
+                raise ValueError(f"{rid}: disordered structure")
+            counts = Counter(sp.symbol for sp in s.species)
+            rows.append((len(s), max(counts.values()), tuple(sorted(counts))))
+        except ValueError as exc:
+            failures.append(str(exc))
+    return rows, failures
+
+
+def split_stats(name: str, split: str, workers: int = 1, limit: int | None = None) -> SplitStats:
+    resolved = resolve_split(name, split, allow_substitute=False)
+    info = get_info(name)
+    st = SplitStats(name, split, str(resolved.path), resolved.note)
+    records = [(r.id, r.cif) for r in iter_cdvae_csv(resolved.path, info.id_column)]
+    if limit is not None:
+        records = records[:limit]
+    chunk = 256
+    chunks = [records[i : i + chunk] for i in range(0, len(records), chunk)]
+    element_counter: Counter = Counter()
+    results = (
+        map(_summarise_chunk, chunks)
+        if workers <= 1
+        else ProcessPoolExecutor(workers).map(_summarise_chunk, chunks)
+    )
+    hist: Counter = Counter()
+    for rows, failures in results:
+        st.failures.extend(failures)
+        for n, per_el, els in rows:
+            st.num_structures += 1
+            st.total_atoms += n
+            st.max_atoms = max(st.max_atoms, n)
+            st.max_atoms_per_element = max(st.max_atoms_per_element, per_el)
+            hist[n] += 1
+            element_counter.update(els)
+    st.num_failed = len(st.failures)
+    st.atoms_histogram = dict(sorted(hist.items()))
+    st.element_structures = dict(sorted(element_counter.items(), key=lambda kv: pt.Z_OF[kv[0]]))
+    return st
+
+
+@dataclass
+class DatasetStats:
+    name: str
+    splits: list[SplitStats]
+
+    @property
+    def num_structures(self) -> int:
+        return sum(s.num_structures for s in self.splits)
+
+    @property
+    def max_atoms_per_element(self) -> int:
+        return max((s.max_atoms_per_element for s in self.splits), default=0)
+
+    @property
+    def elements(self) -> list[str]:
+        els = {e for s in self.splits for e in s.element_structures}
+        return sorted(els, key=lambda e: pt.Z_OF[e])
+
+    @property
+    def element_structures(self) -> dict[str, int]:
+        c: Counter = Counter()
+        for s in self.splits:
+            c.update(s.element_structures)
+        return dict(c)
+
+    def grid_shape(self) -> tuple[int, int]:
+        """(H, W) of the reduced grid covering this data set's elements."""
+        from ..representation import UniMatSpec
+
+        spec = UniMatSpec(max(1, self.max_atoms_per_element), elements=tuple(self.elements))
+        return spec.H, spec.W
+
+    def occupancy(self, reduced: bool) -> float:
+        """Mean fraction of the L x H x W slots that hold an atom, at L = max_atoms_per_element."""
+        L = max(1, self.max_atoms_per_element)
+        h, w = self.grid_shape() if reduced else (pt.N_ROWS, pt.N_GROUPS)
+        atoms = sum(s.total_atoms for s in self.splits)
+        return atoms / max(1, self.num_structures) / (L * h * w)
+
+
+def dataset_stats(name: str, splits=SPLITS, workers: int = 1, limit: int | None = None) -> DatasetStats:
+    out = []
+    for split in splits:
+        try:
+            out.append(split_stats(name, split, workers=workers, limit=limit))
+        except FileNotFoundError as exc:
+            log.info("skipping %s/%s: %s", name, split, exc)
+    if not out:
+        raise FileNotFoundError(f"no split of {name} is available (bundled or downloaded)")
+    return DatasetStats(name, out)
+
+
+def format_table(stats: list[DatasetStats]) -> str:
+    """Markdown table: one row per data set."""
+    head = (
+        "| dataset | splits (structures) | structures | parse failures | max atoms | L needed | elements "
+        "| reduced H x W | occupancy (9x18) | occupancy (reduced) |\n|---|---|---|---|---|---|---|---|---|---|"
+    )
+    rows = [head]
+    for st in stats:
+        h, w = st.grid_shape()
+        splits = ", ".join(f"{s.split} {s.num_structures}" for s in st.splits)
+        rows.append(
+            f"| {st.name} | {splits} | {st.num_structures} | {sum(s.num_failed for s in st.splits)} "
+            f"| {max(s.max_atoms for s in st.splits)} | {st.max_atoms_per_element} | {len(st.elements)} "
+            f"| {h} x {w} | {100 * st.occupancy(False):.3f}% | {100 * st.occupancy(True):.2f}% |"
+        )
+    return "\n".join(rows)
+
+
+def plot_element_heatmap(st: DatasetStats, path: str | Path) -> Path:
+    """Periodic-table heat map (the UniMat 9 x 18 layout) of the fraction of structures holding each element."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = np.full((pt.N_ROWS, pt.N_GROUPS), np.nan)
+    freq = st.element_structures
+    n = max(1, st.num_structures)
+    for el, cnt in freq.items():
+        r, c = pt.CELL_OF[el]
+        grid[r, c] = cnt / n
+    fig, ax = plt.subplots(figsize=(12, 6))
+    im = ax.imshow(grid, cmap="viridis", vmin=0)
+    for z in range(1, 119):
+        r, c = pt.CELL_OF_Z[z]
+        sym = pt.SYMBOLS[z - 1]
+        ax.text(c, r, sym, ha="center", va="center", fontsize=7, color="white" if sym in freq else "0.6")
+    ax.set_xticks(range(pt.N_GROUPS), [str(g + 1) for g in range(pt.N_GROUPS)])
+    ax.set_yticks(range(pt.N_ROWS), [str(p + 1) for p in range(7)] + ["Ln", "An"])
+    ax.set_xlabel("group (W)")
+    ax.set_ylabel("period (H)")
+    ax.set_title(f"{st.name}: fraction of {st.num_structures} structures containing each element")
+    fig.colorbar(im, ax=ax, shrink=0.7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_atoms_histogram(stats: list[DatasetStats], path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(stats), figsize=(4 * len(stats), 3.2), squeeze=False)
+    for ax, st in zip(axes[0], stats):
+        hist: Counter = Counter()
+        for s in st.splits:
+            hist.update(s.atoms_histogram)
+        xs = sorted(hist)
+        ax.bar(xs, [hist[x] for x in xs], color="tab:blue")
+        ax.set_title(st.name)
+        ax.set_xlabel("atoms per cell")
+        ax.set_ylabel("structures")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
