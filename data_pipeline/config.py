@@ -36,7 +36,7 @@ class SplitConfig:
 class OutputConfig:
     uri: str = ""  # dataset root: manifest.json, <split>/*.tar, quarantine/, _units/
     storage_options: dict[str, Any] = field(default_factory=dict)  # endpoint_url, key, secret, token, ...
-    records_per_unit: int = 8192  # input records per work unit (task); each unit writes >= 1 shard per split
+    records_per_unit: int = 4096  # input records per work unit (task); each unit writes >= 1 shard per split
     max_shard_bytes: int = 256 * 1024 * 1024  # bytes; a unit starts a new shard before exceeding it
     max_shard_samples: Optional[int] = None  # samples per shard; null = no limit besides records_per_unit
     overwrite: bool = False  # delete an existing dataset at uri first (else resume / refuse a different job)

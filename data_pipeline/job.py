@@ -270,13 +270,15 @@ def build_manifest(
 # ----------------------------------------------------------------------------------------- the job
 def _committed_units(output: str, opts: dict, units: list[WorkUnit], fp: str) -> dict[int, dict[str, Any]]:
     """Unit records already committed for this job (matching fingerprint and input digest)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     wanted = {f"{unit_name(u.index)}.json": u for u in units}
+    names = [n for n in list_files(join_uri(output, UNITS_DIR), opts) if n in wanted]
+    with ThreadPoolExecutor(16) as pool:  # one GET per record: parallel, for thousands of units in a bucket
+        bodies = list(pool.map(lambda n: read_bytes(join_uri(output, UNITS_DIR, n), opts), names))
     done: dict[int, dict[str, Any]] = {}
-    for name in list_files(join_uri(output, UNITS_DIR), opts):
-        unit = wanted.get(name)
-        if unit is None:
-            continue
-        rec = json.loads(read_bytes(join_uri(output, UNITS_DIR, name), opts))
+    for name, body in zip(names, bodies):
+        unit, rec = wanted[name], json.loads(body)
         if rec.get("fingerprint") == fp and rec.get("digest") == unit.digest():
             done[unit.index] = rec
     return done

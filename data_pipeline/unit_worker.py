@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -115,9 +116,11 @@ def _clean_properties(props: dict[str, float | None]) -> dict[str, float | None]
 
 def process_unit(unit: WorkUnit, ctx: JobContext) -> dict[str, Any]:
     """Run one unit and commit it; returns the unit record (also written to ``_units/``)."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     spec = UniMatSpec.from_dict(ctx.spec)
     source = _SourceView(ctx.source)
+    if ctx.scratch_dir:
+        os.makedirs(ctx.scratch_dir, exist_ok=True)
     scratch = tempfile.mkdtemp(prefix=f"unimat-{unit_name(unit.index)}-", dir=ctx.scratch_dir)
     writers: dict[str, tuple[ShardWriter, int]] = {}
     parts: Counter[str] = Counter()
@@ -152,7 +155,7 @@ def process_unit(unit: WorkUnit, ctx: JobContext) -> dict[str, Any]:
         return w
 
     try:
-        for seq, rec in enumerate(iter_unit_records(unit, source, ctx.source_options)):
+        for seq, rec in enumerate(iter_unit_records(unit, source, ctx.source_options, ctx.scratch_dir)):
             read += 1
             try:
                 (z, frac, params), parser = record_arrays(rec, ctx.cif_parser)  # type: ignore[arg-type]
@@ -212,7 +215,9 @@ def process_unit(unit: WorkUnit, ctx: JobContext) -> dict[str, Any]:
         "splits": {k: accs[k].to_dict() for k in sorted(accs)},
         "properties": sorted(names),
         "seconds": round(time.perf_counter() - t0, 3),
+        "cpu_seconds": round(time.process_time() - c0, 3),  # excludes time lost to other processes
         "pid": os.getpid(),
+        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # worker's peak so far
     }
     write_bytes_atomic(unit_record_uri(ctx.output_uri, unit.index), json.dumps(record, sort_keys=True).encode(), ctx.output_options)
     return record

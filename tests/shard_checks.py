@@ -73,7 +73,7 @@ def check_dataset(uri: str, sources: dict[str, dict], key=lambda meta: meta["id"
         src = sources[k]
         ref = encode_arrays(*parse_p1_cif(src["cif"]), spec)
         assert np.array_equal(s["mask"], ref.mask), k
-        np.testing.assert_allclose(s["positions"], ref.positions, atol=1e-6, err_msg=k)
+        np.testing.assert_allclose(s["positions"], ref.positions, rtol=1e-6, atol=1e-6, err_msg=k)  # float32
         np.testing.assert_allclose(s["lattice"], ref.lattice, rtol=1e-12, err_msg=k)
         assert np.array_equal(s["composition"], ref.mask.sum(0)), k
         assert meta["num_atoms"] == int(ref.mask.sum())

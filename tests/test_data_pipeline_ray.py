@@ -116,3 +116,20 @@ def test_manifest_is_written_last_and_lists_only_committed_shards(s3_emulator):
     assert listed == {p for p in files if p.endswith(".tar")}
     assert all(files["manifest.json"] >= t for t in files.values())
     assert read_bytes(uri + "/_job.json", s3_emulator.storage_options)
+
+
+def test_gnome_release_read_from_a_gcs_bucket(gcs_emulator, tmp_path):
+    """The real use: the release sits in a bucket; CSV ranges stream from it, the zip is staged per node."""
+    import gcsfs
+
+    fs = gcsfs.GCSFileSystem(**gcs_emulator.storage_options, skip_instance_cache=True)
+    for f in GNOME_MINI.iterdir():
+        fs.put_file(str(f), f"{gcs_emulator.bucket}/release/gnome_data/{f.name}")
+    cfg = _config("gnome", str(tmp_path / "from-gcs"), {})
+    cfg.source.uri = gcs_emulator.uri("release")  # the folder above gnome_data/, as in the bucket
+    cfg.source.storage_options = gcs_emulator.storage_options
+    cfg.run.scratch_dir = str(tmp_path / "scratch")
+    summary = run_ingest(cfg)
+    assert summary.written == GNOME_MINI_GOOD and summary.quarantined_by_reason == GNOME_MINI_BAD
+    check_dataset(str(tmp_path / "from-gcs"), gnome_sources())
+    assert len(list((tmp_path / "scratch" / "unimat-archives").glob("*-by_id.zip"))) == 1

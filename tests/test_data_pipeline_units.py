@@ -270,3 +270,28 @@ def test_structure_dir_reader_and_local_ingest(tmp_path, as_zip):
     lines = [json.loads(ln) for p in sorted((tmp_path / "out" / "quarantine").glob("*.jsonl")) for ln in p.read_text().splitlines()]
     assert {(q["id"], q["reason"]) for q in lines} == {(k, v) for k, v in expected.items() if v != "ok"}
     assert all(q["message"] and q["source"] for q in lines)
+
+
+# ------------------------------------------------------------------------------------------ zip index
+def test_zip_index_reads_zip64_archives_and_detects_corruption(tmp_path):
+    from data_pipeline.zip_index import ZipIndex
+
+    path = tmp_path / "big.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:  # > 65,535 members: a zip64 archive
+        for i in range(66000):
+            zf.writestr(f"by_id/{i:010x}.CIF", f"data_{i}\n")
+        zf.writestr("raw.txt", b"stored", compress_type=zipfile.ZIP_STORED)
+    with open(path, "rb") as fh:
+        idx = ZipIndex.build(fh)
+        assert len(idx) == 66001 and idx.nbytes / len(idx) < 32
+        for i in (0, 65535, 65999):
+            assert idx.read(fh, f"by_id/{i:010x}.CIF") == f"data_{i}\n".encode()
+        assert idx.read(fh, "raw.txt") == b"stored" and idx.read(fh, "by_id/missing.CIF") is None
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("raw.txt")
+    data[info.header_offset + 30 + len("raw.txt")] ^= 0x01  # flip a bit of the stored member
+    (tmp_path / "bad.zip").write_bytes(bytes(data))
+    with open(tmp_path / "bad.zip", "rb") as fh:
+        with pytest.raises(ValueError, match="CRC mismatch"):
+            ZipIndex.build(fh).read(fh, "raw.txt")

@@ -11,7 +11,7 @@ import torch
 
 from data_pipeline.config import IngestConfig
 from data_pipeline.job import run_ingest
-from shard_checks import GNOME_MINI
+from shard_checks import GNOME_MINI, cdvae_sources, check_dataset
 from unimat_dist.data import iter_samples, open_shards, read_manifest
 from unimat_dist.data.shards import round_robin
 from unimat_dist.representation import UniMatSpec
@@ -165,3 +165,18 @@ def test_missing_properties_are_nan(tmp_path):
     gap = batch["properties"]["band_gap"]
     assert {i for i, v in zip(batch["id"], gap.tolist()) if np.isnan(v)} == no_gap
     assert not torch.isnan(batch["properties"]["formation_energy_per_atom"]).any()
+
+
+def test_cartesian_spec(tmp_path):
+    cfg = IngestConfig()
+    cfg.source.format, cfg.source.dataset, cfg.source.limit = "cdvae-csv", "mp_20_subset", 60
+    cfg.spec.coords = "cartesian"
+    cfg.output.uri, cfg.output.records_per_unit = str(tmp_path / "c"), 30
+    cfg.run.executor = "local"
+    run_ingest(cfg)
+    m = read_manifest(str(tmp_path / "c"))
+    assert m.spec.coords == "cartesian" and m.get_normalizer().coords == "cartesian"
+    assert len(m.normalizer["lattice_mean"]) == 9 and m.normalizer["cartesian_scale"] > 3.0
+    check_dataset(str(tmp_path / "c"), cdvae_sources("mp_20_subset", 60), key=lambda meta: f"{meta['split']}/{meta['id']}")
+    batch = next(iter(open_shards(str(tmp_path / "c"), "train", UniMatSpec(20, coords="cartesian"), batch_size=8)))
+    assert batch["lattice"].shape == (8, 9) and batch["positions"].dtype == torch.float32

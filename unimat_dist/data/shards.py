@@ -218,6 +218,7 @@ class ShardLoader:
         storage_options: dict[str, Any] | None = None,
         verify_checksums: bool = True,
         prefetch_factor: int = 2,
+        multiprocessing_context: str | None = None,
     ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
@@ -235,6 +236,7 @@ class ShardLoader:
         self.epoch = epoch
         self.num_workers = num_workers
         self.prefetch_factor = prefetch_factor
+        self.multiprocessing_context = multiprocessing_context
         streams = max(1, num_workers)
         per_rank = assign_shards(shards, world_size, seed, epoch)
         per_stream = [_deal(r, streams) for r in per_rank]
@@ -277,6 +279,7 @@ class ShardLoader:
             num_workers=self.num_workers,
             prefetch_factor=self.prefetch_factor,
             persistent_workers=False,
+            multiprocessing_context=self.multiprocessing_context,
         )
         yield from loader
 
@@ -299,6 +302,7 @@ def open_shards(
     storage_options: dict[str, Any] | None = None,
     verify_checksums: bool = True,
     prefetch_factor: int = 2,
+    multiprocessing_context: str | None = None,
 ) -> ShardLoader:
     """Batches of ``split`` for ``rank`` in ``epoch`` (see module doc). ``manifest_uri`` is the manifest
     or the dataset folder. Raises ``ValueError`` if the shards were encoded with a different ``spec``."""
@@ -320,6 +324,7 @@ def open_shards(
         storage_options=storage_options,
         verify_checksums=verify_checksums,
         prefetch_factor=prefetch_factor,
+        multiprocessing_context=multiprocessing_context,
     )
 
 
