@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any, Iterator
 
-from unimat_dist.data.storage import filesystem, join_uri, open_input, split_uri
+from unimat_dist.data.storage import filesystem, join_uri, open_input
 
 from .csv_index import RangeReader, index_csv, skip_to
 from .quarantine import Rejected
@@ -443,7 +443,3 @@ def iter_unit_records(unit: WorkUnit, source, storage_options: dict | None, scra
             yield from file_records(unit, name, storage_options, scratch_dir)
     else:
         raise ValueError(f"unknown work unit kind {unit.kind!r}")
-
-
-def source_scheme(uri: str | None) -> str:
-    return split_uri(uri)[0] if uri else "file"
