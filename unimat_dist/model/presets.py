@@ -1,0 +1,37 @@
+"""Named model sizes. Parameter counts: ``unimat model presets`` (they depend slightly on L, H, W).
+
+    tiny   CPU tests and smoke runs: trains a few hundred steps in seconds on 2 cores (~0.3M params)
+    small  one GPU, Perov-5 / Carbon-24 scale runs (~20M)
+    base   one node of GPUs, MP-20 (~100M)
+    large  multi-node ZeRO runs, >= 300M parameters (the paper's scaling regime)
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .config import UNetConfig
+
+PRESETS: dict[str, UNetConfig] = {
+    "tiny": UNetConfig(dim=32, dim_mults=(1, 2), num_res_blocks=1, attn_levels=(1,), attn_heads=2, attn_head_dim=16),
+    "small": UNetConfig(dim=64, dim_mults=(1, 2, 4), num_res_blocks=2, attn_levels=(1, 2), attn_heads=4, attn_head_dim=32),
+    "base": UNetConfig(
+        dim=128, dim_mults=(1, 2, 3, 4), num_res_blocks=2, attn_levels=(1, 2, 3), attn_heads=8, attn_head_dim=64
+    ),
+    "large": UNetConfig(
+        dim=256, dim_mults=(1, 2, 3, 4), num_res_blocks=3, attn_levels=(1, 2, 3), attn_heads=16, attn_head_dim=64
+    ),
+}
+
+
+def get_preset(name: str, **overrides: Any) -> UNetConfig:
+    """A preset, optionally with some fields replaced (``get_preset("small", dropout=0.1)``)."""
+    try:
+        base = PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}") from None
+    if not overrides:
+        return base
+    return UNetConfig.from_dict({**base.to_dict(), **overrides})
+
+
+__all__ = ["PRESETS", "get_preset"]

@@ -1,0 +1,29 @@
+"""Generation from trained UniMat models: the inference checkpoint format and the batched generator.
+
+    from unimat_dist.sampling import load_generator
+    structures = load_generator("out/run").sample(16, composition="SrTiO3", sampler="ddim", steps=100)
+"""
+from .checkpoint import (
+    FORMAT,
+    FORMAT_VERSION,
+    build_diffusion,
+    inference_payload,
+    load_inference_checkpoint,
+    resolve_inference_path,
+    save_inference_checkpoint,
+)
+from .generator import GeneratedBatch, SampleRequest, StructureGenerator, load_generator
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "GeneratedBatch",
+    "SampleRequest",
+    "StructureGenerator",
+    "build_diffusion",
+    "inference_payload",
+    "load_generator",
+    "load_inference_checkpoint",
+    "resolve_inference_path",
+    "save_inference_checkpoint",
+]

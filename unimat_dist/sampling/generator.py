@@ -1,0 +1,231 @@
+"""Structure generation from an inference checkpoint.
+
+    from unimat_dist.sampling import load_generator
+    g = load_generator("out/run/checkpoints")               # file, directory or fsspec URI
+    structures = g.sample(64, composition="Fe2O3", exact_counts=True,
+                          properties={"formation_energy_per_atom": -1.2}, guidance=1.0,
+                          sampler="ddim", steps=100, seed=0, batch_size=256)
+
+Batched serving mixes requests: ``SampleRequest`` per sample -> ``g.condition(requests)`` -> one
+``Condition`` batch + per-sample guidance -> ``g.sample_condition(...)`` (one denoising loop per
+sampler/steps group) -> raw arrays and/or pymatgen structures (None where nothing decodes).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from unimat_dist.diffusion import GaussianDiffusion, sample
+from unimat_dist.model import Condition, PropertyScaler
+from unimat_dist.representation import (
+    Normalizer,
+    UniMatSpec,
+    count_mask,
+    element_mask,
+    infer_mask,
+    structures_from_model,
+)
+
+from .checkpoint import build_diffusion, load_inference_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SampleRequest:
+    """What one generated crystal should satisfy (all optional)."""
+
+    composition: Any = None  # None | "Fe2O3" | {"Fe": 2, "O": 3} | pymatgen Composition
+    exact_counts: bool = True  # True: exactly these atom counts; False: only these element types
+    properties: Mapping[str, float] = field(default_factory=dict)  # raw units; omitted names use the null embedding
+    guidance: float = 0.0  # classifier-free guidance weight w for the properties
+
+
+@dataclass
+class GeneratedBatch:
+    positions: np.ndarray  # (B, L, H, W, 3) raw positions (fractional or Angstrom), nulls at -1
+    mask: np.ndarray  # (B, L, H, W) bool atoms after the decoding rule / count constraint
+    lattice: np.ndarray  # (B, D) raw lattice (a, b, c, alpha, beta, gamma) or matrix, clipped to physical ranges
+    x_model: torch.Tensor  # (B, L, H, W, 3) model-space output
+    y_model: torch.Tensor  # (B, D)
+    decode_mask: torch.Tensor  # (B, L, H, W) bool used for decoding
+
+
+class StructureGenerator:
+    def __init__(
+        self,
+        diffusion: GaussianDiffusion,
+        spec: UniMatSpec,
+        normalizer: Normalizer,
+        scaler: PropertyScaler,
+        *,
+        autocast_dtype: torch.dtype | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.diffusion = diffusion.eval()
+        self.spec, self.normalizer, self.scaler = spec, normalizer, scaler
+        self.autocast_dtype = autocast_dtype
+        self.meta = meta or {}
+
+    @property
+    def device(self) -> torch.device:
+        return self.diffusion.alphas_cumprod.device
+
+    @property
+    def property_names(self) -> tuple[str, ...]:
+        return self.scaler.names
+
+    # ------------------------------------------------------------------ conditioning
+    def composition_array(self, composition, exact_counts: bool) -> np.ndarray:
+        """(L, H, W) float composition channel of one request (zeros for None); ValueError for bad input."""
+        if composition is None:
+            return np.zeros(self.spec.shape[:3], dtype=np.float32)
+        if exact_counts:
+            return count_mask(composition, self.spec)
+        return np.broadcast_to(element_mask(composition, self.spec), self.spec.shape[:3]).astype(np.float32)
+
+    def condition(self, requests: Sequence[SampleRequest]) -> tuple[Condition, torch.Tensor]:
+        """(Condition, guidance (B,)) for a list of per-sample requests."""
+        if not requests:
+            raise ValueError("no sample requests")
+        comps, exact, values, masks, w = [], [], [], [], []
+        cache: dict[tuple, np.ndarray] = {}
+        for i, r in enumerate(requests):
+            key = (repr(r.composition), bool(r.exact_counts))
+            try:
+                if key not in cache:
+                    cache[key] = self.composition_array(r.composition, r.exact_counts)
+                v, m = self.scaler.transform(dict(r.properties or {}), 1)
+            except ValueError as exc:
+                raise ValueError(f"request {i}: {exc}") from None
+            if not np.isfinite(r.guidance):
+                raise ValueError(f"request {i}: guidance must be finite, got {r.guidance}")
+            comps.append(cache[key])
+            exact.append(bool(r.exact_counts) and r.composition is not None)
+            values.append(v[0])
+            masks.append(m[0])
+            w.append(float(r.guidance))
+        p = len(self.scaler.names)
+        cond = Condition(
+            torch.from_numpy(np.stack(comps)),
+            torch.tensor(exact, dtype=torch.bool),
+            torch.from_numpy(np.stack(values)).reshape(len(requests), p),
+            torch.from_numpy(np.stack(masks)).reshape(len(requests), p),
+        )
+        return cond, torch.tensor(w, dtype=torch.float32)
+
+    # ------------------------------------------------------------------ sampling
+    def sample_condition(
+        self,
+        cond: Condition,
+        guidance: torch.Tensor | float = 0.0,
+        *,
+        sampler: str = "ddim",
+        steps: int | None = None,
+        eta: float = 0.0,
+        seed: int | None = 0,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> GeneratedBatch:
+        """One denoising loop over a whole batch of conditions; returns raw arrays (no size limit here:
+        the caller chunks)."""
+        if generator is None:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(seed if seed is not None else torch.seed())
+        out = sample(
+            self.diffusion, cond, guidance, sampler=sampler, steps=steps, eta=eta, generator=generator,
+            autocast_dtype=self.autocast_dtype, progress=progress,
+        )
+        decode_mask = torch.where(
+            out.exact_atoms.any((1, 2, 3))[:, None, None, None], out.exact_atoms, infer_mask(out.positions) & out.allowed
+        )
+        pos, mask = self.normalizer.positions_from_model(out.positions.cpu().double().numpy(), decode_mask.cpu().numpy())
+        lat = self.normalizer.lattice_from_model(out.lattice.cpu().double().numpy())
+        return GeneratedBatch(pos, mask, lat, out.positions, out.lattice, decode_mask)
+
+    def to_structures(self, batch: GeneratedBatch) -> list:
+        """pymatgen structures of a generated batch (None where no atom is left)."""
+        return structures_from_model(batch.x_model, batch.y_model, self.spec, self.normalizer, batch.decode_mask)
+
+    def sample_requests(
+        self,
+        requests: Sequence[SampleRequest],
+        *,
+        sampler: str = "ddim",
+        steps: int | None = None,
+        eta: float = 0.0,
+        seed: int | None = 0,
+        batch_size: int = 256,
+        progress: bool = False,
+    ) -> list:
+        """Structures for a list of (possibly different) requests, ``batch_size`` per denoising loop."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        cond, w = self.condition(requests)
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(seed if seed is not None else torch.seed())
+        structures: list = []
+        chunks = range(0, len(requests), batch_size)
+        if progress and len(chunks) > 1:
+            from tqdm.auto import tqdm
+
+            chunks = tqdm(chunks, desc="batches")
+        for start in chunks:
+            rows = slice(start, start + batch_size)
+            batch = self.sample_condition(
+                cond[rows], w[rows], sampler=sampler, steps=steps, eta=eta, generator=generator, progress=progress
+            )
+            structures.extend(self.to_structures(batch))
+        return structures
+
+    def sample(
+        self,
+        num: int,
+        composition=None,
+        exact_counts: bool = True,
+        properties: Mapping[str, float] | None = None,
+        guidance: float = 0.0,
+        *,
+        sampler: str = "ddim",
+        steps: int | None = None,
+        eta: float = 0.0,
+        seed: int | None = 0,
+        batch_size: int = 256,
+        progress: bool = False,
+    ) -> list:
+        """``num`` structures under one request (see ``SampleRequest`` for the arguments)."""
+        if num < 1:
+            raise ValueError(f"num must be >= 1, got {num}")
+        req = SampleRequest(composition, exact_counts, dict(properties or {}), guidance)
+        return self.sample_requests(
+            [req] * num, sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size, progress=progress
+        )
+
+
+def load_generator(
+    path: str, device: str | torch.device | None = None, precision: str = "auto"
+) -> StructureGenerator:
+    """A generator from an inference checkpoint (file, run/checkpoint directory, or fsspec URI).
+
+    ``device`` defaults to CUDA when available; ``precision`` auto = bf16 autocast on CUDA, fp32 on CPU.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    payload = load_inference_checkpoint(path, map_location="cpu")
+    diffusion = build_diffusion(payload, device)
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+    amp = torch.bfloat16 if precision == "bf16" or (precision == "auto" and device.type == "cuda") else None
+    meta = {k: payload.get(k) for k in ("path", "step", "weights", "train_config", "created", "unimat_dist_version")}
+    log.info("loaded %s (step %s, %s weights) on %s", payload["path"], payload.get("step"), payload.get("weights"), device)
+    return StructureGenerator(
+        diffusion,
+        UniMatSpec.from_dict(payload["spec"]),
+        Normalizer.from_dict(payload["normalizer"]),
+        PropertyScaler.from_dict(payload["properties"]),
+        autocast_dtype=amp,
+        meta=meta,
+    )

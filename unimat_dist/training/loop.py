@@ -1,0 +1,268 @@
+"""The training loop: `Trainer.fit` runs optimizer steps over an `Engine`, with EMA, validation,
+checkpoints, metrics and a progress bar. Plain PyTorch; the distributed trainer runs the same class
+with a DeepSpeed engine, a shard data source and its own checkpoint storage.
+
+One optimizer step (``train_step``)::
+
+    lr = lr_at(step)                     # pure function of the step
+    engine.set_lr(lr)
+    for each of `accum` micro-batches:   # micro * accum * world_size == global_batch_size
+        loss = engine.loss(batcher(next(source)));  engine.backward(loss)
+    grad_norm = engine.step();  ema.update(engine.module)
+
+Only rank 0 logs, plots and writes the inference checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from unimat_dist.config import to_dict
+from unimat_dist.model.conditioning import PropertyScaler
+from unimat_dist.representation import Normalizer, UniMatSpec
+from unimat_dist.sampling.checkpoint import inference_payload
+
+from .batches import Batcher
+from .checkpoint import CheckpointManager, RNGState
+from .config import TrainConfig
+from .data import EncodedSet, iter_batches
+from .ema import EMA
+from .engine import Engine
+from .lr import lr_at
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    samples_seen: int = 0  # over all ranks
+
+    def state_dict(self) -> dict[str, int]:
+        return {"step": self.step, "samples_seen": self.samples_seen}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.step, self.samples_seen = int(state["step"]), int(state["samples_seen"])
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    first_loss: float  # mean training loss over the first logging window of this run
+    last_loss: float  # mean training loss over the last logging window
+    val_loss: float | None  # EMA weights, at the end
+    checkpoint: str | None  # last step directory
+    inference_checkpoint: str | None
+    history: list[dict[str, float]]  # the logged training metrics
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        engine: Engine,
+        ema: EMA,
+        batcher: Batcher,
+        train_source,
+        val_data: EncodedSet | None,
+        spec: UniMatSpec,
+        normalizer: Normalizer,
+        scaler: PropertyScaler,
+        checkpoints: CheckpointManager | None,
+        run_dir: Path | None,
+        autocast_dtype: torch.dtype | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.cfg, self.engine, self.ema, self.batcher = cfg, engine, ema, batcher
+        self.train_source, self.val_data = train_source, val_data
+        self.spec, self.normalizer, self.scaler = spec, normalizer, scaler
+        self.checkpoints, self.run_dir = checkpoints, run_dir
+        self.autocast_dtype = autocast_dtype
+        self.rank, self.world_size = rank, world_size
+        self.micro_batch, self.accum = cfg.train.grad_accum_steps(world_size)
+        self.state = TrainState()
+        self.history: list[dict[str, float]] = []
+        self._iter: Iterator[dict[str, Any]] | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.engine.module.parameters()).device
+
+    def parts(self) -> dict[str, Any]:
+        """The stateful parts of a checkpoint (exact resume restores all of them)."""
+        return {
+            "train_state": self.state,
+            "engine": self.engine,
+            "ema": self.ema,
+            "data": self.train_source,
+            "batcher": self.batcher,
+            "rng": RNGState(),
+        }
+
+    # ------------------------------------------------------------------ one step
+    def lr(self, step: int) -> float:
+        o = self.cfg.optim
+        return lr_at(step, lr=o.lr, warmup_steps=o.warmup_steps, total_steps=self.cfg.train.steps, min_lr_ratio=o.min_lr_ratio)
+
+    def train_step(self) -> dict[str, torch.Tensor | float]:
+        if self._iter is None:
+            self._iter = iter(self.train_source)
+        self.engine.module.train()
+        lr = self.lr(self.state.step)
+        self.engine.set_lr(lr)
+        totals: dict[str, torch.Tensor] = {}
+        for _ in range(self.accum):
+            loss, metrics = self.engine.loss(self.batcher(next(self._iter)))
+            self.engine.backward(loss)
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + v / self.accum
+        grad_norm = self.engine.step()
+        self.ema.update(self.engine.module)
+        self.state.step += 1
+        self.state.samples_seen += self.cfg.train.global_batch_size
+        return {**totals, "lr": lr, "grad_norm": grad_norm}
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Validation loss of the raw and the EMA weights, with fixed timesteps/noise/conditioning draws."""
+        if self.val_data is None or len(self.val_data) == 0:
+            return {}
+        out = {}
+        for name, module in (("val/loss", self.engine.module), ("val/loss_ema", self.ema.module)):
+            was_training = module.training
+            module.eval()
+            g_cpu = torch.Generator().manual_seed(self.cfg.seed + 12345)
+            g_dev = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 54321)
+            total, n = 0.0, 0
+            for raw in iter_batches(self.val_data, self.micro_batch, self.cfg.train.val_batches):
+                mb = self.batcher(raw, generator=g_cpu, augment=False).to(self.device)
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                    loss, _ = module(mb.x0, mb.y0, mb.mask, mb.cond, generator=g_dev)
+                total += float(loss) * len(mb)
+                n += len(mb)
+            module.train(was_training)
+            out[name] = total / max(n, 1)
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    def inference_payload(self) -> dict[str, Any]:
+        diffusion = self.ema.module
+        return inference_payload(
+            diffusion.denoiser,
+            diffusion.config(),
+            self.spec,
+            self.normalizer,
+            self.scaler,
+            train_config=to_dict(self.cfg),
+            step=self.state.step,
+            weights="ema",
+        )
+
+    def save_checkpoint(self) -> str | None:
+        if self.checkpoints is None:
+            return None
+        path = self.checkpoints.save(self.state.step, self.parts(), self.inference_payload() if self.is_main else None)
+        log.info("saved checkpoint %s", path)
+        return path
+
+    def maybe_resume(self) -> None:
+        how = self.cfg.train.resume
+        if how == "never" or self.checkpoints is None:
+            return
+        path = self.checkpoints.latest() if how == "auto" else how
+        if path is None:
+            return
+        self.checkpoints.load(path, self.parts())
+        self._iter = None
+        log.info("resumed from %s at step %d", path, self.state.step)
+        if self.is_main and self.run_dir is not None:
+            _truncate_metrics(self.run_dir / "metrics.jsonl", self.state.step)
+
+    # ------------------------------------------------------------------ the loop
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.is_main and self.run_dir is not None:
+            with open(self.run_dir / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    def fit(self) -> TrainResult:
+        c = self.cfg.train
+        self.maybe_resume()
+        bar = None
+        if self.is_main and c.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=c.steps, initial=self.state.step, desc="train", dynamic_ncols=True)
+        window: dict[str, float] = {}
+        window_n, t_window = 0, time.perf_counter()
+        last_ckpt_step, last_ckpt = -1, None
+        val: dict[str, float] = {}
+        try:
+            while self.state.step < c.steps:
+                m = self.train_step()
+                for k, v in m.items():
+                    window[k] = window.get(k, 0.0) + (float(v) if not torch.is_tensor(v) else v.detach())
+                window_n += 1
+                step = self.state.step
+                if bar is not None:
+                    bar.update(1)
+                if step % c.log_every == 0 or step == c.steps:
+                    elapsed = time.perf_counter() - t_window
+                    rec = {k: float(v) / window_n for k, v in window.items()}
+                    rec.update(step=step, samples_per_s=window_n * c.global_batch_size / max(elapsed, 1e-9))
+                    if not math.isfinite(rec["loss"]):
+                        raise FloatingPointError(f"training loss is {rec['loss']} at step {step}")
+                    self.history.append(rec)
+                    self._log(rec)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
+                    window, window_n, t_window = {}, 0, time.perf_counter()
+                if c.val_every and step % c.val_every == 0 and step < c.steps:
+                    val = self.validate()
+                    self._log({"step": step, **val})
+                if c.ckpt_every and step % c.ckpt_every == 0 and step < c.steps:
+                    last_ckpt, last_ckpt_step = self.save_checkpoint(), step
+            val = self.validate()
+            if val:
+                self._log({"step": self.state.step, **val})
+            if last_ckpt_step != self.state.step:
+                last_ckpt = self.save_checkpoint()
+        finally:
+            if bar is not None:
+                bar.close()
+        if self.is_main and self.run_dir is not None:
+            from .plots import plot_metrics
+
+            plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
+        first = self.history[0]["loss"] if self.history else float("nan")
+        last = self.history[-1]["loss"] if self.history else float("nan")
+        return TrainResult(
+            steps=self.state.step,
+            first_loss=first,
+            last_loss=last,
+            val_loss=val.get("val/loss_ema"),
+            checkpoint=last_ckpt,
+            inference_checkpoint=f"{last_ckpt}/inference.pt" if last_ckpt else None,
+            history=self.history,
+        )
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines written after ``step`` by a run that died before its next checkpoint."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    path.write_text("".join(ln + "\n" for ln in keep))
