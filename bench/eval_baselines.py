@@ -127,7 +127,7 @@ def bench_chgnet_dft(workers):
            "test_on_hull_n": len(test_on_hull), "test_on_hull_ehull_mae": float(np.abs(eh).mean()),
            "test_on_hull_ehull_mean": float(eh.mean()), "test_on_hull_ehull_median": float(np.median(eh)),
            "worst_elements_mean_error": worst, "seconds": round(time.time() - t, 1),
-           "note": "static CHGNet at the DFT geometry, MP2020-corrected, CHGNet elemental references; hull = "
+           "note": "static CHGNet at the DFT geometry, CHGNet elemental references; hull = "
                    "bundled MP-20 hull points"}
     log.info("chgnet vs dft: %s", {k: v for k, v in out.items() if k != "worst_elements_mean_error"})
     return out

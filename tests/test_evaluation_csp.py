@@ -1,6 +1,7 @@
 """Crystal-structure-prediction metrics (match rate / RMSE at k samples) on real MP-20 test structures."""
 import json
 
+import numpy as np
 import pytest
 
 from unimat_dist.evaluation.csp import evaluate_csp
@@ -15,6 +16,7 @@ def targets(bundled):
 def _samples(targets):
     """Target i: sample 0 is a slightly perturbed copy for even i and a wrong structure for odd i;
     sample 1 is always the copy."""
+    np.random.seed(0)  # perturb() draws from numpy's global generator
     out = []
     for i, t in enumerate(targets):
         copy = t.structure.copy()

@@ -124,7 +124,10 @@ def run_energy(args) -> int:
     if args.compare:
         compare, label = load_energy_records(args.compare), label or "compare"
     elif args.compare_dft:
-        compare, label = dft_records(resolve_source(args.compare_dft)[0], hull), label or "dft"
+        # With the default hull, MP's own e_above_hull equals E_hull against it for every MP-20 row
+        # (tested), and reading it avoids one phase diagram per row.
+        dft_hull = hull if args.hull else None
+        compare, label = dft_records(resolve_source(args.compare_dft)[0], dft_hull), label or "dft"
     result = evaluate_energy(args.generated, steps=args.steps, fmax=args.fmax, hull=hull, train=args.train,
                              novelty=args.train is not None, compare=compare, compare_label=label or "reference",
                              compare_key=args.key, workers=args.workers, limit=args.limit)

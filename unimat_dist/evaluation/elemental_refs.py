@@ -13,7 +13,7 @@ CHGNet (positions + cell):
 
 The result is cached in ``data/chgnet_elemental_refs.json`` (made once with
 ``python -m unimat_dist.evaluation.elemental_refs``; see the JSON for its run time) so evaluations never
-recompute it. Elemental energies get no MP2020 correction (MP applies none to elements).
+recompute it.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ BOX = 12.0  # A, larger than twice CHGNet's 5 A cut-off
 
 @lru_cache(maxsize=1)
 def load_elemental_references(path: str | Path | None = None) -> dict[str, float]:
-    """``{symbol: mu}`` in eV/atom (CHGNet, uncorrected) from the cached JSON."""
+    """``{symbol: mu}`` in eV/atom (CHGNet) from the cached JSON."""
     p = Path(path) if path else REFS_PATH
     if not p.exists():
         raise FileNotFoundError(f"{p}: elemental references missing; run `python -m unimat_dist.evaluation.elemental_refs`")
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     table = build_elemental_references(elements, n_random=args.n_random, steps=args.steps, workers=args.workers)
     doc = {
-        "description": "CHGNet elemental chemical potentials (eV/atom, uncorrected): lowest relaxed energy per "
+        "description": "CHGNet elemental chemical potentials (eV/atom): lowest relaxed energy per "
                        "atom over prototypes, bundled MP-20 single-element structures and random symmetric "
                        "structures; see unimat_dist/evaluation/elemental_refs.py",
         "model": f"CHGNet {MODEL_NAME}",

@@ -2,8 +2,9 @@
 
 Conventions (all eV/atom):
 
-* ``E_f = (E - sum_i n_i mu_i) / N``: ``E`` is the MP2020-corrected CHGNet energy, ``mu_i`` the CHGNet
-  elemental references (``elemental_refs.py``); for reference data, MP's DFT formation energy.
+* ``E_f = (E - sum_i n_i mu_i) / N``: ``E`` is the CHGNet energy (already on MP's MP2020-corrected
+  scale), ``mu_i`` the CHGNet elemental references (``elemental_refs.py``); for reference data, MP's DFT
+  formation energy.
 * ``E_hull = E_f - E_f^hull(composition)``, where ``E_f^hull`` is the reference hull's formation energy
   at that composition (elements at 0). Unlike ``PhaseDiagram.get_e_above_hull`` it can be **negative**:
   ``E_hull < 0`` means the structure lies below the reference hull ("stable" in the paper's sense),

@@ -3,7 +3,7 @@
 CDVAE predicted each data set's property with a learned GNN bundled in its repository (MP-20: formation
 energy per atom; Perov-5: heat of formation; Carbon-24: energy per atom). Those models are not
 available here, so the potential stands in (a documented departure): CHGNet's formation energy per atom
-(MP2020-corrected, against CHGNet elemental references) for MP-20 and Perov-5, and CHGNet's energy per
+(against CHGNet elemental references) for MP-20 and Perov-5, and CHGNet's energy per
 atom for Carbon-24, all single-point at the given geometry. Published property EMDs are therefore not
 comparable with ours in absolute value.
 """
@@ -16,7 +16,7 @@ def property_function(protocol: str) -> tuple[Callable[[list], list], str]:
     """(structures -> values, name) for a CDVAE protocol name (mp20 / perovskite / carbon)."""
     if protocol == "carbon":
         return chgnet_energy_per_atom, "CHGNet energy per atom [eV/atom] (static)"
-    return chgnet_formation_energy, "CHGNet formation energy per atom [eV/atom] (static, MP2020-corrected)"
+    return chgnet_formation_energy, "CHGNet formation energy per atom [eV/atom] (static)"
 
 
 def chgnet_energy_per_atom(structures: list) -> list:
@@ -28,7 +28,6 @@ def chgnet_energy_per_atom(structures: list) -> list:
 def chgnet_formation_energy(structures: list) -> list:
     from .elemental_refs import load_elemental_references
     from .hull import formation_energy_per_atom
-    from .mp2020 import correction_per_atom
     from .potential import static_energies
 
     mu = load_elemental_references()
@@ -37,9 +36,8 @@ def chgnet_formation_energy(structures: list) -> list:
         if e is None:
             out.append(None)
             continue
-        corr = correction_per_atom(s, e) or 0.0
         try:
-            out.append(formation_energy_per_atom(s.composition, e + corr, mu))
+            out.append(formation_energy_per_atom(s.composition, e, mu))
         except ValueError:
             out.append(None)
     return out
