@@ -185,7 +185,8 @@ def main() -> None:
     ap.add_argument("--presets", nargs="+", default=None, help="default: tiny small base (+ large on GPU)")
     ap.add_argument("--dataset", default=None, help="UniMat size; default perov_5 on CPU, mp_20 on GPU")
     ap.add_argument("--batch", type=int, default=None, help="training batch (default 8 on CPU, 64 on GPU)")
-    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (oneDNN picks kernels on the first calls)")
     ap.add_argument("--sample-preset", default=None, help="preset for the sampling benchmark (default tiny on CPU, small on GPU)")
     ap.add_argument("--sample-batch", type=int, default=256)
     ap.add_argument("--cpu-ddpm-steps", type=int, default=20, help="DDPM steps actually run on CPU (then extrapolated)")
@@ -209,7 +210,7 @@ def main() -> None:
     print(f"\n{'preset':<7}{'params':>12}{'prec':>6}{'batch':>6}{'samples/s':>11}{'GFLOP/smp':>11}"
           f"{'TFLOP/s':>9}{'MFU':>7}{'peak GiB':>10}{'act GiB':>9}")
     for preset in presets:
-        r = bench_train(preset, spec, batch, device, cuda, args.iters, 1)
+        r = bench_train(preset, spec, batch, device, cuda, args.iters, args.warmup)
         results["train"].append(r)
         peak = r.get("peak_mem_gib", r.get("peak_rss_gib", float("nan")))
         mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
@@ -220,14 +221,14 @@ def main() -> None:
     print("\nbaselines (same process, same batch):")
     for preset in [p for p in presets if p in ("tiny", "small")]:
         fact = next(r for r in results["train"] if r["preset"] == preset)
-        full = bench_train(preset, spec, batch, device, cuda, args.iters, 1, conv="full")
+        full = bench_train(preset, spec, batch, device, cuda, args.iters, args.warmup, conv="full")
         ratio = fact["samples_per_s"] / full["samples_per_s"]
         results["baselines"].append({"preset": preset, "what": "factorized vs full 3x3x3 conv", "speedup": ratio,
                                      "params_full": full["params"], "params_factorized": fact["params"]})
         print(f"  {preset}: factorized conv {fact['samples_per_s']:.2f} vs full 3x3x3 {full['samples_per_s']:.2f} samples/s "
               f"-> x{ratio:.2f}; params {fact['params']:,} vs {full['params']:,}", flush=True)
         if cuda:
-            fp32 = bench_train(preset, spec, batch, device, False, args.iters, 1)
+            fp32 = bench_train(preset, spec, batch, device, False, args.iters, args.warmup)
             ratio = fact["samples_per_s"] / fp32["samples_per_s"]
             results["baselines"].append({"preset": preset, "what": "bf16 autocast vs fp32", "speedup": ratio})
             print(f"  {preset}: bf16 {fact['samples_per_s']:.2f} vs fp32 {fp32['samples_per_s']:.2f} samples/s -> x{ratio:.2f}")

@@ -191,3 +191,14 @@ def test_rebuild_from_init_kwargs_and_flop_count():
     twin.load_state_dict(net.state_dict())
     flops = net.flops_per_sample()
     assert 1e5 < flops < 1e10
+
+
+def test_bf16_weights_run_without_autocast():
+    """DeepSpeed's bf16 mode keeps the weights themselves in bf16; float32 inputs must still work."""
+    spec = spec_for_elements(["Fe", "O"], 2)
+    net = _randomise(build_unet(get_preset("tiny"), spec, 1)).to(torch.bfloat16)
+    x, y, t, cond = _inputs(2, spec.shape[:3], 6, 1)
+    ex, ey = net(x, y, t, cond)
+    assert ex.dtype == torch.bfloat16 and ey.shape == (2, 6)
+    (ex.float().square().mean() + ey.float().square().mean()).backward()
+    assert net.cell_emb.grad is not None and net.cell_emb.grad.dtype == torch.bfloat16

@@ -6,7 +6,7 @@
     out = sample(diffusion, cond, guidance=1.0, sampler="ddim", steps=100)   # generation
 """
 from .gaussian import LOSS_WEIGHTINGS, GaussianDiffusion
-from .guidance import cfg_combine, guided_eps, guided_rows
+from .guidance import cfg_combine, guided_eps, guided_rows, paired_condition
 from .samplers import SAMPLERS, SampleOutput, sample
 from .schedules import cosine_betas, linear_betas, make_betas, sampling_timesteps
 
@@ -21,6 +21,7 @@ __all__ = [
     "guided_rows",
     "linear_betas",
     "make_betas",
+    "paired_condition",
     "sample",
     "sampling_timesteps",
 ]

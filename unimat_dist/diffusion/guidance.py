@@ -32,11 +32,13 @@ def guided_eps(
     cond: Condition,
     w: torch.Tensor,
     rows: torch.Tensor | None = None,
+    paired: Condition | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Guided noise predictions (float32) for positions and lattice.
 
     The conditional pass for all B samples and the unconditional pass for the ``rows`` that need it
     run as one batched forward. Samples outside ``rows`` get the conditional prediction unchanged.
+    ``paired`` is ``paired_condition(cond, rows)``, precomputed by samplers that call this every step.
     """
     if rows is None:
         rows = guided_rows(cond, w)
@@ -44,14 +46,16 @@ def guided_eps(
     if rows.numel() == 0:
         ex, ey = denoiser(x, y, t, cond)
         return ex.float(), ey.float()
-    ex, ey = denoiser(
-        torch.cat([x, x[rows]]),
-        torch.cat([y, y[rows]]),
-        torch.cat([t, t[rows]]),
-        Condition.cat([cond, cond[rows].without_properties()]),
-    )
+    if paired is None:
+        paired = paired_condition(cond, rows)
+    ex, ey = denoiser(torch.cat([x, x[rows]]), torch.cat([y, y[rows]]), torch.cat([t, t[rows]]), paired)
     ex, ey = ex.float(), ey.float()
     cx, cy = ex[:b].clone(), ey[:b].clone()
     cx[rows] = cfg_combine(cx[rows], ex[b:], w[rows])
     cy[rows] = cfg_combine(cy[rows], ey[b:], w[rows])
     return cx, cy
+
+
+def paired_condition(cond: Condition, rows: torch.Tensor) -> Condition:
+    """The batch of one guided forward: every condition, then the property-free copies of ``rows``."""
+    return Condition.cat([cond, cond[rows].without_properties()])

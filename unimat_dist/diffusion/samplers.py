@@ -30,7 +30,7 @@ from unimat_dist.model.conditioning import Condition
 from unimat_dist.representation import NULL_VALUE
 
 from .gaussian import GaussianDiffusion
-from .guidance import guided_eps, guided_rows
+from .guidance import guided_eps, guided_rows, paired_condition
 from .schedules import sampling_timesteps
 
 SAMPLERS = ("ddpm", "ddim")
@@ -80,6 +80,7 @@ def sample(
     d = diffusion.denoiser.lattice_dim
     w = torch.as_tensor(guidance, dtype=torch.float32, device=device).expand(b).contiguous()
     rows = guided_rows(cond, w)
+    paired = paired_condition(cond, rows) if rows.numel() else None
     allowed = cond.allowed_slots(diffusion.allowed_cells)
     exact_atoms = cond.exact[:, None, None, None] & (cond.composition > 0.5) & allowed
 
@@ -101,7 +102,7 @@ def sample(
         a_s = float(abar[s]) if s >= 0 else 1.0
         tt = torch.full((b,), t, device=device, dtype=torch.long)
         with amp:
-            ex, ey = guided_eps(diffusion.denoiser, x, y, tt, cond, w, rows)
+            ex, ey = guided_eps(diffusion.denoiser, x, y, tt, cond, w, rows, paired)
         x0 = _constrain_x0((x - (1 - a_t) ** 0.5 * ex) / a_t**0.5, allowed, exact_atoms)
         y0 = ((y - (1 - a_t) ** 0.5 * ey) / a_t**0.5).clamp(-lattice_clip, lattice_clip)
         if s < 0:

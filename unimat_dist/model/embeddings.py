@@ -28,8 +28,8 @@ class TimestepEmbedding(nn.Module):
         self.dim = dim
         self.mlp = nn.Sequential(nn.Linear(dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(sinusoidal_embedding(t, self.dim))
+    def forward(self, t: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.mlp(sinusoidal_embedding(t, self.dim).to(dtype))
 
 
 class PropertyEmbedding(nn.Module):

@@ -1,9 +1,10 @@
-"""Named model sizes. Parameter counts: ``unimat model presets`` (they depend slightly on L, H, W).
+"""Named model sizes. Parameter counts: ``unimat model presets`` (they depend slightly on L, H, W);
+forward GFLOPs per sample at MP-20 size (L = 20 over the full 9 x 18 table) in brackets.
 
-    tiny   CPU tests and smoke runs: trains a few hundred steps in seconds on 2 cores (~0.3M params)
-    small  one GPU, Perov-5 / Carbon-24 scale runs (~20M)
-    base   one node of GPUs, MP-20 (~100M)
-    large  multi-node ZeRO runs, >= 300M parameters (the paper's scaling regime)
+    tiny   0.77M  (1.5)  CPU tests and smoke runs: a few hundred steps take a minute on 2 cores
+    small  17.5M  (17)   one GPU, Perov-5 / Carbon-24 scale runs
+    base   106M   (69)   one node of GPUs, MP-20
+    large  588M   (391)  multi-node ZeRO runs, >= 300M parameters (the paper's scaling regime)
 """
 from __future__ import annotations
 

@@ -112,11 +112,19 @@ class UniMatUNet(nn.Module):
             raise ValueError(f"lattice has shape {tuple(lattice.shape)}, this model expects (B, {self.lattice_dim})")
         if cond.properties.shape[1] != self.num_properties:
             raise ValueError(f"condition has {cond.properties.shape[1]} properties, the model {self.num_properties}")
+        # Inputs follow the weights' dtype, so the same code runs under autocast (fp32 weights) and with
+        # bf16 weights (DeepSpeed bf16 mode).
+        dtype = self.cell_emb.dtype
+        x, lattice = x.to(dtype), lattice.to(dtype)
         h = rearrange(x, "b l h w c -> b c l h w")
         lat = lattice[:, :, None, None, None].expand(-1, -1, L, H, W)
-        h = torch.cat([h, cond.channels().to(h.dtype), lat.to(h.dtype)], 1)
+        h = torch.cat([h, cond.channels().to(dtype), lat], 1)
         h = self.init_conv(h) + self.cell_emb + self.slot_emb
-        emb = self.time_emb(t) + self.lattice_emb(lattice) + self.property_emb(cond.properties, cond.property_mask)
+        emb = (
+            self.time_emb(t, dtype)
+            + self.lattice_emb(lattice)
+            + self.property_emb(cond.properties.to(dtype), cond.property_mask)
+        )
 
         skips, sizes = [], []
         for i, level in enumerate(self.down):
