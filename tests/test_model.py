@@ -202,3 +202,15 @@ def test_bf16_weights_run_without_autocast():
     assert ex.dtype == torch.bfloat16 and ey.shape == (2, 6)
     (ex.float().square().mean() + ey.float().square().mean()).backward()
     assert net.cell_emb.grad is not None and net.cell_emb.grad.dtype == torch.bfloat16
+
+
+def test_unimat_model_presets_prints_parameter_counts(capsys):
+    from unimat_dist.cli import main
+
+    assert main(["model", "presets", "--dataset", "carbon_24"]) == 0
+    out = capsys.readouterr().out
+    assert "UniMatSpec(L=24, H=1, W=1" in out
+    rows = {line.split()[0]: int(line.split()[1].replace(",", "")) for line in out.splitlines()[2:]}
+    assert set(rows) == set(PRESETS) and rows["large"] >= 300_000_000
+    with torch.device("meta"):
+        assert rows["small"] == build_unet(get_preset("small"), spec_for_elements(["C"], 24), 1).num_params()

@@ -30,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--format", choices=("cif", "extxyz"), default="cif")
     p.add_argument("--out", default="out/samples", help="output folder")
     p.set_defaults(func=run)
@@ -70,6 +71,7 @@ def sample_to_folder(
     """Generate ``num`` crystals and write them plus summary.json into ``out``; returns the summary."""
     import json
     import time
+    import warnings
     from pathlib import Path
 
     from unimat_dist.sampling import load_generator
@@ -86,6 +88,9 @@ def sample_to_folder(
     t_sample = time.perf_counter() - t0
     out_dir = Path(out)
     files = write_structures(structures, out_dir, fmt)
+    with warnings.catch_warnings():  # pymatgen warns about electronegativities of exotic elements
+        warnings.simplefilter("ignore")
+        formulas = [s.composition.reduced_formula if s is not None else None for s in structures]
     summary = {
         "checkpoint": g.meta.get("path"),
         "checkpoint_step": g.meta.get("step"),
@@ -96,7 +101,7 @@ def sample_to_folder(
         "spec": g.spec.to_dict(),
         "num_decoded": sum(s is not None for s in structures),
         "failed_indices": [i for i, s in enumerate(structures) if s is None],
-        "formulas": [s.composition.reduced_formula if s is not None else None for s in structures],
+        "formulas": formulas,
         "compositions": [
             {str(e): int(n) for e, n in s.composition.get_el_amt_dict().items()} if s is not None else None
             for s in structures
@@ -114,6 +119,10 @@ def sample_to_folder(
 def run(args) -> int:
     import logging
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     summary = sample_to_folder(
         args.checkpoint, args.num, args.out, composition=args.composition, exact_counts=not args.types_only,
         properties=parse_properties(args.property), guidance=args.guidance, sampler=args.sampler, steps=args.steps,

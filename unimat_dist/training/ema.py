@@ -19,7 +19,9 @@ class EMA:
             raise ValueError(f"ema decay must be in [0, 1), got {decay}")
         self.decay = decay
         self.num_updates = 0
-        self.module = copy.deepcopy(module).float().eval().requires_grad_(False)
+        self.module = copy.deepcopy(module).eval().requires_grad_(False)
+        for p in self.module.parameters():  # float32 shadow weights; buffers keep their dtype
+            p.data = p.data.float()
 
     def current_decay(self) -> float:
         return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
