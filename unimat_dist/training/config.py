@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from unimat_dist.config import ConfigError, load_config
+from unimat_dist.distributed.config import DistributedConfig
 from unimat_dist.model.config import UNetConfig
 from unimat_dist.model.presets import PRESETS
 
@@ -30,6 +31,10 @@ class DataConfig:
     elements: list[str] | None = None  # reduced chemical system; None = the data set's (carbon_24: [C], else full table)
     properties: list[str] = field(default_factory=list)  # property columns to condition on (e.g. [formation_energy_per_atom])
     cache_dir: str | None = None  # encoded-array cache; None = $UNIMAT_CACHE/encoded (~/.cache/unimat/encoded)
+    manifest: str | None = None  # ingested shards (`unimat ingest` output: folder or manifest.json, file/s3/gs URI); replaces `dataset`'s CSVs
+    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for `manifest` (endpoint_url, key, token, ...)
+    shuffle_buffer: int = 2000  # shard reader shuffle buffer, samples per stream
+    loader_workers: int = 0  # DataLoader worker processes per rank reading shards (0 = in the training process)
     skip_invalid: bool = True  # drop rows that cannot be encoded (count and ids logged) instead of failing
 
     def __post_init__(self) -> None:
@@ -153,6 +158,7 @@ class TrainConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)  # used by trainer: ray
 
     def checkpoint_path(self) -> str:
         return self.checkpoint_dir or f"{self.out_dir.rstrip('/')}/checkpoints"

@@ -202,6 +202,12 @@ class InMemorySource:
             raise ValueError(f"data source seed {self.seed} differs from the checkpoint's {state['seed']}")
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
 
+    def resize_state(self, state: dict[str, int], old_world: int, old_micro: int) -> dict[str, int]:
+        """Position for a checkpoint written with another world size: ``cursor`` counts samples of the
+        epoch over all ranks, so it carries over, rounded down to this run's global stride."""
+        stride = self.batch_size * self.world_size
+        return {"epoch": int(state["epoch"]), "cursor": int(state["cursor"]) // stride * stride, "seed": int(state["seed"])}
+
 
 def iter_batches(data: EncodedSet, batch_size: int, max_batches: int | None = None) -> Iterator[dict[str, Any]]:
     """The set in order, in batches (the last one may be smaller): validation."""

@@ -15,11 +15,10 @@ from unimat_dist.config import save_config, to_dict
 
 from .checkpoint import CheckpointManager
 from .config import TrainConfig
-from .data import InMemorySource
 from .ema import EMA
 from .engine import LocalEngine, build_optimizer, resolve_autocast, resolve_device
 from .loop import Trainer, TrainResult
-from .setup import prepare_run
+from .setup import make_train_source, prepare_run
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ def build_local_trainer(cfg: TrainConfig) -> Trainer:
         log.info("data: %s", note)
     log.info(
         "%s; %d train / %d val crystals; model %s: %.2fM parameters; device %s%s; micro-batch %d x %d accumulation",
-        setup.spec.describe(), len(setup.train_data), len(setup.val_data or []), cfg.model.preset,
+        setup.spec.describe(), setup.num_train, len(setup.val_data or []), cfg.model.preset,
         diffusion.denoiser.num_params() / 1e6, device, " (bf16 autocast)" if amp else "", micro, accum,
     )
     return Trainer(
@@ -58,7 +57,7 @@ def build_local_trainer(cfg: TrainConfig) -> Trainer:
         engine=engine,
         ema=EMA(diffusion, o.ema_decay),
         batcher=setup.batcher,
-        train_source=InMemorySource(setup.train_data, micro, seed=cfg.seed),
+        train_source=make_train_source(cfg, setup),
         val_data=setup.val_data,
         spec=setup.spec,
         normalizer=setup.normalizer,
@@ -71,9 +70,9 @@ def build_local_trainer(cfg: TrainConfig) -> Trainer:
 
 def run_training(cfg: TrainConfig) -> TrainResult:
     if cfg.trainer == "ray":
-        raise ValueError(
-            "trainer: ray (Ray Train + DeepSpeed) is not implemented yet; use trainer: local for single-process training"
-        )
+        from unimat_dist.distributed import run_ray_training
+
+        return run_ray_training(cfg)
     trainer = build_local_trainer(cfg)
     result = trainer.fit()
     log.info(

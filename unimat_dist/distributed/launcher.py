@@ -1,0 +1,197 @@
+"""Driver side of ``trainer: ray``: validate the config, start (or join) Ray, run ``TorchTrainer``, and
+collect the final inference checkpoint, metrics and plots.
+
+    unimat train --config cluster/jobs/train_tiny_ray_cpu.yaml                       # local Ray
+    ray job submit --working-dir . -- unimat train --config cluster/jobs/train_mp20_ray.yaml   # a cluster
+
+Everything that can be checked before a worker starts is checked here (bad batch/world-size
+combinations, missing manifest, spec mismatch between config and shards, unknown data set), so a bad
+config fails in seconds with one clear message instead of inside N workers.
+
+Re-running the same config (same ``distributed.run_name`` and ``storage_path``) resumes that run from
+its latest checkpoint: Ray Train V2 picks the run up by name.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from unimat_dist.config import to_dict
+from unimat_dist.training.config import TrainConfig
+from unimat_dist.training.loop import TrainResult
+
+log = logging.getLogger(__name__)
+
+
+def run_name_of(cfg: TrainConfig) -> str:
+    name = cfg.distributed.run_name or Path(cfg.out_dir.rstrip("/")).name or "unimat"
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def storage_of(cfg: TrainConfig) -> str:
+    d = cfg.distributed
+    if d.storage_path:
+        return d.storage_path if "://" in d.storage_path else os.path.abspath(d.storage_path)
+    if "://" in cfg.out_dir and not cfg.out_dir.startswith("file://"):
+        return f"{cfg.out_dir.rstrip('/')}/ray"
+    return os.path.abspath(os.path.join(cfg.out_dir.removeprefix("file://"), "ray"))
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Every check that needs no worker; raises ValueError/FileNotFoundError with one clear message."""
+    d = cfg.distributed
+    for world in d.worker_counts():
+        try:
+            cfg.train.grad_accum_steps(world)
+        except ValueError as exc:
+            raise ValueError(f"train.global_batch_size does not fit {world} worker(s): {exc}") from None
+    if cfg.data.manifest:
+        from unimat_dist.data.manifest import read_manifest
+        from unimat_dist.training.setup import manifest_spec
+
+        m = read_manifest(cfg.data.manifest, cfg.data.storage_options or None)
+        manifest_spec(cfg.data, m)
+        for split in (cfg.data.train_split, cfg.data.val_split):
+            if split not in m.split_counts:
+                raise ValueError(f"{m.uri}: no split {split!r} (has {sorted(m.split_counts)})")
+        n_shards = len(m.shards_of(cfg.data.train_split))
+        if n_shards < d.num_workers:
+            raise ValueError(
+                f"{m.uri}: the {cfg.data.train_split} split has {n_shards} shard(s) for up to {d.num_workers} workers; "
+                "every worker needs at least one (re-ingest with smaller shards)"
+            )
+    else:
+        from unimat_dist.datasets import resolve_split
+
+        resolve_split(cfg.data.dataset, cfg.data.train_split)
+        resolve_split(cfg.data.dataset, cfg.data.val_split)
+    from .deepspeed_engine import deepspeed_config
+
+    deepspeed_config(cfg, world_size=d.num_workers, device_type="cuda" if d.use_gpu else "cpu")
+    if d.fail_at.step is not None and not 0 <= d.fail_at.rank < (d.min_workers or d.num_workers):
+        raise ValueError(f"distributed.fail_at.rank {d.fail_at.rank} is not a rank of every worker group")
+
+
+def _ray_init(cfg: TrainConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.distributed.ray_address or os.environ.get("RAY_ADDRESS")
+    log.info("connecting to Ray at %s", address or "a new local instance")
+    ray.init(address=address, log_to_driver=True)
+
+
+def run_ray_training(cfg: TrainConfig) -> TrainResult:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from unimat_dist.data.storage import pyarrow_filesystem
+
+    from .worker import train_worker
+
+    check_config(cfg)
+    d = cfg.distributed
+    if "://" not in cfg.out_dir:
+        cfg = _with_abs_out_dir(cfg)
+    run_name, storage = run_name_of(cfg), storage_of(cfg)
+    _ray_init(cfg)
+    pa_fs, pa_path = pyarrow_filesystem(storage, d.storage_options or None)
+    if "://" not in storage:
+        Path(storage).mkdir(parents=True, exist_ok=True)
+    backend = d.backend if d.backend != "auto" else ("nccl" if d.use_gpu else "gloo")
+    scaling = ScalingConfig(
+        num_workers=(d.min_workers, d.num_workers) if d.min_workers is not None else d.num_workers,
+        use_gpu=d.use_gpu,
+        resources_per_worker={"CPU": d.cpus_per_worker, **({"GPU": 1} if d.use_gpu else {})},
+        elastic_resize_monitor_interval_s=d.elastic_resize_interval_s,
+    )
+    payload = {
+        "config": to_dict(cfg),
+        "run_name": run_name,
+        "storage_path": storage,
+        "storage_options": d.storage_options,
+    }
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config=payload,
+        scaling_config=scaling,
+        torch_config=TorchConfig(backend=backend, timeout_s=600),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=pa_path if "://" in storage else storage,
+            storage_filesystem=pa_fs if "://" in storage else None,
+            failure_config=FailureConfig(max_failures=d.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=max(cfg.train.keep_checkpoints, 1)),
+        ),
+    )
+    log.info("run=%s storage=%s workers=%s ZeRO-%d backend=%s", run_name, storage,
+             scaling.num_workers, d.zero_stage, backend)
+    result = trainer.fit()
+    if getattr(result, "error", None) is not None:
+        raise RuntimeError(f"run {run_name} failed: {result.error}")
+    return _collect(cfg, result, run_name)
+
+
+def _with_abs_out_dir(cfg: TrainConfig) -> TrainConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, out_dir=os.path.abspath(cfg.out_dir.removeprefix("file://")))
+
+
+def _collect(cfg: TrainConfig, result, run_name: str) -> TrainResult:
+    """Copy the last checkpoint's inference file and loss curve to ``out_dir``; plot loss and throughput."""
+    from unimat_dist.data.storage import filesystem
+    from unimat_dist.sampling.checkpoint import INFERENCE_FILE
+
+    from . import checkpointing as ck
+    from .plots import plot_loss_and_throughput
+
+    ret: dict[str, Any] = result.return_value or {}
+    out_fs, out_path = filesystem(cfg.out_dir, cfg.distributed.storage_options or None)
+    out_fs.makedirs(out_path, exist_ok=True)
+    inference_uri = None
+    meta: dict[str, Any] = {}
+    if result.checkpoint is not None:
+        with result.checkpoint.as_directory() as ckpt_dir, tempfile.TemporaryDirectory() as tmp:
+            meta = ck.read_meta(ckpt_dir)
+            for name in (INFERENCE_FILE, ck.METRICS_FILE, ck.META_FILE):
+                src = Path(ckpt_dir) / name
+                if src.exists():
+                    out_fs.put_file(str(src), f"{out_path}/{name}")
+            metrics_file = Path(ckpt_dir) / ck.METRICS_FILE
+            if metrics_file.exists():
+                local_png = Path(tmp) / "loss_throughput.png"
+                if plot_loss_and_throughput(metrics_file, local_png, title=run_name):
+                    out_fs.put_file(str(local_png), f"{out_path}/loss_throughput.png")
+        inference_uri = f"{cfg.out_dir.rstrip('/')}/{INFERENCE_FILE}"
+    summary = {
+        "run_name": run_name,
+        "checkpoint": result.checkpoint.path if result.checkpoint is not None else None,
+        "inference_checkpoint": inference_uri,
+        "steps": ret.get("steps", meta.get("step")),
+        "world_size": ret.get("world_size"),
+        "resumes": ret.get("resumes"),
+        "first_loss": ret.get("first_loss"),
+        "last_loss": ret.get("last_loss"),
+        "val_loss": ret.get("val_loss"),
+    }
+    out_fs.pipe_file(f"{out_path}/summary.json", json.dumps(summary, indent=1).encode())
+    log.info("run %s done: %s", run_name, summary)
+    return TrainResult(
+        steps=int(summary["steps"] or 0),
+        first_loss=float(ret.get("first_loss", float("nan"))),
+        last_loss=float(ret.get("last_loss", float("nan"))),
+        val_loss=ret.get("val_loss"),
+        checkpoint=summary["checkpoint"],
+        inference_checkpoint=inference_uri,
+        history=ret.get("history", []),
+    )
+
+
+__all__ = ["check_config", "run_ray_training", "run_name_of", "storage_of"]

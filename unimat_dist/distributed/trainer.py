@@ -1,0 +1,264 @@
+"""`DistributedTrainer`: the local training loop (`unimat_dist.training.loop.Trainer`) on one Ray Train
+worker, with a DeepSpeed engine, collective validation, Ray Train checkpoints and Prometheus metrics.
+
+What changes against the local loop, and nothing else:
+
+* the engine is `DeepSpeedEngine` (ZeRO 0-3; gradient accumulation, clipping and the optimizer step are
+  DeepSpeed's, the LR schedule and EMA are the loop's);
+* validation splits the validation batches over the ranks and all-reduces (sum of losses, count);
+  under ZeRO-3 every rank runs the same number of forwards (padded with weight-0 batches), since each
+  forward all-gathers parameters;
+* checkpoints: every rank writes DeepSpeed's files and its loop state into a local temp dir and calls
+  ``ray.train.report(checkpoint=...)``; Ray merges the ranks' files into one checkpoint in the run's
+  storage (see ``checkpointing.py`` for the layout and resuming on another world size);
+* rank 0 exports Prometheus metrics and keeps ``metrics.jsonl`` (carried inside each checkpoint so the
+  loss curve continues after a restart).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from unimat_dist.sampling.checkpoint import INFERENCE_FILE, inference_payload, save_inference_checkpoint
+from unimat_dist.training.data import iter_batches
+from unimat_dist.training.ema import EMA
+from unimat_dist.training.loop import Trainer, _truncate_metrics
+
+from . import checkpointing as ck
+from .metrics import TrainMetrics
+from .sharded_ema import ShardedEMA
+
+log = logging.getLogger(__name__)
+
+
+class TimedSource:
+    """Wraps a data source and accumulates the time spent waiting for the next batch."""
+
+    def __init__(self, source) -> None:
+        self.source = source
+        self.wait = 0.0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        it = iter(self.source)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.wait += time.perf_counter() - t0
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.source.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.source.load_state_dict(state)
+
+    def resize_state(self, state: dict[str, Any], old_world: int, old_micro: int) -> dict[str, Any]:
+        """The data position of a checkpoint written with another world size, mapped to this one."""
+        return self.source.resize_state(state, old_world, old_micro)
+
+
+class DistributedTrainer(Trainer):
+    def __init__(
+        self,
+        cfg,
+        *,
+        template: torch.nn.Module | None,
+        run_name: str,
+        marker_fs=None,
+        marker_dir: str | None = None,
+        metrics: TrainMetrics | None = None,
+        **kwargs,
+    ) -> None:
+        kwargs["train_source"] = TimedSource(kwargs["train_source"])
+        super().__init__(cfg, **kwargs)
+        self.template = template  # an unpartitioned copy of the model (ZeRO-3 EMA materialisation)
+        self.run_name = run_name
+        self.marker_fs, self.marker_dir = marker_fs, marker_dir
+        self.metrics = metrics or TrainMetrics(None, "", run_name)
+        self.resumes = 0
+        self._slots = self.spec.L * self.spec.H * self.spec.W
+
+    # ------------------------------------------------------------------ parts
+    def parts(self) -> dict[str, Any]:
+        p = super().parts()
+        p.pop("engine")  # DeepSpeed saves model + optimizer itself
+        return p
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        wait0 = self.train_source.wait
+        m = super().train_step()
+        if self.is_main:
+            self.metrics.observe_step(
+                step=self.state.step, seconds=time.perf_counter() - t0, data_wait=self.train_source.wait - wait0,
+                samples_per_step=self.cfg.train.global_batch_size, slots=self._slots,
+            )
+        self._maybe_inject_failure()
+        return m
+
+    def _log(self, record: dict[str, Any]) -> None:
+        super()._log(record)
+        if self.is_main and "loss" in record:
+            self.metrics.observe_loss(float(record["loss"]))
+            log.info("run=%s step=%d loss=%.5f lr=%.3g samples/s=%.1f", self.run_name, record["step"], record["loss"],
+                     record.get("lr", float("nan")), record.get("samples_per_s", float("nan")))
+
+    def _maybe_inject_failure(self) -> None:
+        f = self.cfg.distributed.fail_at
+        if f.step is None or self.state.step != f.step or self.rank != f.rank or self.marker_fs is None:
+            return
+        prefix = f"{self.marker_dir}/fail_rank{f.rank}_step{f.step}_"
+        self.marker_fs.makedirs(self.marker_dir, exist_ok=True)
+        done = [p for p in self.marker_fs.ls(self.marker_dir, detail=False) if Path(p).name.startswith(Path(prefix).name)]
+        if len(done) >= f.times:
+            return
+        self.marker_fs.pipe_file(f"{prefix}{uuid.uuid4().hex}", b"injected\n")
+        log.warning("injected failure: rank %d kills itself (SIGKILL) after step %d", self.rank, self.state.step)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    # ------------------------------------------------------------------ validation (collective)
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        import torch.distributed as dist
+
+        if self.val_data is None or len(self.val_data) == 0:
+            return {}
+        batches = list(iter_batches(self.val_data, self.micro_batch, self.cfg.train.val_batches))
+        per_rank = math.ceil(len(batches) / self.world_size)
+        zero3 = self.engine.zero_stage == 3
+        ema_module = self.ema.module if isinstance(self.ema, EMA) else self.ema.full_module(self.engine.module, self.template)
+        ema_module.to(self.device)
+        out = {}
+        for name, module, collective in (("val/loss", self.engine.module, zero3), ("val/loss_ema", ema_module, False)):
+            was_training = module.training
+            module.eval()
+            total, n = 0.0, 0.0
+            for j in range(per_rank):
+                i = self.rank + j * self.world_size
+                if i >= len(batches) and not collective:
+                    break
+                weight = 1.0 if i < len(batches) else 0.0
+                raw = batches[min(i, len(batches) - 1)]
+                g_cpu = torch.Generator().manual_seed(self.cfg.seed + 12345 + i)
+                g_dev = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 54321 + i)
+                mb = self.batcher(raw, generator=g_cpu, augment=False).to(self.device)
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                    loss, _ = module(mb.x0, mb.y0, mb.mask, mb.cond, generator=g_dev)
+                total += float(loss) * len(mb) * weight
+                n += len(mb) * weight
+            module.train(was_training)
+            t = torch.tensor([total, n], dtype=torch.float64, device=self.device)
+            dist.all_reduce(t)
+            out[name] = float(t[0] / t[1]) if t[1] > 0 else float("nan")
+        if not isinstance(self.ema, EMA):
+            del ema_module
+        return out
+
+    # ------------------------------------------------------------------ checkpoints (collective)
+    def inference_payload(self) -> dict[str, Any] | None:
+        """Collective under ZeRO-3 (EMA shards are gathered); the payload is built on rank 0 only."""
+        from unimat_dist.config import to_dict
+
+        if isinstance(self.ema, EMA):
+            return super().inference_payload() if self.is_main else None
+        full = self.ema.full_state_dict(self.engine.module)
+        if not self.is_main:
+            return None
+        self.template.load_state_dict(full)
+        return inference_payload(
+            self.template.denoiser, self.template.config(), self.spec, self.normalizer, self.scaler,
+            train_config=to_dict(self.cfg), step=self.state.step, weights="ema",
+        )
+
+    def save_checkpoint(self) -> str | None:
+        import ray.train
+
+        step = self.state.step
+        tmp = Path(tempfile.mkdtemp(prefix=f"unimat-ckpt-{step:08d}-r{self.rank}-"))
+        try:
+            self.engine.ds.save_checkpoint(str(tmp / ck.DS_DIR), tag=ck.DS_TAG, client_state={"step": step})
+            state = {name: part.state_dict() for name, part in self.parts().items()}
+            torch.save(state, tmp / ck.rank_file(self.rank))
+            payload = self.inference_payload()
+            metrics = {"step": step}
+            if self.is_main:
+                save_inference_checkpoint(payload, str(tmp / INFERENCE_FILE))
+                meta = {
+                    "step": step,
+                    "samples_seen": self.state.samples_seen,
+                    "world_size": self.world_size,
+                    "micro_batch": self.micro_batch,
+                    "zero_stage": self.engine.zero_stage,
+                    "run_name": self.run_name,
+                    "resumes": self.resumes,
+                }
+                (tmp / ck.META_FILE).write_text(json.dumps(meta, indent=1))
+                if self.run_dir is not None and (self.run_dir / ck.METRICS_FILE).exists():
+                    shutil.copy(self.run_dir / ck.METRICS_FILE, tmp / ck.METRICS_FILE)
+                if self.history:
+                    metrics["loss"] = float(self.history[-1]["loss"])
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if self.is_main:
+            log.info("run=%s checkpoint at step %d reported", self.run_name, step)
+        return f"step_{step:08d}"
+
+    def maybe_resume(self) -> None:
+        """Resuming happens in ``resume_from`` before ``fit`` (the DeepSpeed engine must know whether to
+        load a universal checkpoint when it is created)."""
+
+    def resume_from(self, ckpt_dir: str, meta: dict[str, Any], universal: tuple[str, str] | None) -> None:
+        ckpt = Path(ckpt_dir)
+        if universal is None:
+            self.engine.ds.load_checkpoint(str(ckpt / ck.DS_DIR), tag=ck.DS_TAG)
+        else:
+            self.engine.ds.load_checkpoint(universal[0], tag=universal[1])
+        same_world = meta["world_size"] == self.world_size
+        own = ckpt / ck.rank_file(self.rank)
+        if same_world:
+            state = torch.load(own, map_location="cpu", weights_only=False)
+            for name, part in self.parts().items():
+                part.load_state_dict(state[name])
+        else:
+            state0 = torch.load(ckpt / ck.rank_file(0), map_location="cpu", weights_only=False)
+            self.state.load_state_dict(state0["train_state"])
+            if isinstance(self.ema, EMA):
+                self.ema.load_state_dict(state0["ema"])
+            else:
+                from unimat_dist.sampling.checkpoint import load_torch
+
+                inf = load_torch(str(ckpt / INFERENCE_FILE))
+                full = {f"denoiser.{k}": v for k, v in inf["state_dict"].items()}
+                self.ema.load_full(full, state0["ema"]["num_updates"])
+            self.train_source.load_state_dict(
+                self.train_source.resize_state(state0["data"], meta["world_size"], meta["micro_batch"])
+            )
+            reseed = self.cfg.seed * 1_000_003 + self.state.step * 1009 + self.rank
+            torch.manual_seed(reseed)
+            self.batcher.generator.manual_seed(reseed + 17)
+            log.info("rank %d: resumed a %d-worker checkpoint on %d workers (data position mapped, RNG re-seeded)",
+                     self.rank, meta["world_size"], self.world_size)
+        self.resumes = int(meta.get("resumes", 0)) + 1
+        self._iter = None
+        if self.is_main and self.metrics.enabled:
+            self.metrics.restarts.inc()
+        if self.is_main and self.run_dir is not None and (ckpt / ck.METRICS_FILE).exists():
+            shutil.copy(ckpt / ck.METRICS_FILE, self.run_dir / ck.METRICS_FILE)
+            _truncate_metrics(self.run_dir / ck.METRICS_FILE, self.state.step)
+        log.info("rank %d resumed from %s at step %d", self.rank, ckpt_dir, self.state.step)

@@ -1,0 +1,133 @@
+"""The per-worker training function that Ray Train runs on every rank (``TorchTrainer(train_worker, ...)``).
+
+Ray has already initialised the process group (gloo on CPU, nccl on GPUs) and set RANK/WORLD_SIZE/
+MASTER_ADDR; DeepSpeed reuses it. The function builds the same run as the local trainer
+(``prepare_run``), swaps in the DeepSpeed engine and the rank's slice of the data, resumes from
+``ray.train.get_checkpoint()`` when Ray restarts the worker group, and runs ``Trainer.fit``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
+    import ray.train
+    import ray.train.torch
+    import torch
+    import torch.distributed as dist
+
+    from unimat_dist.config import from_dict
+    from unimat_dist.training.config import TrainConfig
+    from unimat_dist.training.ema import EMA
+    from unimat_dist.training.engine import resolve_autocast
+    from unimat_dist.training.setup import build_diffusion, make_train_source, prepare_run
+
+    from . import checkpointing as ck
+    from .deepspeed_engine import DeepSpeedEngine, deepspeed_config, resolve_precision
+    from .metrics import TrainMetrics
+    from .sharded_ema import ShardedEMA
+    from .trainer import DistributedTrainer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = from_dict(TrainConfig, payload["config"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    d = cfg.distributed
+
+    setup = prepare_run(cfg, device=device, rank=rank)
+    train_source, val_data = make_train_source(cfg, setup, rank=rank, world_size=world), setup.val_data
+
+    # Resume point first: the engine must know whether DeepSpeed loads a universal checkpoint.
+    checkpoint = ray.train.get_checkpoint()
+    ckpt_ctx = checkpoint.as_directory() if checkpoint is not None else None
+    ckpt_dir = ckpt_ctx.__enter__() if ckpt_ctx is not None else None
+    try:
+        meta = ck.read_meta(ckpt_dir) if ckpt_dir else None
+        universal = None
+        if meta is not None and meta["world_size"] != world:
+            out = ck.universal_dir(ckpt_dir)
+            if ctx.get_local_rank() == 0:
+                universal = ck.convert_to_universal(ckpt_dir, out)
+            dist.barrier()
+            universal = universal or (str(out), f"{ck.DS_TAG}_universal")
+
+        ds_cfg = deepspeed_config(cfg, world_size=world, device_type=device.type, load_universal=universal is not None)
+        engine = DeepSpeedEngine.create(setup.diffusion, ds_cfg, weight_decay=cfg.optim.weight_decay)
+        if engine.zero_stage == 3:
+            ema = ShardedEMA(engine.module, cfg.optim.ema_decay, rank)
+            template = build_diffusion(cfg, setup.spec, len(setup.scaler.names)).to(device)
+        else:
+            ema, template = EMA(engine.module, cfg.optim.ema_decay), None
+
+        run_name = payload["run_name"]
+        run_dir = Path(tempfile.gettempdir()) / "unimat-ray-runs" / run_name / f"rank{rank}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        marker_fs, marker_dir = _marker_storage(payload)
+        amp = torch.bfloat16 if resolve_precision(d.precision, device.type) == "bf16" else None
+        metrics = TrainMetrics(d.metrics_port if rank == 0 else None, d.metrics_host, run_name)
+        if rank == 0:
+            metrics.world.set(world) if metrics.enabled else None
+        trainer = DistributedTrainer(
+            cfg,
+            template=template,
+            run_name=run_name,
+            marker_fs=marker_fs,
+            marker_dir=marker_dir,
+            metrics=metrics,
+            engine=engine,
+            ema=ema,
+            batcher=setup.batcher,
+            train_source=train_source,
+            val_data=val_data,
+            spec=setup.spec,
+            normalizer=setup.normalizer,
+            scaler=setup.scaler,
+            checkpoints=None,
+            run_dir=run_dir if rank == 0 else None,
+            autocast_dtype=amp if amp is not None else resolve_autocast("fp32", device),
+            rank=rank,
+            world_size=world,
+        )
+        if ckpt_dir is not None:
+            trainer.resume_from(ckpt_dir, meta, universal)
+    finally:
+        if ckpt_ctx is not None:
+            ckpt_ctx.__exit__(None, None, None)
+
+    if rank == 0:
+        log.info("run=%s rank 0/%d: %s, ZeRO-%d, micro-batch %d x %d accumulation, device %s",
+                 run_name, world, setup.spec.describe(), engine.zero_stage, trainer.micro_batch, trainer.accum, device)
+    try:
+        result = trainer.fit()
+    finally:
+        metrics.close()
+    return {
+        "steps": result.steps,
+        "first_loss": result.first_loss,
+        "last_loss": result.last_loss,
+        "val_loss": result.val_loss,
+        "world_size": world,
+        "resumes": trainer.resumes,
+        "history": result.history,
+    }
+
+
+def _marker_storage(payload: dict[str, Any]):
+    """(fsspec filesystem, folder) for fault-injection markers inside the run's storage."""
+    from unimat_dist.data.storage import filesystem
+
+    root = payload["storage_path"].rstrip("/")
+    fs, path = filesystem(root, payload.get("storage_options") or None)
+    return fs, f"{path}/{payload['run_name']}/fault_injection"
+
+
+os.environ.setdefault("PYTHONUNBUFFERED", "1")
