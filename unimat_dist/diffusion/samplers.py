@@ -31,6 +31,7 @@ from unimat_dist.representation import NULL_VALUE
 
 from .gaussian import GaussianDiffusion
 from .guidance import guided_eps, guided_rows, paired_condition
+from .noise import NoiseSource, randn
 from .schedules import sampling_timesteps
 
 SAMPLERS = ("ddpm", "ddim")
@@ -59,7 +60,7 @@ def sample(
     sampler: str = "ddim",
     steps: int | None = None,
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: NoiseSource = None,
     autocast_dtype: torch.dtype | None = None,
     lattice_clip: float = 5.0,
     progress: bool = False,
@@ -67,7 +68,9 @@ def sample(
     """Draw one sample per row of ``cond``; ``guidance`` is a scalar or a (B,) tensor of weights w.
 
     ``steps`` defaults to T for DDPM and 100 for DDIM. ``autocast_dtype`` (e.g. torch.bfloat16 on GPU)
-    runs the network under autocast; the sampler state stays float32.
+    runs the network under autocast; the sampler state stays float32. ``generator`` is one
+    ``torch.Generator`` for the batch, or ``RowGenerators`` (one per group of rows, so that each group's
+    samples depend only on its own seed; see ``noise.py``).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -84,8 +87,8 @@ def sample(
     allowed = cond.allowed_slots(diffusion.allowed_cells)
     exact_atoms = cond.exact[:, None, None, None] & (cond.composition > 0.5) & allowed
 
-    x = torch.randn((b, L, H, W, 3), device=device, generator=generator)
-    y = torch.randn((b, d), device=device, generator=generator)
+    x = randn((b, L, H, W, 3), generator, device)
+    y = randn((b, d), generator, device)
     seq = sampling_timesteps(T, steps).tolist()
     abar = diffusion.alphas_cumprod_f64
     amp = (
@@ -123,6 +126,6 @@ def sample(
             x = c0 * x0 + ct * x
             y = c0 * y0 + ct * y
         if sigma > 0:
-            x = x + sigma * torch.randn(x.shape, device=device, generator=generator)
-            y = y + sigma * torch.randn(y.shape, device=device, generator=generator)
+            x = x + sigma * randn(x.shape, generator, device)
+            y = y + sigma * randn(y.shape, generator, device)
     return SampleOutput(x.float(), y.float(), allowed, exact_atoms)
