@@ -1,0 +1,312 @@
+"""The generation service: a Ray Serve application serving batched UniMat sampling over HTTP.
+
+    serve run deploy/serve_config.yaml                                        # config file (autoscaling, resources)
+    serve run deploy.app:build_app checkpoint=out/train_tiny_cpu max_batch_size=16
+    unimat serve --checkpoint out/train_tiny_cpu --host 127.0.0.1 --port 8000 # local Ray + Serve, blocking
+    serve deploy deploy/serve_config.yaml                                     # onto a running cluster
+    kubectl apply -f deploy/kuberay-rayservice.yaml                           # KubeRay RayService
+
+Endpoints (docs/generation.md has request/response examples):
+
+    POST /v1/generate   {"num_samples", "composition", "exact_counts", "properties", "guidance", "sampler",
+                         "steps", "eta", "seed", "format"} -> structures (CIF or JSON) + validity flags
+    GET  /v1/model      checkpoint, spec (L, grid, elements), properties, limits, batching settings
+    GET  /v1/stats      this replica's request/batch/loop counters (batch-size histogram)
+    GET  /healthz       liveness; GET /openapi.json and /docs: the OpenAPI schema
+
+One deployment, ``UniMatGenerator``: each replica loads the model once (``__init__``), ``generate``
+only parses and validates, and ``_generate_batch`` (``@serve.batch``) runs the merged requests in a
+worker thread so that the event loop keeps accepting requests (and forming the next batch) while the
+device works. Batching policy: ``unimat_dist/generation/jobs.py``.
+"""
+# No ``from __future__ import annotations``: FastAPI resolves route annotations from the globals of the
+# by-value pickled methods, which hold only names the code uses.
+import asyncio
+import logging
+import secrets
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from unimat_dist import __version__
+
+from .metrics import ServiceMetrics
+from .schemas import ApiError, ErrorResponse, GenerateRequest, GenerateResponse, parse_generate_request
+from .settings import ServeSettings, load_settings
+
+log = logging.getLogger("ray.serve")
+
+api = FastAPI(
+    title="unimat-dist generation API",
+    version=__version__,
+    description="Crystal structures from a UniMat diffusion model (arXiv 2311.09235), batched on Ray Serve.",
+)
+
+_ERRORS = {status: {"model": ErrorResponse} for status in (400, 413, 422, 500)}
+
+
+# Every helper the deployment uses is defined above it: Serve pickles the decorated class by value, with
+# the module globals that exist at decoration time.
+class _Pending:
+    """A validated request waiting for its batch."""
+
+    __slots__ = ("job", "fmt", "composition", "exact_counts")
+
+    def __init__(self, job, fmt: str, composition, exact_counts: bool) -> None:
+        self.job, self.fmt, self.composition, self.exact_counts = job, fmt, composition, exact_counts
+
+
+def _response_body(p: _Pending, structures: list, info: dict[str, Any]) -> dict[str, Any]:
+    from unimat_dist.generation import structure_to_cif, structure_to_json, summarize_flags, validity_flags
+
+    req_id = uuid.uuid4().hex
+    flags, out = [], []
+    for k, s in enumerate(structures):
+        f = validity_flags(s, p.composition, p.exact_counts)
+        flags.append(f)
+        entry: dict[str, Any] = {
+            "index": k,
+            "formula": s.composition.reduced_formula if s is not None else None,
+            "num_atoms": len(s) if s is not None else 0,
+            "validity": f,
+        }
+        if s is not None:
+            if p.fmt == "cif":
+                entry["cif"] = structure_to_cif(s, f"{req_id[:12]}_{k}")
+            else:
+                entry["structure"] = structure_to_json(s)
+        out.append(entry)
+    summary = summarize_flags(flags)
+    job = p.job
+    return {
+        "id": req_id,
+        "num_samples": job.num_samples,
+        "seed": job.seed,
+        "sampler": job.sampler,
+        "steps": job.steps,
+        "eta": job.eta,
+        "format": p.fmt,
+        "structures": out,
+        "validity": {k: summary[k] for k in ("count", "decoded", "structure_valid", "composition_valid",
+                                             "matches_request", "valid")},
+        "model": {"checkpoint": info["checkpoint"], "step": info["step"]},
+    }
+
+
+def _max_ongoing_requests() -> int | None:
+    """This replica's ``max_ongoing_requests`` (from Serve's private replica context; None if unavailable)."""
+    ctx = serve.get_replica_context()
+    config = getattr(ctx, "_deployment_config", None) if ctx is not None else None
+    return getattr(config, "max_ongoing_requests", None)
+
+
+async def _read_body(request: Request, max_bytes: int) -> bytes:
+    """The body, refusing (413) more than ``max_bytes`` without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise ApiError(413, "request_too_large", f"request body is {declared} bytes; the limit is {max_bytes}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise ApiError(413, "request_too_large", f"request body exceeds the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@serve.deployment(name="UniMatGenerator", max_ongoing_requests=64, health_check_period_s=10, health_check_timeout_s=60)
+@serve.ingress(api)
+class UniMatGenerator:
+    def __init__(self, settings: dict[str, Any]) -> None:
+        import torch
+
+        from unimat_dist.generation import model_info, open_generator
+
+        self.settings: ServeSettings = load_settings(settings)
+        s = self.settings
+        if s.torch_threads:
+            torch.set_num_threads(s.torch_threads)
+        t0 = time.perf_counter()
+        self.g = open_generator(s.checkpoint, s.storage_options, device=s.device, precision=s.precision)
+        self.info = model_info(self.g)
+        self.metrics = ServiceMetrics()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="unimat-sampling")  # one loop at a time per device
+        self._generate_batch.set_max_batch_size(s.max_batch_size)
+        self._generate_batch.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
+        self._warm_up()
+        self.max_ongoing_requests = _max_ongoing_requests()
+        log.info("UniMatGenerator: %s (step %s, %s parameters) on %s in %.1f s; max_batch_size %d, "
+                 "max_ongoing_requests %s", self.info["checkpoint"], self.info["step"], f"{self.info['parameters']:,}",
+                 self.info["device"], time.perf_counter() - t0, s.max_batch_size, self.max_ongoing_requests)
+        if self.max_ongoing_requests is not None and self.max_ongoing_requests < s.max_batch_size:
+            log.warning("max_ongoing_requests=%d < max_batch_size=%d: batches will hold at most %d requests",
+                        self.max_ongoing_requests, s.max_batch_size, self.max_ongoing_requests)
+
+    def _warm_up(self) -> None:
+        """One tiny generation before the first request: first-call costs (kernels, SMACT tables) land here."""
+        from unimat_dist.generation import GenerationJob, prepare_job, run_jobs, validity_flags
+        from unimat_dist.sampling import SampleRequest
+
+        job = prepare_job(self.g, GenerationJob(1, SampleRequest(), "ddim", 1, 0.0, 0))
+        structure = run_jobs(self.g, [job])[0][0]
+        validity_flags(structure)
+
+    def check_health(self) -> None:
+        if self.g is None:  # pragma: no cover - __init__ raises instead
+            raise RuntimeError("model not loaded")
+
+    # ------------------------------------------------------------------ routes
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        self.metrics.request("/healthz", 200)
+        return {"status": "ok", "model_step": self.info["step"]}
+
+    @api.get("/v1/model")
+    async def model(self) -> dict[str, Any]:
+        s = self.settings
+        self.metrics.request("/v1/model", 200)
+        return {
+            **self.info,
+            "limits": {
+                "max_samples_per_request": s.max_samples_per_request,
+                "max_request_bytes": s.max_request_bytes,
+                "max_steps": min(s.max_steps, self.info["timesteps"]),
+                "max_guidance": s.max_guidance,
+            },
+            "defaults": {"sampler": "ddim", "steps_ddim": min(s.default_steps_ddim, self.info["timesteps"]),
+                         "steps_ddpm": self.info["timesteps"], "format": s.default_format},
+            "batching": {"max_batch_size": s.max_batch_size, "max_ongoing_requests": self.max_ongoing_requests,
+                         "batch_wait_timeout_s": s.batch_wait_timeout_s,
+                         "max_batch_samples": s.max_batch_samples,
+                         "policy": "one denoising loop per (sampler, steps, eta) group; compositions, properties "
+                                   "and guidance mix freely within a loop; requests are never split"},
+            "server_version": __version__,
+        }
+
+    @api.get("/v1/stats")
+    async def stats(self) -> dict[str, Any]:
+        ctx = serve.get_replica_context()
+        return {"replica": ctx.replica_tag if ctx else None, **self.metrics.snapshot()}
+
+    @api.post(
+        "/v1/generate",
+        response_model=GenerateResponse,
+        responses=_ERRORS,
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/json": {"schema": GenerateRequest.model_json_schema(ref_template="#/components/schemas/{model}")}
+        }}},
+    )
+    async def generate(self, request: Request):
+        t0 = time.perf_counter()
+        try:
+            body = await _read_body(request, self.settings.max_request_bytes)
+            pending = self._validate(parse_generate_request(body, self.settings.max_request_bytes))
+        except ApiError as exc:
+            self.metrics.error(exc.type)
+            self.metrics.request("/v1/generate", exc.status, time.perf_counter() - t0)
+            return JSONResponse(exc.body(), status_code=exc.status)
+        try:
+            result = await self._generate_batch(pending)
+        except Exception as exc:  # a bug or a device failure, not the client's fault
+            log.exception("generation failed")
+            self.metrics.error("internal")
+            self.metrics.request("/v1/generate", 500, time.perf_counter() - t0)
+            return JSONResponse({"error": {"type": "internal", "message": f"generation failed: {type(exc).__name__}"}},
+                                status_code=500)
+        total = time.perf_counter() - t0
+        result["timing"]["total_s"] = total
+        self.metrics.request("/v1/generate", 200, total)
+        return JSONResponse(result)
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self, req: GenerateRequest) -> _Pending:
+        """Service limits and the model's constraints -> a prepared job; ``ApiError`` 422 otherwise."""
+        from unimat_dist.generation import GenerationJob, prepare_job
+        from unimat_dist.sampling import SampleRequest
+
+        s, T = self.settings, self.info["timesteps"]
+        if req.num_samples > s.max_samples_per_request:
+            raise ApiError(422, "limit_exceeded", f"num_samples {req.num_samples} exceeds this service's limit of "
+                                                  f"{s.max_samples_per_request} per request", "num_samples")
+        steps = req.steps if req.steps is not None else (T if req.sampler == "ddpm" else min(s.default_steps_ddim, T))
+        if steps > min(s.max_steps, T):
+            raise ApiError(422, "limit_exceeded", f"steps {steps} exceeds the limit of {min(s.max_steps, T)} "
+                                                  f"(service max_steps {s.max_steps}, model T {T})", "steps")
+        if req.guidance > s.max_guidance:
+            raise ApiError(422, "limit_exceeded", f"guidance {req.guidance} exceeds the limit of {s.max_guidance}",
+                           "guidance")
+        if req.eta > 0 and req.sampler != "ddim":
+            raise ApiError(422, "invalid_request", "eta applies to the ddim sampler only", "eta")
+        seed = req.seed if req.seed is not None else secrets.randbits(63)
+        sample_request = SampleRequest(req.composition, req.exact_counts, dict(req.properties or {}), req.guidance)
+        job = GenerationJob(req.num_samples, sample_request, req.sampler, steps, req.eta, seed)
+        try:
+            prepare_job(self.g, job)
+        except ValueError as exc:
+            field = "properties" if "propert" in str(exc) else "composition"
+            raise ApiError(422, "model_constraint", str(exc), field) from None
+        return _Pending(job, req.format or s.default_format, req.composition, req.exact_counts)
+
+    # ------------------------------------------------------------------ the batch
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.05)  # replaced from settings in __init__
+    async def _generate_batch(self, items: list[_Pending]) -> list[dict[str, Any]]:
+        self.metrics.batch(len(items))
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, items)
+
+    def _run(self, items: list[_Pending]) -> list[dict[str, Any]]:
+        """Sample every request of a batch (worker thread) and build the response bodies."""
+        from unimat_dist.generation import run_jobs
+
+        loops: list = []
+
+        def on_loop(stats) -> None:
+            loops.append(stats)
+            self.metrics.loop(stats.rows, stats.seconds)
+
+        t0 = time.perf_counter()
+        jobs = [p.job for p in items]
+        structures = run_jobs(self.g, jobs, self.settings.max_batch_samples, on_loop)
+        # which loop each job ran in: plan_loops is deterministic, so recompute it for the timings
+        from unimat_dist.generation import plan_loops
+
+        loop_of = {i: k for k, members in enumerate(plan_loops(jobs, self.settings.max_batch_samples)) for i in members}
+        outcomes: Counter[str] = Counter()
+        bodies = []
+        for i, (p, out) in enumerate(zip(items, structures)):
+            body = _response_body(p, out, self.info)
+            lp = loops[loop_of[i]]
+            body["timing"] = {"total_s": 0.0, "sample_s": lp.seconds, "batch_requests": len(items),
+                              "loop_samples": lp.rows}
+            v = body["validity"]
+            outcomes.update({"valid": v["valid"], "invalid": v["decoded"] - v["valid"],
+                             "undecoded": v["count"] - v["decoded"]})
+            bodies.append(body)
+        self.metrics.structure_outcomes(outcomes)
+        log.info("batch: %d requests, %d loops, %d samples in %.2f s", len(items), len(loops),
+                 sum(lp.rows for lp in loops), time.perf_counter() - t0)
+        return bodies
+
+
+def application(settings: dict[str, Any], **deployment_options: Any) -> serve.Application:
+    """The bound application for ``ServeSettings`` fields, with Serve deployment options (``num_replicas``,
+    ``ray_actor_options``, ``autoscaling_config``, ...) for programmatic use (``unimat serve``, tests)."""
+    s = load_settings(settings)
+    deployment_options.setdefault("max_ongoing_requests", max(2 * s.max_batch_size, 8))
+    return UniMatGenerator.options(**deployment_options).bind(asdict(s))
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """Application builder (``import_path: deploy.app:build_app``); ``args`` are ``ServeSettings`` fields.
+
+    ``max_ongoing_requests`` defaults to twice ``max_batch_size``: a replica only batches the requests it
+    holds, so a smaller value caps every batch (Serve's default of 5 would cap them at 5). A Serve config
+    that sets ``max_ongoing_requests`` itself must keep it >= ``max_batch_size``.
+    """
+    return application(args)

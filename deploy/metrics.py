@@ -1,0 +1,133 @@
+"""Metrics of the generation service: Prometheus series through Ray's metrics agent, plus the replica's
+own counters served as JSON (``GET /v1/stats``).
+
+The Prometheus series are ``ray.util.metrics`` objects: every replica reports them to its node's Ray
+metrics agent, which serves them (prefixed ``ray_``) on the node's metrics export port next to Ray
+Serve's built-in ``ray_serve_*`` series; a Prometheus ``PodMonitor`` / scrape config of the Ray
+cluster collects them (see docs/generation.md). Names, as exported:
+
+=============================================  =========  ==========================================
+``ray_unimat_serve_requests_total``            counter    HTTP requests by ``route`` and ``status``
+``ray_unimat_serve_errors_total``              counter    failed requests by error ``type``
+``ray_unimat_serve_request_latency_seconds``   histogram  receipt to response of ``POST /v1/generate``
+``ray_unimat_serve_batch_requests``            histogram  requests merged into one ``@serve.batch`` call
+``ray_unimat_serve_loop_samples``              histogram  rows of one denoising loop
+``ray_unimat_serve_loop_seconds``              histogram  duration of one denoising loop (incl. decoding)
+``ray_unimat_serve_structures_total``          counter    generated crystals by ``outcome`` (valid,
+                                                          invalid, undecoded)
+=============================================  =========  ==========================================
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+LATENCY_BOUNDARIES = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300]  # seconds
+BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256]  # requests per batch
+SAMPLE_BOUNDARIES = [1, 4, 16, 64, 256, 1024, 4096]  # rows per denoising loop
+
+
+class ServiceMetrics:
+    """Prometheus series (when running inside Ray) and in-process totals, updated together."""
+
+    def __init__(self, deployment: str = "UniMatGenerator") -> None:
+        self.started = time.time()
+        self._lock = threading.Lock()  # batches finish in a worker thread, requests on the event loop
+        self.requests: Counter[str] = Counter()  # "route status" -> n
+        self.errors: Counter[str] = Counter()
+        self.batch_sizes: Counter[int] = Counter()  # requests per batch -> number of batches
+        self.loop_rows: Counter[int] = Counter()
+        self.structures: Counter[str] = Counter()
+        self.loop_seconds = 0.0
+        self._prom = _prometheus_series(deployment)
+
+    # --------------------------------------------------------------------- recording
+    def request(self, route: str, status: int, seconds: float | None = None) -> None:
+        with self._lock:
+            self.requests[f"{route} {status}"] += 1
+        if self._prom:
+            self._prom["requests"].inc(tags={"route": route, "status": str(status)})
+            if seconds is not None:
+                self._prom["latency"].observe(seconds, tags={"route": route})
+
+    def error(self, type_: str) -> None:
+        with self._lock:
+            self.errors[type_] += 1
+        if self._prom:
+            self._prom["errors"].inc(tags={"type": type_})
+
+    def batch(self, num_requests: int) -> None:
+        with self._lock:
+            self.batch_sizes[int(num_requests)] += 1
+        if self._prom:
+            self._prom["batch"].observe(num_requests)
+
+    def loop(self, rows: int, seconds: float) -> None:
+        with self._lock:
+            self.loop_rows[int(rows)] += 1
+            self.loop_seconds += seconds
+        if self._prom:
+            self._prom["loop_rows"].observe(rows)
+            self._prom["loop_seconds"].observe(seconds)
+
+    def structure_outcomes(self, outcomes: Counter[str]) -> None:
+        with self._lock:
+            self.structures.update(outcomes)
+        if self._prom:
+            for outcome, n in outcomes.items():
+                if n:
+                    self._prom["structures"].inc(n, tags={"outcome": outcome})
+
+    # --------------------------------------------------------------------- reporting
+    def snapshot(self) -> dict[str, Any]:
+        """The replica's totals since start (``GET /v1/stats``)."""
+        with self._lock:
+            batches = sum(self.batch_sizes.values())
+            return {
+                "uptime_s": time.time() - self.started,
+                "requests": dict(sorted(self.requests.items())),
+                "errors_by_type": dict(sorted(self.errors.items())),
+                "batches": batches,
+                "batch_size_histogram": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+                "max_batch_size_seen": max(self.batch_sizes, default=0),
+                "mean_batch_size": (sum(k * v for k, v in self.batch_sizes.items()) / batches) if batches else 0.0,
+                "loops": sum(self.loop_rows.values()),
+                "loop_rows_histogram": {str(k): v for k, v in sorted(self.loop_rows.items())},
+                "loop_seconds_total": self.loop_seconds,
+                "structures": dict(sorted(self.structures.items())),
+            }
+
+
+def _prometheus_series(deployment: str) -> dict[str, Any] | None:
+    """The ``ray.util.metrics`` objects, or None outside a Ray worker (unit tests, plain Python)."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    from ray.util.metrics import Counter as RayCounter
+    from ray.util.metrics import Histogram
+
+    tags = {"deployment": deployment}
+
+    def with_default(metric):
+        metric.set_default_tags(tags)
+        return metric
+
+    return {
+        "requests": with_default(RayCounter("unimat_serve_requests_total", "HTTP requests by route and status",
+                                            tag_keys=("deployment", "route", "status"))),
+        "errors": with_default(RayCounter("unimat_serve_errors_total", "failed requests by error type",
+                                          tag_keys=("deployment", "type"))),
+        "latency": with_default(Histogram("unimat_serve_request_latency_seconds", "request latency, seconds",
+                                          boundaries=LATENCY_BOUNDARIES, tag_keys=("deployment", "route"))),
+        "batch": with_default(Histogram("unimat_serve_batch_requests", "requests per @serve.batch call",
+                                        boundaries=BATCH_BOUNDARIES, tag_keys=("deployment",))),
+        "loop_rows": with_default(Histogram("unimat_serve_loop_samples", "rows per denoising loop",
+                                            boundaries=SAMPLE_BOUNDARIES, tag_keys=("deployment",))),
+        "loop_seconds": with_default(Histogram("unimat_serve_loop_seconds", "denoising loop duration, seconds",
+                                               boundaries=LATENCY_BOUNDARIES, tag_keys=("deployment",))),
+        "structures": with_default(RayCounter("unimat_serve_structures_total", "generated crystals by outcome",
+                                              tag_keys=("deployment", "outcome"))),
+    }

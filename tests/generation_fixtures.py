@@ -1,0 +1,57 @@
+"""A tiny generator trained in the test session, shared by the serving and batch-generation tests.
+
+The tiny U-Net is trained for 60 steps (batch 8) on the first 8 Perov-5 training crystals in the reduced grid
+of their 18 elements (L = 3, T = 100), which takes seconds on a CPU: enough for a real checkpoint of the
+training loop's format with a property (``heat_ref``), not for good crystals. Exact-count requests are
+honoured whatever the weights (the sampler fixes the composition), so composition checks are exact.
+
+The run is written once per pytest session under the session's base temp directory and reused by
+every module that asks for it (``COMPLETE`` marker written last).
+"""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# the elements of the first 8 Perov-5 training crystals (the bundled val split stands in for train)
+ELEMENTS = ["Cd", "Cu", "N", "V", "Ir", "O", "Ru", "W", "F", "Mg", "Ti", "S", "As", "Sc", "Co", "Pt", "La", "Sn"]
+COMPOSITIONS = ["CdCuN3", "VIrO3", "RuWNOF", "MgTiSO2", "CuAsN2O", "ScCoO2F", "RuPtSO2", "LaSnNOF"]
+TIMESTEPS = 100
+TRAIN_STEPS = 60  # ~20 s on 2 CPU cores; enough for most exact-count crystals to have distinct sites
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_tiny_generator(run_dir: Path, cache_dir: Path) -> Path:
+    """Train (or reuse) the tiny run; returns the run directory (its newest checkpoint is loadable)."""
+    marker = run_dir / "COMPLETE"
+    if marker.exists():
+        return run_dir
+    from unimat_dist.training import load_train_config, run_training
+
+    cfg = load_train_config(ROOT / "cluster" / "jobs" / "train_tiny_cpu.yaml", [
+        f"out_dir={run_dir}", f"data.cache_dir={cache_dir}", "data.limit_train=8", "data.limit_val=4",
+        f"data.elements=[{','.join(ELEMENTS)}]", "data.properties=[heat_ref]", f"diffusion.timesteps={TIMESTEPS}",
+        "diffusion.loss_weighting=condition", "augment.shuffle_slots=none", "augment.translate=false",
+        "conditioning.p_unconditional=0.3", "conditioning.p_element_types=0.2", "conditioning.p_exact_counts=0.5",
+        "optim.lr=2e-3", "optim.warmup_steps=4", "optim.ema_decay=0.9", f"train.steps={TRAIN_STEPS}",
+        "train.global_batch_size=8", "train.val_every=0", "train.val_batches=1", "train.ckpt_every=0",
+        "train.log_every=8", "train.progress=false", "train.num_threads=2",
+    ])
+    run_training(cfg)
+    marker.write_text("ok\n")
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """Run directory of the session's tiny generator (trained on first use)."""
+    base = tmp_path_factory.getbasetemp()
+    return train_tiny_generator(base / "tiny-generator-run", base / "tiny-generator-cache")

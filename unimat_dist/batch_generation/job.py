@@ -1,0 +1,306 @@
+"""The batch generation job: plan -> claim/resume -> run pending units (Ray or local) -> manifest -> summary.
+
+    from unimat_dist.batch_generation import load_batch_config, run_generate_batch
+    summary = run_generate_batch(load_batch_config("cluster/jobs/generate_tiny_cpu.yaml"))
+
+Output layout (``output.uri``; file path, file://, s3:// or gs://):
+
+    manifest.json             written last: shards with their request ids, counts, validity rates, rejections
+    shards/part-000000.cif    the decoded crystals of one unit (or .extxyz)
+    _units/part-000000.json   the unit's commit record (written after its shard): per request seed,
+                              formulas and validity flags of every sample; rejected requests
+    _job.json                 fingerprint of the job that owns this output
+
+Rerunning the same job resumes: units with a commit record are skipped, so their request ids are never
+redone, and the others run (an interrupted unit rewrites its shard with the same seeds). A different
+job on the same output (other checkpoint, requests, sampler settings, format or shard size) is refused
+unless ``output.overwrite`` is set.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterator
+
+from unimat_dist.config import load_config, to_dict
+from unimat_dist.data.storage import exists, join_uri, list_files, read_bytes, remove_tree, sweep_temp_files, write_bytes_atomic
+
+from .config import GenerateBatchConfig
+from .requests import BatchRequest, plan_requests, requests_digest
+from .unit_worker import SHARDS_DIR, UNITS_DIR, JobContext, WorkUnit, generate_unit, plan_units, unit_name
+
+log = logging.getLogger("unimat.generate_batch")
+
+JOB_VERSION = 1  # bump when the bytes of a shard change for the same job
+JOB_FILE = "_job.json"
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "unimat-dist/generated-structures"
+
+
+def load_batch_config(path=None, overrides: list[str] | None = None) -> GenerateBatchConfig:
+    return load_config(GenerateBatchConfig, path, overrides)
+
+
+@dataclass
+class BatchSummary:
+    output_uri: str
+    manifest_uri: str
+    requests: int
+    requests_skipped: int  # already committed by an earlier run
+    requests_run: int
+    rejected: int
+    samples: int
+    units: int
+    units_skipped: int
+    validity: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        v = self.validity
+
+        def rate(name: str) -> str:
+            r = v.get(f"{name}_rate")
+            return "n/a" if r is None else f"{100 * r:.1f}%"
+
+        return [
+            f"generate-batch summary for {self.output_uri}",
+            f"  requests    {self.requests:>10,}   ({self.requests_skipped:,} already done, {self.requests_run:,} run "
+            f"now, {self.rejected:,} rejected; {self.units} units, {self.units_skipped} skipped)",
+            f"  crystals    {self.samples:>10,}   in {self.seconds:.1f} s",
+            f"  decoded {rate('decoded')} | structure valid {rate('structure_valid')} | composition valid "
+            f"{rate('composition_valid')} | match request {rate('matches_request')} | valid {rate('valid')}",
+            f"  manifest    {self.manifest_uri}",
+        ]
+
+
+# ----------------------------------------------------------------------------------------- identity
+def resolve_checkpoint(cfg: GenerateBatchConfig) -> str:
+    """The exact inference file the job uses: a run directory resolves to its newest complete step now,
+    so every actor (and every resumed run) loads the same weights."""
+    from unimat_dist.generation import install_storage_options
+    from unimat_dist.sampling import resolve_inference_path
+
+    ckpt = cfg.model.checkpoint
+    if not ckpt:
+        raise ValueError("model.checkpoint is required (inference.pt, a checkpoint/run directory, or a URI)")
+    install_storage_options(ckpt, cfg.model.storage_options)
+    if ckpt.startswith("file://"):
+        ckpt = ckpt[len("file://"):]
+    return resolve_inference_path(ckpt)
+
+
+def fingerprint(cfg: GenerateBatchConfig, checkpoint: str, requests: list[BatchRequest]) -> str:
+    """Identity of the job's output: everything that changes which crystals are written where.
+    ``sampling.max_batch_samples`` is left out: it only regroups rows into loops."""
+    ident = {
+        "job_version": JOB_VERSION,
+        "checkpoint": checkpoint,
+        "requests": requests_digest(requests),
+        "sampling": {k: v for k, v in to_dict(cfg.sampling).items() if k != "max_batch_samples"},
+        "exact_counts": cfg.requests.exact_counts,
+        "guidance": cfg.requests.guidance,
+        "format": cfg.output.format,
+        "requests_per_shard": cfg.output.requests_per_shard,
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _claim_output(output: str, opts: dict, fp: str, cfg: GenerateBatchConfig) -> None:
+    job_uri = join_uri(output, JOB_FILE)
+    if cfg.output.overwrite:
+        log.info("output.overwrite: deleting %s", output)
+        remove_tree(output, opts)
+    elif exists(job_uri, opts):
+        other = json.loads(read_bytes(job_uri, opts))
+        if other.get("fingerprint") != fp:
+            raise ValueError(f"{output} holds the output of a different generation job (fingerprint "
+                             f"{other.get('fingerprint')}, this job {fp}); choose another output or set output.overwrite")
+        log.info("resuming the job in %s", output)
+        return
+    elif exists(join_uri(output, MANIFEST_NAME), opts):
+        raise ValueError(f"{output} already holds generated structures of an unknown job; choose another output or "
+                         "set output.overwrite")
+    body = {"fingerprint": fp, "started_at": datetime.now(timezone.utc).isoformat(), "config": to_dict(cfg)}
+    write_bytes_atomic(job_uri, json.dumps(body, sort_keys=True, indent=1).encode(), opts)
+
+
+def committed_units(output: str, opts: dict, units: list[WorkUnit], fp: str) -> dict[int, dict[str, Any]]:
+    """Commit records already written for this job (matching fingerprint and unit content)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    wanted = {f"{unit_name(u.index)}.json": u for u in units}
+    names = [n for n in list_files(join_uri(output, UNITS_DIR), opts) if n in wanted]
+    with ThreadPoolExecutor(16) as pool:  # one GET per record, parallel for thousands of units in a bucket
+        bodies = list(pool.map(lambda n: read_bytes(join_uri(output, UNITS_DIR, n), opts), names))
+    done: dict[int, dict[str, Any]] = {}
+    for name, body in zip(names, bodies):
+        unit, rec = wanted[name], json.loads(body)
+        if rec.get("fingerprint") == fp and rec.get("digest") == unit.digest():
+            done[unit.index] = rec
+    return done
+
+
+# ----------------------------------------------------------------------------------------- executors
+UnitRunner = Callable[[list[WorkUnit], JobContext, GenerateBatchConfig], Iterator[dict[str, Any]]]
+
+
+def run_local(units: list[WorkUnit], ctx: JobContext, cfg: GenerateBatchConfig) -> Iterator[dict[str, Any]]:
+    """The same units one after another in this process (debugging, tests, small jobs)."""
+    import torch
+
+    from unimat_dist.generation import open_generator
+
+    if cfg.run.torch_threads:
+        torch.set_num_threads(cfg.run.torch_threads)
+    g = open_generator(cfg.model.checkpoint, cfg.model.storage_options, device=cfg.model.device,
+                       precision=cfg.model.precision)
+    for unit in units:
+        yield generate_unit(g, unit, ctx)
+
+
+def runner_for(cfg: GenerateBatchConfig) -> UnitRunner:
+    if cfg.run.executor == "local":
+        return run_local
+    from .ray_pool import run_on_ray
+
+    return run_on_ray
+
+
+# ----------------------------------------------------------------------------------------- manifest
+def build_manifest(cfg: GenerateBatchConfig, checkpoint: str, fp: str, records: list[dict[str, Any]],
+                   total_requests: int) -> dict[str, Any]:
+    from unimat_dist import __version__
+    from unimat_dist.generation import summarize_flags
+
+    records = sorted(records, key=lambda r: r["unit"])
+    flags = [f for r in records for e in r["requests"] for f in e["flags"]]
+    rejected = [x for r in records for x in r["rejected"]]
+    return {
+        "format": MANIFEST_FORMAT,
+        "schema_version": 1,
+        "created_by": f"unimat-dist {__version__} (generate-batch v{JOB_VERSION})",
+        "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "checkpoint": checkpoint,
+        "fingerprint": fp,
+        "output_format": cfg.output.format,
+        "counts": {
+            "requests": total_requests,
+            "generated_requests": sum(len(r["requests"]) for r in records),
+            "rejected_requests": len(rejected),
+            "samples": len(flags),
+            "structures_in_shards": sum((r["shard"] or {}).get("structures", 0) for r in records),
+        },
+        "validity": summarize_flags(flags),
+        "shards": [
+            {**r["shard"], "unit": r["name"], "requests": [e["id"] for e in r["requests"]]}
+            for r in records if r["shard"]
+        ],
+        "units": [{"name": r["name"], "record": f"{UNITS_DIR}/{r['name']}.json", "requests": len(r["requests"]),
+                   "rejected": len(r["rejected"]), "seconds": r["seconds"]} for r in records],
+        "rejected": rejected,
+        "generation_seconds": sum(r["seconds"] for r in records),
+        "config": to_dict(cfg),
+    }
+
+
+class Progress:
+    """One log line per finished unit (at most every ``every_s`` seconds after the first few)."""
+
+    def __init__(self, total_units: int, total_samples: int, every_s: float = 5.0) -> None:
+        self.total_units, self.total_samples, self.every_s = total_units, total_samples, every_s
+        self.t0 = time.perf_counter()
+        self.last = 0.0
+        self.units = self.samples = self.handled = self.rejected = 0
+
+    def update(self, record: dict[str, Any]) -> None:
+        self.units += 1
+        self.samples += record["samples"]
+        self.handled += record["requested_samples"]
+        self.rejected += len(record["rejected"])
+        now = time.perf_counter() - self.t0
+        if self.units <= 3 or self.units == self.total_units or now - self.last >= self.every_s:
+            self.last = now
+            rate = self.samples / now if now > 0 else 0.0
+            left = max(self.total_samples - self.handled, 0)
+            eta = f", ETA {left / rate:,.0f} s" if rate > 0 and left else ""
+            log.info("units %d/%d | crystals %s (%.1f/s) | rejected requests %d%s", self.units, self.total_units,
+                     f"{self.samples:,}", rate, self.rejected, eta)
+
+
+# ----------------------------------------------------------------------------------------- the job
+def _absolute(uri: str | None) -> str | None:
+    import os
+
+    return uri if uri is None or "://" in uri else os.path.abspath(os.path.expanduser(uri))
+
+
+def run_generate_batch(cfg: GenerateBatchConfig, runner: UnitRunner | None = None) -> BatchSummary:
+    """Run (or resume) a batch generation job; returns the summary after ``manifest.json`` is written."""
+    import dataclasses
+
+    t0 = time.perf_counter()
+    if not cfg.output.uri:
+        raise ValueError("output.uri is required")
+    # local paths made absolute: Ray workers may run in another working directory
+    cfg = dataclasses.replace(
+        cfg,
+        output=dataclasses.replace(cfg.output, uri=_absolute(cfg.output.uri).rstrip("/")),
+        requests=dataclasses.replace(cfg.requests, uri=_absolute(cfg.requests.uri)),
+    )
+    checkpoint = resolve_checkpoint(cfg)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint=checkpoint))
+    output, opts = cfg.output.uri, dict(cfg.output.storage_options)
+    requests = plan_requests(cfg.requests)
+    units = plan_units(requests, cfg.output.requests_per_shard)
+    fp = fingerprint(cfg, checkpoint, requests)
+    total_samples = sum(r.num_samples for r in requests)
+    log.info("%s | %s requests, %s crystals, %d units | %s-%s | job %s", checkpoint, f"{len(requests):,}",
+             f"{total_samples:,}", len(units), cfg.sampling.sampler, cfg.sampling.steps or "default", fp)
+    _claim_output(output, opts, fp, cfg)
+    done = committed_units(output, opts, units, fp)
+    pending = [u for u in units if u.index not in done]
+    done_requests = sum(len(u.requests) for u in units if u.index in done)
+    if done:
+        log.info("%d of %d requests already committed (%d of %d units); running the other %d", done_requests,
+                 len(requests), len(done), len(units), len(requests) - done_requests)
+    ctx = JobContext(
+        fingerprint=fp, output_uri=output, output_options=opts, format=cfg.output.format,
+        sampler=cfg.sampling.sampler, steps=cfg.sampling.steps, eta=cfg.sampling.eta, seed=cfg.sampling.seed,
+        max_batch_samples=cfg.sampling.max_batch_samples, exact_counts=cfg.requests.exact_counts,
+        guidance=cfg.requests.guidance,
+    )
+    records = dict(done)
+    if pending:
+        progress = Progress(len(pending), sum(r.num_samples for u in pending for r in u.requests))
+        for rec in (runner or runner_for(cfg))(pending, ctx, cfg):
+            records[rec["unit"]] = rec
+            progress.update(rec)
+    missing = [unit_name(u.index) for u in units if u.index not in records]
+    if missing:
+        raise RuntimeError(f"units {missing[:10]} did not complete; rerun the same command to resume")
+    manifest = build_manifest(cfg, checkpoint, fp, list(records.values()), len(requests))
+    muri = join_uri(output, MANIFEST_NAME)
+    write_bytes_atomic(muri, json.dumps(manifest, indent=1).encode(), opts)
+    swept = sweep_temp_files([output, join_uri(output, SHARDS_DIR), join_uri(output, UNITS_DIR)])
+    if swept:
+        log.info("removed %d leftover temporary files of interrupted writes", swept)
+    summary = BatchSummary(
+        output_uri=output,
+        manifest_uri=muri,
+        requests=len(requests),
+        requests_skipped=done_requests,
+        requests_run=len(requests) - done_requests,
+        rejected=manifest["counts"]["rejected_requests"],
+        samples=manifest["counts"]["samples"],
+        units=len(units),
+        units_skipped=len(done),
+        validity=manifest["validity"],
+        seconds=time.perf_counter() - t0,
+    )
+    for line in summary.lines():
+        log.info(line)
+    return summary

@@ -1,0 +1,86 @@
+"""Ray glue: the batch job as a Ray Data pipeline over work units with an actor pool holding the model.
+
+One row per unit; ``map_batches`` with a callable class runs ``generate_unit`` in a pool of actors
+(``run.actors``, autoscaling up to ``run.max_actors``), each loading the model once and taking
+``run.cpus_per_actor`` CPUs and ``run.gpus_per_actor`` GPUs (1 per actor on a GPU cluster). Units
+commit themselves from inside the actor, so the driver only collects records for progress and the
+manifest; Ray Data retries a unit whose actor dies (the retry rewrites the same shard).
+
+Cluster: ``run.address`` or ``RAY_ADDRESS`` (``ray job submit``) connects to a running cluster;
+otherwise a local one is started with ``run.num_cpus`` CPUs and shut down afterwards.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import asdict
+from typing import Any, Iterator
+
+from .config import GenerateBatchConfig
+from .unit_worker import JobContext, WorkUnit, generate_unit
+
+log = logging.getLogger("unimat.generate_batch")
+
+
+class UnitGenerator:
+    """Ray Data actor: loads the generator in ``__init__``, generates and commits units in ``__call__``."""
+
+    def __init__(self, ctx: dict[str, Any], model: dict[str, Any], torch_threads: int | None) -> None:
+        import torch
+
+        from unimat_dist.generation import open_generator
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.ctx = JobContext(**ctx)
+        self.g = open_generator(model["checkpoint"], model["storage_options"], device=model["device"],
+                                precision=model["precision"])
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
+        records = [generate_unit(self.g, WorkUnit.from_dict(json.loads(u)), self.ctx) for u in batch["unit"]]
+        return {"record": [json.dumps(r) for r in records]}
+
+
+def _start_ray(cfg: GenerateBatchConfig) -> bool:
+    """Connect to or start Ray; True if this call started it (and must shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = cfg.run.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=cfg.run.num_cpus, include_dashboard=False, log_to_driver=True)
+    log.info("Ray: %s CPUs, %s GPUs", ray.cluster_resources().get("CPU"), ray.cluster_resources().get("GPU", 0))
+    return True
+
+
+def run_on_ray(units: list[WorkUnit], ctx: JobContext, cfg: GenerateBatchConfig) -> Iterator[dict[str, Any]]:
+    """Yield unit records as the actors finish them (completion order)."""
+    import ray
+    import ray.data
+
+    started = _start_ray(cfg)
+    run = cfg.run
+    try:
+        threads = run.torch_threads or max(1, math.ceil(run.cpus_per_actor))
+        concurrency = (run.actors, run.max_actors) if run.max_actors and run.max_actors > run.actors else run.actors
+        items = [{"unit": json.dumps(u.to_dict())} for u in units]
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        ds = ds.map_batches(
+            UnitGenerator,
+            fn_constructor_kwargs={"ctx": asdict(ctx), "model": asdict(cfg.model), "torch_threads": threads},
+            batch_size=1,
+            batch_format="numpy",
+            concurrency=concurrency,
+            num_cpus=run.cpus_per_actor,
+            num_gpus=run.gpus_per_actor,
+        )
+        for row in ds.iter_rows():
+            yield json.loads(row["record"])
+    finally:
+        if started:
+            ray.shutdown()
