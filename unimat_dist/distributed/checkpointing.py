@@ -78,3 +78,49 @@ def convert_to_universal(ckpt_dir: str | Path, out_root: Path) -> tuple[str, str
             raise RuntimeError(f"ds_to_universal failed on {src}:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
         done.write_text("ok\n")
     return str(out_root), tag
+
+
+def latest_complete(storage_path: str, run_name: str, storage_options: dict | None = None) -> tuple[str, dict] | None:
+    """(checkpoint URI, meta) of the newest *complete* checkpoint of a run in its storage, or None.
+
+    Ray Train registers a reported checkpoint only when its controller next polls the workers, so a
+    worker that dies right after ``report`` can leave a fully written checkpoint the controller never
+    heard of; resuming from what is in storage (complete = meta.json, every rank's loop state and the
+    DeepSpeed files are there) never loses that progress.
+    """
+    from unimat_dist.data.storage import filesystem
+
+    fs, root = filesystem(f"{storage_path.rstrip('/')}/{run_name}", storage_options or None)
+    try:
+        entries = [p for p in fs.ls(root, detail=False) if Path(p.rstrip("/")).name.startswith("checkpoint_")]
+    except FileNotFoundError:
+        return None
+    best: tuple[int, str, dict] | None = None
+    for entry in entries:
+        entry = entry.rstrip("/")
+        try:
+            meta = json.loads(fs.cat_file(f"{entry}/{META_FILE}"))
+            names = {Path(p.rstrip("/")).name for p in fs.ls(entry, detail=False)}
+        except (FileNotFoundError, ValueError, OSError):
+            continue
+        if DS_DIR not in names or any(rank_file(r) not in names for r in range(int(meta["world_size"]))):
+            continue
+        if best is None or meta["step"] > best[0]:
+            best = (int(meta["step"]), entry, meta)
+    if best is None:
+        return None
+    scheme = storage_path.split("://", 1)[0] if "://" in storage_path else None
+    uri = best[1] if scheme in (None, "file") else f"{scheme}://{best[1]}"
+    return uri, best[2]
+
+
+def local_copy(uri: str, storage_options: dict | None = None) -> tuple[str, str | None]:
+    """(local directory, temp dir to delete or None) holding a checkpoint given by path or URI."""
+    from unimat_dist.data.storage import filesystem, is_local, split_uri
+
+    if is_local(uri):
+        return split_uri(uri)[1], None
+    fs, path = filesystem(uri, storage_options or None)
+    tmp = tempfile.mkdtemp(prefix="unimat-resume-")
+    fs.get(path.rstrip("/") + "/", tmp + "/", recursive=True)
+    return tmp, tmp

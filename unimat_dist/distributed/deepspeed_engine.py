@@ -100,9 +100,9 @@ class DeepSpeedEngine:
         for group in self.ds.optimizer.param_groups:
             group["lr"] = lr
 
-    def loss(self, batch: ModelBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, batch: ModelBatch, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         batch = batch.to(self.device)
-        return self.ds(batch.x0, batch.y0, batch.mask, batch.cond)
+        return self.ds(batch.x0, batch.y0, batch.mask, batch.cond, generator=generator)
 
     def backward(self, loss: torch.Tensor) -> None:
         self.ds.backward(loss)

@@ -103,6 +103,7 @@ class DistributedTrainer(Trainer):
         t0 = time.perf_counter()
         wait0 = self.train_source.wait
         m = super().train_step()
+        m = self._mean_over_ranks(m)
         if self.is_main:
             self.metrics.observe_step(
                 step=self.state.step, seconds=time.perf_counter() - t0, data_wait=self.train_source.wait - wait0,
@@ -110,6 +111,18 @@ class DistributedTrainer(Trainer):
             )
         self._maybe_inject_failure()
         return m
+
+    def _mean_over_ranks(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """The loss of a step is the mean over the global batch: average the ranks' micro-batch metrics."""
+        import torch.distributed as dist
+
+        keys = sorted(k for k, v in metrics.items() if torch.is_tensor(v))
+        if not keys or self.world_size == 1:
+            return metrics
+        t = torch.stack([metrics[k].detach().float().reshape(()) for k in keys]).to(self.device)
+        dist.all_reduce(t)
+        t /= self.world_size
+        return {**metrics, **{k: t[i] for i, k in enumerate(keys)}}
 
     def _log(self, record: dict[str, Any]) -> None:
         super()._log(record)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -46,10 +47,17 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
     setup = prepare_run(cfg, device=device, rank=rank)
     train_source, val_data = make_train_source(cfg, setup, rank=rank, world_size=world), setup.val_data
 
-    # Resume point first: the engine must know whether DeepSpeed loads a universal checkpoint.
-    checkpoint = ray.train.get_checkpoint()
-    ckpt_ctx = checkpoint.as_directory() if checkpoint is not None else None
-    ckpt_dir = ckpt_ctx.__enter__() if ckpt_ctx is not None else None
+    # Resume point first: the engine must know whether DeepSpeed loads a universal checkpoint. The
+    # newest complete checkpoint in the run's storage wins over Ray's registered one (see
+    # checkpointing.latest_complete); Ray's is the fallback when storage cannot be listed.
+    run_name = payload["run_name"]
+    found = ck.latest_complete(payload["storage_path"], run_name, payload.get("storage_options"))
+    ckpt_ctx, ckpt_dir, ckpt_tmp = None, None, None
+    if found is not None:
+        ckpt_dir, ckpt_tmp = ck.local_copy(found[0], payload.get("storage_options"))
+    elif (checkpoint := ray.train.get_checkpoint()) is not None:
+        ckpt_ctx = checkpoint.as_directory()
+        ckpt_dir = ckpt_ctx.__enter__()
     try:
         meta = ck.read_meta(ckpt_dir) if ckpt_dir else None
         universal = None
@@ -68,9 +76,8 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
         else:
             ema, template = EMA(engine.module, cfg.optim.ema_decay), None
 
-        run_name = payload["run_name"]
-        run_dir = Path(tempfile.gettempdir()) / "unimat-ray-runs" / run_name / f"rank{rank}"
-        run_dir.mkdir(parents=True, exist_ok=True)
+        # This attempt's scratch folder (metrics.jsonl of rank 0); the curve so far comes back from the checkpoint.
+        run_dir = Path(tempfile.mkdtemp(prefix=f"unimat-{run_name}-rank{rank}-"))
         marker_fs, marker_dir = _marker_storage(payload)
         amp = torch.bfloat16 if resolve_precision(d.precision, device.type) == "bf16" else None
         metrics = TrainMetrics(d.metrics_port if rank == 0 else None, d.metrics_host, run_name)
@@ -102,6 +109,8 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
     finally:
         if ckpt_ctx is not None:
             ckpt_ctx.__exit__(None, None, None)
+        if ckpt_tmp is not None:
+            shutil.rmtree(ckpt_tmp, ignore_errors=True)
 
     if rank == 0:
         log.info("run=%s rank 0/%d: %s, ZeRO-%d, micro-batch %d x %d accumulation, device %s",

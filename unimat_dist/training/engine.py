@@ -3,7 +3,7 @@
 The training loop only ever calls::
 
     engine.set_lr(lr)                       # once per optimizer step, before the micro-batches
-    loss, metrics = engine.loss(batch)      # per micro-batch, forward under the engine's precision
+    loss, metrics = engine.loss(batch, g)   # per micro-batch, forward under the engine's precision; g draws t and noise
     engine.backward(loss)                   # per micro-batch
     grad_norm = engine.step()               # once per optimizer step: clip, step, zero grads
     engine.module                           # the unwrapped GaussianDiffusion (EMA, validation)
@@ -30,7 +30,7 @@ class Engine(Protocol):
 
     def set_lr(self, lr: float) -> None: ...
 
-    def loss(self, batch: ModelBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+    def loss(self, batch: ModelBatch, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
     def backward(self, loss: torch.Tensor) -> None: ...
 
@@ -92,10 +92,11 @@ class LocalEngine:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def loss(self, batch: ModelBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, batch: ModelBatch, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``generator`` draws the timesteps and noise (the loop seeds one per micro-batch)."""
         batch = batch.to(self.device)
         with self._amp():
-            return self.forward(batch.x0, batch.y0, batch.mask, batch.cond)
+            return self.forward(batch.x0, batch.y0, batch.mask, batch.cond, generator=generator)
 
     def backward(self, loss: torch.Tensor) -> None:
         (loss / self.grad_accum).backward()

@@ -117,6 +117,21 @@ class Trainer:
         o = self.cfg.optim
         return lr_at(step, lr=o.lr, warmup_steps=o.warmup_steps, total_steps=self.cfg.train.steps, min_lr_ratio=o.min_lr_ratio)
 
+    def micro_generators(self, j: int) -> tuple[torch.Generator, torch.Generator]:
+        """(CPU, device) generators of micro-batch ``j`` of the current step on this rank.
+
+        Seeded by the micro-batch's *global* index ``j * world_size + rank`` within the step, which is
+        the position of its samples in the step's global batch for every world size. So a run draws
+        the same augmentations, conditioning, timesteps and noise for the same samples whether it runs
+        on one process with gradient accumulation or on N ranks: losses agree across world sizes up
+        to float reduction order, and a resumed run needs no RNG state to continue exactly.
+        """
+        g = j * self.world_size + self.rank
+        base = (self.cfg.seed * 1_000_003 + self.state.step * 65_537 + g * 257) % (2**62)
+        g_cpu = torch.Generator().manual_seed(base)
+        g_dev = torch.Generator(device=self.device).manual_seed(base + 1)
+        return g_cpu, g_dev
+
     def train_step(self) -> dict[str, torch.Tensor | float]:
         if self._iter is None:
             self._iter = iter(self.train_source)
@@ -124,8 +139,9 @@ class Trainer:
         lr = self.lr(self.state.step)
         self.engine.set_lr(lr)
         totals: dict[str, torch.Tensor] = {}
-        for _ in range(self.accum):
-            loss, metrics = self.engine.loss(self.batcher(next(self._iter)))
+        for j in range(self.accum):
+            g_cpu, g_dev = self.micro_generators(j)
+            loss, metrics = self.engine.loss(self.batcher(next(self._iter), generator=g_cpu), generator=g_dev)
             self.engine.backward(loss)
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + v / self.accum

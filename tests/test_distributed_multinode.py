@@ -1,0 +1,92 @@
+"""A multi-node Ray cluster on this machine (``ray.cluster_utils.Cluster``: a 0-CPU head plus two 1-CPU
+worker nodes, all on 127.0.0.1): remove a whole node in the middle of an elastic run (1..2 workers),
+the run continues on the remaining node from its latest checkpoint; add a node back, and the elastic
+run grows back to 2 workers and finishes there.
+
+What Ray 2.60's Train V2 does here (observed by this test): a node loss is a worker-group failure
+(counted against ``max_failures``); the controller restarts the group with as many workers as the
+cluster can place, within [min_workers, num_workers], from the latest checkpoint; while healthy, an
+elastic run checks every ``elastic_resize_monitor_interval_s`` whether more workers fit and, if so,
+restarts the group larger from the latest checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from unimat_dist.training import load_train_config, run_training
+
+pytestmark = pytest.mark.slow
+CONFIG = Path(__file__).resolve().parents[1] / "cluster" / "jobs" / "train_tiny_ray_cpu.yaml"
+
+
+def _checkpoint_metas(storage: Path) -> list[dict]:
+    out = []
+    for d in sorted(storage.glob("checkpoint_*")):
+        try:
+            out.append(json.loads((d / "meta.json").read_text()))
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def test_node_removed_and_added_back(tmp_path):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    nodes = [cluster.add_node(num_cpus=1), cluster.add_node(num_cpus=1)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    out = tmp_path / "elastic"
+    storage = out / "ray" / "elastic"
+    cfg = load_train_config(CONFIG, [
+        f"out_dir={out}", "train.steps=60", "train.ckpt_every=4", "train.val_every=0", "train.log_every=2",
+        "train.global_batch_size=16", "train.micro_batch_size=8", "data.limit_train=64", "data.limit_val=16",
+        "train.val_batches=1", "train.keep_checkpoints=100", "distributed.num_workers=2", "distributed.min_workers=1",
+        "distributed.elastic_resize_interval_s=5", "distributed.max_failures=4", "distributed.metrics_port=null",
+    ])
+    events: dict[str, float] = {}
+    outcome: dict = {}
+
+    def train():  # the driver runs in a thread; node changes must come from the main thread
+        try:
+            outcome["result"] = run_training(cfg)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = exc
+
+    t = threading.Thread(target=train, daemon=True)
+    t.start()
+    try:
+        deadline = time.time() + 600
+        while t.is_alive() and time.time() < deadline and not any(m["world_size"] == 2 for m in _checkpoint_metas(storage)):
+            time.sleep(0.5)
+        cluster.remove_node(nodes[1])
+        events["removed"] = time.time()
+        # wait for a checkpoint written by the shrunken (1-worker) group, then give the node back
+        while t.is_alive() and time.time() < deadline and not any(m["world_size"] == 1 for m in _checkpoint_metas(storage)):
+            time.sleep(0.5)
+        nodes.append(cluster.add_node(num_cpus=1))
+        events["added"] = time.time()
+        t.join(timeout=max(1.0, deadline - time.time()))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
+    assert result.steps == 60
+    assert "removed" in events and "added" in events
+    worlds = [m["world_size"] for m in _checkpoint_metas(storage)]
+    steps = [m["step"] for m in _checkpoint_metas(storage)]
+    # the run went 2 workers -> 1 (node gone) -> 2 (node back), and checkpoint steps only moved forward
+    assert 1 in worlds and worlds[-1] == 2, list(zip(steps, worlds))
+    assert steps == sorted(steps)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["resumes"] >= 2
+    recs = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in ln]
+    logged = [r["step"] for r in recs]
+    assert logged == sorted(set(logged)) and logged[-1] == 60
