@@ -15,9 +15,11 @@ Endpoints (docs/generation.md has request/response examples):
     GET  /healthz       liveness; GET /openapi.json and /docs: the OpenAPI schema
 
 One deployment, ``UniMatGenerator``: each replica loads the model once (``__init__``), ``generate``
-only parses and validates, and ``_generate_batch`` (``@serve.batch``) runs the merged requests in a
-worker thread so that the event loop keeps accepting requests (and forming the next batch) while the
-device works. Batching policy: ``unimat_dist/generation/jobs.py``.
+only parses and validates, ``_generate_batch`` (``@serve.batch``) receives the merged requests and
+hands them to a ``DeviceQueue``, which merges every batch waiting for the device into one sampling run
+(up to ``max_batch_size`` requests) executed in a worker thread, so that the event loop keeps accepting
+requests while the device works. Inside a run, requests are grouped into denoising loops by (sampler,
+steps, eta): ``unimat_dist/generation/jobs.py``.
 """
 # No ``from __future__ import annotations``: FastAPI resolves route annotations from the globals of the
 # by-value pickled methods, which hold only names the code uses.
@@ -37,6 +39,7 @@ from ray import serve
 
 from unimat_dist import __version__
 
+from .device_queue import DeviceQueue
 from .metrics import ServiceMetrics
 from .schemas import ApiError, ErrorResponse, GenerateRequest, GenerateResponse, parse_generate_request
 from .settings import ServeSettings, load_settings
@@ -137,7 +140,11 @@ class UniMatGenerator:
         self.g = open_generator(s.checkpoint, s.storage_options, device=s.device, precision=s.precision)
         self.info = model_info(self.g)
         self.metrics = ServiceMetrics()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="unimat-sampling")  # one loop at a time per device
+        # one sampling run at a time per device; formatting (CIF, validity) on other threads
+        self._device = DeviceQueue(self._sample, ThreadPoolExecutor(1, thread_name_prefix="unimat-sampling"),
+                                   max_requests=s.max_batch_size, max_rows=s.max_batch_samples,
+                                   rows_of=lambda p: p.job.num_samples)
+        self._format_executor = ThreadPoolExecutor(2, thread_name_prefix="unimat-format")
         self._generate_batch.set_max_batch_size(s.max_batch_size)
         self._generate_batch.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
         self._warm_up()
@@ -255,14 +262,16 @@ class UniMatGenerator:
         return _Pending(job, req.format or s.default_format, req.composition, req.exact_counts)
 
     # ------------------------------------------------------------------ the batch
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.05)  # replaced from settings in __init__
+    # max_concurrent_batches: Serve hands every cut batch over at once; DeviceQueue merges the ones that
+    # wait for the device (deploy/device_queue.py), which is where the real batching happens.
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.05, max_concurrent_batches=1024)
     async def _generate_batch(self, items: list[_Pending]) -> list[dict[str, Any]]:
-        self.metrics.batch(len(items))
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, items)
+        sampled = await self._device.submit(items)
+        return await asyncio.get_running_loop().run_in_executor(self._format_executor, self._format, items, sampled)
 
-    def _run(self, items: list[_Pending]) -> list[dict[str, Any]]:
-        """Sample every request of a batch (worker thread) and build the response bodies."""
-        from unimat_dist.generation import run_jobs
+    def _sample(self, items: list[_Pending]) -> list[tuple[list, Any, int]]:
+        """One sampling run (device thread): (structures, loop stats, run size) per request."""
+        from unimat_dist.generation import plan_loops, run_jobs
 
         loops: list = []
 
@@ -272,25 +281,27 @@ class UniMatGenerator:
 
         t0 = time.perf_counter()
         jobs = [p.job for p in items]
+        self.metrics.batch(len(jobs))
         structures = run_jobs(self.g, jobs, self.settings.max_batch_samples, on_loop)
-        # which loop each job ran in: plan_loops is deterministic, so recompute it for the timings
-        from unimat_dist.generation import plan_loops
-
+        # which loop each job ran in (plan_loops is deterministic): for the per-request timings
         loop_of = {i: k for k, members in enumerate(plan_loops(jobs, self.settings.max_batch_samples)) for i in members}
+        log.info("batch: %d requests, %d loops, %d samples in %.2f s", len(items), len(loops),
+                 sum(lp.rows for lp in loops), time.perf_counter() - t0)
+        return [(structures[i], loops[loop_of[i]], len(items)) for i in range(len(items))]
+
+    def _format(self, items: list[_Pending], sampled: list[tuple[list, Any, int]]) -> list[dict[str, Any]]:
+        """Response bodies (CIF/JSON, validity flags) off the device thread."""
         outcomes: Counter[str] = Counter()
         bodies = []
-        for i, (p, out) in enumerate(zip(items, structures)):
-            body = _response_body(p, out, self.info)
-            lp = loops[loop_of[i]]
-            body["timing"] = {"total_s": 0.0, "sample_s": lp.seconds, "batch_requests": len(items),
-                              "loop_samples": lp.rows}
+        for p, (structures, loop, run_requests) in zip(items, sampled):
+            body = _response_body(p, structures, self.info)
+            body["timing"] = {"total_s": 0.0, "sample_s": loop.seconds, "batch_requests": run_requests,
+                              "loop_samples": loop.rows}
             v = body["validity"]
             outcomes.update({"valid": v["valid"], "invalid": v["decoded"] - v["valid"],
                              "undecoded": v["count"] - v["decoded"]})
             bodies.append(body)
         self.metrics.structure_outcomes(outcomes)
-        log.info("batch: %d requests, %d loops, %d samples in %.2f s", len(items), len(loops),
-                 sum(lp.rows for lp in loops), time.perf_counter() - t0)
         return bodies
 
 

@@ -10,7 +10,7 @@ cluster collects them (see docs/generation.md). Names, as exported:
 ``ray_unimat_serve_requests_total``            counter    HTTP requests by ``route`` and ``status``
 ``ray_unimat_serve_errors_total``              counter    failed requests by error ``type``
 ``ray_unimat_serve_request_latency_seconds``   histogram  receipt to response of ``POST /v1/generate``
-``ray_unimat_serve_batch_requests``            histogram  requests merged into one ``@serve.batch`` call
+``ray_unimat_serve_batch_requests``            histogram  requests merged into one sampling run
 ``ray_unimat_serve_loop_samples``              histogram  rows of one denoising loop
 ``ray_unimat_serve_loop_seconds``              histogram  duration of one denoising loop (incl. decoding)
 ``ray_unimat_serve_structures_total``          counter    generated crystals by ``outcome`` (valid,
@@ -37,7 +37,7 @@ class ServiceMetrics:
         self._lock = threading.Lock()  # batches finish in a worker thread, requests on the event loop
         self.requests: Counter[str] = Counter()  # "route status" -> n
         self.errors: Counter[str] = Counter()
-        self.batch_sizes: Counter[int] = Counter()  # requests per batch -> number of batches
+        self.batch_sizes: Counter[int] = Counter()  # requests per sampling run -> number of runs
         self.loop_rows: Counter[int] = Counter()
         self.structures: Counter[str] = Counter()
         self.loop_seconds = 0.0
@@ -122,7 +122,7 @@ def _prometheus_series(deployment: str) -> dict[str, Any] | None:
                                           tag_keys=("deployment", "type"))),
         "latency": with_default(Histogram("unimat_serve_request_latency_seconds", "request latency, seconds",
                                           boundaries=LATENCY_BOUNDARIES, tag_keys=("deployment", "route"))),
-        "batch": with_default(Histogram("unimat_serve_batch_requests", "requests per @serve.batch call",
+        "batch": with_default(Histogram("unimat_serve_batch_requests", "requests per sampling run",
                                         boundaries=BATCH_BOUNDARIES, tag_keys=("deployment",))),
         "loop_rows": with_default(Histogram("unimat_serve_loop_samples", "rows per denoising loop",
                                             boundaries=SAMPLE_BOUNDARIES, tag_keys=("deployment",))),

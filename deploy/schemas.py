@@ -86,7 +86,7 @@ class ValiditySummary(BaseModel):
 class Timing(BaseModel):
     total_s: float = Field(description="receipt to response, seconds")
     sample_s: float = Field(description="the denoising loop this request ran in, seconds")
-    batch_requests: int = Field(description="requests merged into this request's @serve.batch call")
+    batch_requests: int = Field(description="requests that shared this request's sampling run (merged batches)")
     loop_samples: int = Field(description="rows of the denoising loop this request ran in")
 
 

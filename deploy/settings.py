@@ -22,7 +22,7 @@ class ServeSettings:
     torch_threads: Optional[int] = None  # CPU threads of torch in a replica; null = torch's default
 
     # batching (see docs/generation.md "Batching policy")
-    max_batch_size: int = 32  # requests merged into one @serve.batch call (needs max_ongoing_requests >= this)
+    max_batch_size: int = 32  # requests per @serve.batch call and per sampling run (needs max_ongoing_requests >= this)
     batch_wait_timeout_s: float = 0.05  # seconds a batch waits for more requests after its first one
     max_batch_samples: int = 512  # rows (samples) per denoising loop; bounds device memory
 

@@ -44,7 +44,8 @@ def service(tiny_checkpoint):
     from unimat_dist.cli.generate import start_service
 
     metrics_port, http_port = free_port(), free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             _metrics_export_port=metrics_port)
     try:
         settings = {"checkpoint": f"file://{tiny_checkpoint}", "torch_threads": 1, "max_batch_size": 32,
                     "batch_wait_timeout_s": 0.1, "max_samples_per_request": MAX_SAMPLES, "max_batch_samples": 256,

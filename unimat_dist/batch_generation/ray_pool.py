@@ -52,8 +52,8 @@ def _start_ray(cfg: GenerateBatchConfig) -> bool:
     address = cfg.run.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(num_cpus=cfg.run.num_cpus, include_dashboard=False, log_to_driver=True)
+    else:  # "local": a new cluster, never an unrelated `ray start` cluster found on this machine
+        ray.init(address="local", num_cpus=cfg.run.num_cpus, include_dashboard=False, log_to_driver=True)
     log.info("Ray: %s CPUs, %s GPUs", ray.cluster_resources().get("CPU"), ray.cluster_resources().get("GPU", 0))
     return True
 

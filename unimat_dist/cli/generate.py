@@ -73,11 +73,14 @@ def start_service(settings: dict, *, host: str = "127.0.0.1", port: int = 8000, 
 
     from deploy.app import application
 
+    import os
+
     if not ray.is_initialized():
-        if ray_address:
-            ray.init(address=ray_address)
-        else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False)
+        address = ray_address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address)
+        else:  # "local": a new cluster, never an unrelated `ray start` cluster found on this machine
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
     serve.start(http_options={"host": host, "port": port})
     app = application(settings, num_replicas=num_replicas,
                       ray_actor_options={"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica})

@@ -1,0 +1,245 @@
+"""Generation service benchmark (issue 8): structures/s and latency of the Ray Serve app with and without
+request batching, at concurrency 1, 8 and 32, plus a bounded mixed load test; all on 127.0.0.1.
+
+    python bench/bench_serve.py                                   # ~4 min on 2 CPU cores
+    python bench/bench_serve.py --checkpoint out/train_tiny_cpu --steps 20 --seconds 20
+    python bench/bench_serve.py --out bench/results/serve_cpu.json
+
+One Ray instance serves the same model twice: application ``batched`` (``max_batch_size`` 32) and the
+baseline ``unbatched`` (``max_batch_size`` 1), one replica each with the same CPUs and torch threads.
+For every (application, concurrency) pair, ``concurrency`` closed-loop clients (threads with keep-alive
+HTTP sessions) send one-crystal, exact-count DDIM requests back to back for ``--seconds`` after a short
+warm-up; structures/s = crystals returned / wall time; p50/p99 = request latency percentiles seen by
+the clients; the mean batch size comes from the service's ``/v1/stats``. The ratio batched/unbatched
+at concurrency 32 is the figure of merit (goal: >= 5x).
+
+The load test then sends ``--load-requests`` mixed requests (compositions, 1-4 crystals, DDIM/DDPM,
+CIF/JSON, a few property-guided) from ``--load-clients`` concurrent clients to the batched app and
+counts every non-200 answer or client exception as an error (goal: zero).
+
+The default model is the ``tiny`` preset at the Perov-5 size of ``cluster/jobs/train_tiny_cpu.yaml``
+(L=3 x 9 x 18, T=1000, one property) with random weights, written to a temporary checkpoint: the
+service's cost does not depend on the weights for exact-count requests (fixed atom counts to decode).
+Pass ``--checkpoint`` to use a trained run instead. The machine may be shared: the load average is
+printed with the results. Clients and server share the machine's cores.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on 127.0.0.1 (NOTES-stack)
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+COMPOSITIONS = ["SrTiO3", "BaTiO3", "CaZrO3", "LaAlO3", "KNbO3", "NaTaO3", "PbTiO3", "BiFeO3"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def random_checkpoint(path: Path) -> str:
+    """An untrained tiny model at the Perov-5 full-table size (what train_tiny_cpu.yaml trains)."""
+    import torch
+
+    from unimat_dist.diffusion import GaussianDiffusion
+    from unimat_dist.model import PropertyScaler, build_unet, get_preset
+    from unimat_dist.representation import Normalizer, UniMatSpec
+    from unimat_dist.sampling import inference_payload, save_inference_checkpoint
+
+    torch.manual_seed(0)
+    spec = UniMatSpec(max_atoms_per_element=3)
+    net = build_unet(get_preset("tiny"), spec, num_properties=1)
+    d = GaussianDiffusion(net, spec.allowed_cells, timesteps=1000, schedule="linear")
+    payload = inference_payload(net, d.config(), spec, Normalizer.default(spec),
+                                PropertyScaler(("heat_ref",), (0.5,), (0.5,)), step=0, weights="model")
+    save_inference_checkpoint(payload, str(path))
+    return str(path)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    k = min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))
+    return values[k]
+
+
+def closed_loop(url: str, concurrency: int, seconds: float, warmup: float, body_fn) -> dict:
+    """``concurrency`` clients posting back to back; counts what completes inside the timed window."""
+    import requests
+
+    stop_at = time.perf_counter() + warmup + seconds
+    window_start = time.perf_counter() + warmup
+    lock = threading.Lock()
+    lat, crystals, errors = [], [0], [0]
+
+    def client(cid: int) -> None:
+        session = requests.Session()
+        i = 0
+        while time.perf_counter() < stop_at:
+            body = body_fn(cid, i)
+            i += 1
+            t0 = time.perf_counter()
+            try:
+                r = session.post(url, json=body, timeout=300)
+                ok = r.status_code == 200
+                n = len(r.json()["structures"]) if ok else 0
+            except Exception:  # counted, the bench goes on
+                ok, n = False, 0
+            t1 = time.perf_counter()
+            if t0 >= window_start and t1 <= stop_at:
+                with lock:
+                    if ok:
+                        lat.append(t1 - t0)
+                        crystals[0] += n
+                    else:
+                        errors[0] += 1
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(client, range(concurrency)))
+    return {
+        "concurrency": concurrency,
+        "requests": len(lat),
+        "structures": crystals[0],
+        "structures_per_s": crystals[0] / seconds,
+        "p50_s": percentile(lat, 50),
+        "p99_s": percentile(lat, 99),
+        "mean_s": statistics.fmean(lat) if lat else float("nan"),
+        "errors": errors[0],
+    }
+
+
+def load_test(url: str, clients: int, total: int) -> dict:
+    """A bounded mixed load: ``total`` requests from ``clients`` concurrent clients."""
+    import requests
+
+    def body(i: int) -> dict:
+        b = {"num_samples": 1 + i % 4, "composition": COMPOSITIONS[i % len(COMPOSITIONS)], "steps": 5 + i % 3,
+             "seed": i, "format": "cif" if i % 2 else "json"}
+        if i % 5 == 0:
+            b["sampler"] = "ddpm"
+        if i % 7 == 0:
+            b.update(exact_counts=False)
+        if i % 11 == 0:
+            b.update(composition=None, properties={"heat_ref": 0.3}, guidance=1.0)
+        return b
+
+    sessions = threading.local()
+
+    def one(i: int) -> tuple[bool, float, int, str]:
+        s = getattr(sessions, "s", None) or requests.Session()
+        sessions.s = s
+        t0 = time.perf_counter()
+        try:
+            r = s.post(url, json=body(i), timeout=300)
+            ok = r.status_code == 200
+            return ok, time.perf_counter() - t0, len(r.json()["structures"]) if ok else 0, "" if ok else r.text[:200]
+        except Exception as exc:
+            return False, time.perf_counter() - t0, 0, repr(exc)[:200]
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(one, range(total)))
+    wall = time.perf_counter() - t0
+    lat = [r[1] for r in results if r[0]]
+    errors = [r[3] for r in results if not r[0]]
+    return {"clients": clients, "requests": total, "errors": len(errors), "error_samples": errors[:3],
+            "structures": sum(r[2] for r in results), "structures_per_s": sum(r[2] for r in results) / wall,
+            "p50_s": percentile(lat, 50), "p99_s": percentile(lat, 99), "wall_s": wall}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", default=None, help="inference checkpoint (default: untrained tiny, Perov-5 size)")
+    ap.add_argument("--steps", type=int, default=10, help="DDIM steps per request")
+    ap.add_argument("--seconds", type=float, default=15.0, help="timed window per (app, concurrency)")
+    ap.add_argument("--warmup", type=float, default=3.0, help="seconds before the timed window")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--max-batch-size", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per replica")
+    ap.add_argument("--load-clients", type=int, default=48)
+    ap.add_argument("--load-requests", type=int, default=240)
+    ap.add_argument("--out", default=None, help="write the results as JSON")
+    args = ap.parse_args()
+
+    import ray
+    from ray import serve
+
+    from deploy.app import application
+
+    tmp = tempfile.TemporaryDirectory()
+    ckpt = args.checkpoint or random_checkpoint(Path(tmp.name) / "inference.pt")
+    port = free_port()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    base = {"checkpoint": ckpt, "torch_threads": args.threads, "max_samples_per_request": 8, "batch_wait_timeout_s": 0.02}
+    apps = {"batched": args.max_batch_size, "unbatched": 1}
+    for name, mbs in apps.items():
+        serve.run(application({**base, "max_batch_size": mbs}, ray_actor_options={"num_cpus": 1}),
+                  name=name, route_prefix=f"/{name}")
+    import requests
+
+    info = requests.get(f"http://127.0.0.1:{port}/batched/v1/model", timeout=30).json()
+    print(f"model: {info['checkpoint']} ({info['parameters']:,} params, {info['spec']['description']}), "
+          f"DDIM-{args.steps}, 1 crystal per request; load average {os.getloadavg()}", flush=True)
+
+    def body(cid: int, i: int) -> dict:
+        return {"num_samples": 1, "composition": COMPOSITIONS[(cid + i) % len(COMPOSITIONS)], "steps": args.steps,
+                "seed": cid * 100_000 + i, "format": "json"}
+
+    results: dict = {"model": {k: info[k] for k in ("checkpoint", "parameters", "timesteps", "device")},
+                     "spec": info["spec"]["description"], "steps": args.steps, "seconds": args.seconds,
+                     "torch_threads": args.threads, "sweep": {}}
+    try:
+        for name in apps:
+            url = f"http://127.0.0.1:{port}/{name}"
+            results["sweep"][name] = []
+            for c in args.concurrency:
+                before = requests.get(url + "/v1/stats", timeout=30).json()
+                r = closed_loop(url + "/v1/generate", c, args.seconds, args.warmup, body)
+                after = requests.get(url + "/v1/stats", timeout=30).json()
+                reqs = sum(int(k) * v for k, v in after["batch_size_histogram"].items()) - \
+                    sum(int(k) * v for k, v in before["batch_size_histogram"].items())
+                r["mean_batch_requests"] = reqs / max(after["batches"] - before["batches"], 1)
+                results["sweep"][name].append(r)
+                print(f"{name:>9} c={c:<3} {r['structures_per_s']:7.2f} structures/s  p50 {r['p50_s']:.3f} s  "
+                      f"p99 {r['p99_s']:.3f} s  mean batch {r['mean_batch_requests']:.1f}  errors {r['errors']}",
+                      flush=True)
+        ratios = {}
+        for b, u in zip(results["sweep"]["batched"], results["sweep"]["unbatched"]):
+            ratios[str(b["concurrency"])] = b["structures_per_s"] / max(u["structures_per_s"], 1e-9)
+        results["batched_over_unbatched"] = ratios
+        print("batched / unbatched structures/s: " + ", ".join(f"c={k}: {v:.2f}x" for k, v in ratios.items()))
+        load = load_test(f"http://127.0.0.1:{port}/batched/v1/generate", args.load_clients, args.load_requests)
+        results["load_test"] = load
+        print(f"load test: {load['requests']} mixed requests from {load['clients']} clients in {load['wall_s']:.1f} s, "
+              f"{load['structures_per_s']:.2f} structures/s, p50 {load['p50_s']:.2f} s, p99 {load['p99_s']:.2f} s, "
+              f"errors {load['errors']} {load['error_samples'] or ''}")
+        results["load_average_end"] = os.getloadavg()
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        tmp.cleanup()
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    return 0 if results.get("load_test", {}).get("errors", 1) == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
