@@ -1,0 +1,80 @@
+"""The cluster-side files (Ray cluster launcher YAML, KubeRay manifests, job configs) are valid as far as
+can be checked without a cloud: Ray's own autoscaler schema, referenced files exist, job configs load,
+versions agree with the installed Ray."""
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+
+from unimat_dist.training import load_train_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_aws_cluster_launcher_yaml_passes_rays_schema():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    cfg = yaml.safe_load((ROOT / "cluster" / "aws-gpu.yaml").read_text())
+    validate_config(prepare_config(cfg))  # Ray's ray-schema.json after Ray fills its defaults (no cloud call)
+    types = cfg["available_node_types"]
+    assert cfg["head_node_type"] in types and types[cfg["head_node_type"]]["resources"] == {"CPU": 0}
+    gpu = [t for t in types.values() if t["node_config"]["InstanceType"].startswith(("p4", "p5", "g5"))]
+    assert gpu and all(t["max_workers"] > t["min_workers"] for t in gpu)  # autoscaling GPU workers
+    setup = " ".join(cfg["setup_commands"])
+    assert f"ray[train,serve,data]=={ray.__version__}" in setup and "--no-build-isolation" in setup
+
+
+def _entry_config(entrypoint: str) -> Path:
+    args = shlex.split(entrypoint)
+    assert args[0] == "unimat" and "--config" in args
+    path = ROOT / args[args.index("--config") + 1]
+    assert path.exists(), path
+    return path
+
+
+@pytest.mark.parametrize("name", ["rayjob-train.yaml", "rayjob-ingest.yaml"])
+def test_kuberay_rayjobs(name):
+    doc = yaml.safe_load((ROOT / "cluster" / "kuberay" / name).read_text())
+    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayJob"
+    spec = doc["spec"]
+    assert spec["shutdownAfterJobFinishes"] is True
+    cluster = spec["rayClusterSpec"]
+    assert cluster["rayVersion"] == ray.__version__
+    images = {c["image"] for c in cluster["headGroupSpec"]["template"]["spec"]["containers"]}
+    for group in cluster["workerGroupSpecs"]:
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+        images |= {c["image"] for c in group["template"]["spec"]["containers"]}
+    assert len(images) == 1  # head and workers run the same image (deploy/Dockerfile)
+    assert (ROOT / "deploy" / "Dockerfile").exists()
+    path = _entry_config(spec["entrypoint"])
+    if name == "rayjob-train.yaml":
+        cfg = load_train_config(path)
+        assert cfg.trainer == "ray" and cfg.distributed.use_gpu
+        gpus = {int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+                for g in cluster["workerGroupSpecs"]}
+        max_gpus = sum(int(g["maxReplicas"]) * int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+                       for g in cluster["workerGroupSpecs"])
+        assert gpus and max_gpus >= cfg.distributed.num_workers
+    else:
+        from data_pipeline.config import IngestConfig
+        from unimat_dist.config import load_config
+
+        assert load_config(IngestConfig, path).run.executor == "ray"
+
+
+def test_every_shipped_training_config_loads_and_fits_its_world_sizes():
+    from unimat_dist.distributed.deepspeed_engine import deepspeed_config
+
+    for path in sorted((ROOT / "cluster" / "jobs").glob("train_*.yaml")):
+        cfg = load_train_config(path)
+        worlds = cfg.distributed.worker_counts() if cfg.trainer == "ray" else [1]
+        for w in worlds:
+            cfg.train.grad_accum_steps(w)
+        if cfg.trainer == "ray":
+            ds = deepspeed_config(cfg, world_size=cfg.distributed.num_workers,
+                                  device_type="cuda" if cfg.distributed.use_gpu else "cpu")
+            assert ds["train_batch_size"] == cfg.train.global_batch_size
