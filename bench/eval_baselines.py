@@ -62,9 +62,8 @@ def bench_proxy_self(limit, workers):
                            cache_generated=True, progress=False)
         m["bench_seconds"] = round(time.time() - t, 1)
         out[name] = m
-        log.info("proxy self %s: COV-R %.4f COV-P %.4f EMD rho %.4f EMD nel %.4f (%.0f s)", name, m["cov_recall"],
-                 m["cov_precision"], m["emd_density"] or float("nan"), m["emd_num_elements"] or float("nan"),
-                 m["bench_seconds"])
+        log.info("proxy self %s: COV-R %.4f COV-P %.4f EMD rho %s EMD nel %s (%.0f s)", name, m["cov_recall"],
+                 m["cov_precision"], m["emd_density"], m["emd_num_elements"], m["bench_seconds"])
     return out
 
 
@@ -86,8 +85,8 @@ def bench_proxy_random(limit, workers, n_random):
         m["bench_seconds"] = round(time.time() - t, 1)
         m["note"] = f"{len(rnd)} random symmetric structures (pyxtal, 0.4-1.2 x volume, soft-sphere pre-relaxed, no DFT/ML relaxation) with the compositions of the first {n_random} test rows"
         out[name] = m
-        log.info("proxy random %s: COV-R %.4f COV-P %.4f EMD rho %.4f (%.0f s)", name, m["cov_recall"],
-                 m["cov_precision"], m["emd_density"] or float("nan"), m["bench_seconds"])
+        log.info("proxy random %s: COV-R %.4f COV-P %.4f EMD rho %s (%.0f s)", name, m["cov_recall"],
+                 m["cov_precision"], m["emd_density"], m["bench_seconds"])
     return out
 
 

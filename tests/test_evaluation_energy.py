@@ -138,14 +138,14 @@ def test_chgnet_relaxes_a_perturbed_real_structure_back(bundled):
     ref = relax(s0, steps=200, fmax=0.05)
     assert ref.converged
     bad = s0.copy()
-    np.random.seed(0)  # pymatgen's perturb draws from numpy's global generator
-    bad.perturb(0.15, min_distance=0.1)
+    bad.perturb(0.15, min_distance=0.1, seed=0)
     bad.apply_strain(0.04)
     res = relax(bad, steps=300, fmax=0.05)
     assert res.error is None and res.converged and res.n_steps > 5
     assert res.e_final_per_atom < res.e_initial_per_atom - 0.01  # energy went down
     assert res.e_final_per_atom == pytest.approx(ref.e_final_per_atom, abs=0.01)  # back into the same minimum
-    assert res.rmsd > 0.05 and res.max_force_final < 0.05 + 1e-6
+    # converged is judged on the cell filter's (deformation-scaled) forces: raw forces may sit a hair above
+    assert res.rmsd > 0.05 and res.max_force_final < 0.06
     assert res.volume_ratio == pytest.approx(ref.final_structure.volume / bad.volume, rel=0.02)
     e_static = static_energies([res.final_structure])[0]
     assert e_static == pytest.approx(res.e_final_per_atom, abs=1e-4)

@@ -100,8 +100,7 @@ def test_known_invalid_structures_are_flagged_and_counted(bundled, perov_self):
 def test_uniqueness_and_novelty_detect_duplicates_and_training_members(bundled):
     recs = load_structures(bundled["mp_20_subset"]["train"], limit=12)
     twin = recs[3].structure.copy()
-    np.random.seed(0)
-    twin.perturb(0.01)
+    twin.perturb(0.01, seed=0)
     gen = recs[:6] + [StructureRecord("twin", twin)]
     res = proxy_evaluation(gen, bundled["mp_20_subset"]["test"], "mp20", train=recs, limit_reference=30, workers=1,
                            progress=False)
