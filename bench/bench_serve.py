@@ -6,12 +6,16 @@ request batching, at concurrency 1, 8 and 32, plus a bounded mixed load test; al
     python bench/bench_serve.py --out bench/results/serve_cpu.json
 
 One Ray instance serves the same model twice: application ``batched`` (``max_batch_size`` 32) and the
-baseline ``unbatched`` (``max_batch_size`` 1), one replica each with the same CPUs and torch threads.
+baseline ``unbatched`` (``max_batch_size`` 1), one replica each with the same CPUs, torch threads and
+``max_ongoing_requests`` (64).
 For every (application, concurrency) pair, ``concurrency`` closed-loop clients (threads with keep-alive
 HTTP sessions) send one-crystal, exact-count DDIM requests back to back for ``--seconds`` after a short
 warm-up; structures/s = crystals returned / wall time; p50/p99 = request latency percentiles seen by
 the clients; the mean batch size comes from the service's ``/v1/stats``. The ratio batched/unbatched
-at concurrency 32 is the figure of merit (goal: >= 5x).
+at concurrency 32 is the figure of merit (goal: >= 5x). Before the service starts, the bare sampler is
+timed in-process at batch 1 and batch ``--max-batch-size`` (same model and threads): the ratio of the two
+is the most batching can gain on this device (on a CPU it is bounded by how much cheaper per sample a
+batched convolution is; on a GPU batch 1 is launch-bound and the ceiling is far higher).
 
 The load test then sends ``--load-requests`` mixed requests (compositions, 1-4 crystals, DDIM/DDPM,
 CIF/JSON, a few property-guided) from ``--load-clients`` concurrent clients to the batched app and
@@ -71,6 +75,32 @@ def random_checkpoint(path: Path) -> str:
     return str(path)
 
 
+def offline_bound(checkpoint: str, steps: int, threads: int, batch: int) -> dict:
+    """Structures/s of the bare sampler (no HTTP, no Serve) at batch 1 and ``batch``, same model and
+    threads: the ceiling of what request batching can gain on this machine."""
+    import torch
+
+    from unimat_dist.generation import GenerationJob, open_generator, prepare_job, run_jobs
+    from unimat_dist.sampling import SampleRequest
+
+    torch.set_num_threads(threads)
+    g = open_generator(checkpoint, device="cpu")
+
+    def rate(b: int, repeats: int) -> float:
+        best = float("inf")
+        for r in range(repeats):
+            jobs = [prepare_job(g, GenerationJob(1, SampleRequest(COMPOSITIONS[i % len(COMPOSITIONS)]), "ddim", steps,
+                                                 0.0, r * 1000 + i)) for i in range(b)]
+            t0 = time.perf_counter()
+            run_jobs(g, jobs, max_rows=b)
+            best = min(best, time.perf_counter() - t0)
+        return b / best
+
+    rate(batch, 1)  # warm-up
+    one, many = rate(1, 5), rate(batch, 2)
+    return {"batch_1_structures_per_s": one, f"batch_{batch}_structures_per_s": many, "ratio": many / one}
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -80,7 +110,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def closed_loop(url: str, concurrency: int, seconds: float, warmup: float, body_fn) -> dict:
-    """``concurrency`` clients posting back to back; counts what completes inside the timed window."""
+    """``concurrency`` clients posting back to back for ``warmup + seconds``; throughput and latencies are
+    those of the requests that complete inside the timed window (the last ``seconds``)."""
     import requests
 
     stop_at = time.perf_counter() + warmup + seconds
@@ -102,7 +133,7 @@ def closed_loop(url: str, concurrency: int, seconds: float, warmup: float, body_
             except Exception:  # counted, the bench goes on
                 ok, n = False, 0
             t1 = time.perf_counter()
-            if t0 >= window_start and t1 <= stop_at:
+            if window_start <= t1 <= stop_at:  # completions inside the window (unbiased for long latencies)
                 with lock:
                     if ok:
                         lat.append(t1 - t0)
@@ -166,9 +197,9 @@ def load_test(url: str, clients: int, total: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default=None, help="inference checkpoint (default: untrained tiny, Perov-5 size)")
-    ap.add_argument("--steps", type=int, default=10, help="DDIM steps per request")
-    ap.add_argument("--seconds", type=float, default=15.0, help="timed window per (app, concurrency)")
-    ap.add_argument("--warmup", type=float, default=3.0, help="seconds before the timed window")
+    ap.add_argument("--steps", type=int, default=20, help="DDIM steps per request")
+    ap.add_argument("--seconds", type=float, default=20.0, help="timed window per (app, concurrency)")
+    ap.add_argument("--warmup", type=float, default=5.0, help="seconds before the timed window")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--max-batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per replica")
@@ -184,14 +215,20 @@ def main() -> int:
 
     tmp = tempfile.TemporaryDirectory()
     ckpt = args.checkpoint or random_checkpoint(Path(tmp.name) / "inference.pt")
+    bound = offline_bound(ckpt, args.steps, args.threads, args.max_batch_size)
+    print(f"offline sampler, same model/threads, DDIM-{args.steps}: batch 1 {bound['batch_1_structures_per_s']:.2f}, "
+          f"batch {args.max_batch_size} {bound[f'batch_{args.max_batch_size}_structures_per_s']:.2f} structures/s "
+          f"-> ceiling of the batching gain {bound['ratio']:.2f}x", flush=True)
     port = free_port()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = {"checkpoint": ckpt, "torch_threads": args.threads, "max_samples_per_request": 8, "batch_wait_timeout_s": 0.02}
     apps = {"batched": args.max_batch_size, "unbatched": 1}
     for name, mbs in apps.items():
-        serve.run(application({**base, "max_batch_size": mbs}, ray_actor_options={"num_cpus": 1}),
-                  name=name, route_prefix=f"/{name}")
+        # same max_ongoing_requests for both: the baseline differs only in max_batch_size (with Serve's
+        # derived default of 8 the unbatched app would also queue requests at the proxy)
+        serve.run(application({**base, "max_batch_size": mbs}, ray_actor_options={"num_cpus": 1},
+                              max_ongoing_requests=2 * args.max_batch_size), name=name, route_prefix=f"/{name}")
     import requests
 
     info = requests.get(f"http://127.0.0.1:{port}/batched/v1/model", timeout=30).json()
@@ -204,22 +241,23 @@ def main() -> int:
 
     results: dict = {"model": {k: info[k] for k in ("checkpoint", "parameters", "timesteps", "device")},
                      "spec": info["spec"]["description"], "steps": args.steps, "seconds": args.seconds,
-                     "torch_threads": args.threads, "sweep": {}}
+                     "torch_threads": args.threads, "offline_bound": bound, "sweep": {}}
     try:
-        for name in apps:
-            url = f"http://127.0.0.1:{port}/{name}"
-            results["sweep"][name] = []
-            for c in args.concurrency:
+        results["sweep"] = {name: [] for name in apps}
+        for c in args.concurrency:  # the two apps alternate per level, so drifting background load hits both
+            for name in apps:
+                url = f"http://127.0.0.1:{port}/{name}"
                 before = requests.get(url + "/v1/stats", timeout=30).json()
                 r = closed_loop(url + "/v1/generate", c, args.seconds, args.warmup, body)
                 after = requests.get(url + "/v1/stats", timeout=30).json()
                 reqs = sum(int(k) * v for k, v in after["batch_size_histogram"].items()) - \
                     sum(int(k) * v for k, v in before["batch_size_histogram"].items())
                 r["mean_batch_requests"] = reqs / max(after["batches"] - before["batches"], 1)
+                r["load_average"] = os.getloadavg()[0]
                 results["sweep"][name].append(r)
                 print(f"{name:>9} c={c:<3} {r['structures_per_s']:7.2f} structures/s  p50 {r['p50_s']:.3f} s  "
-                      f"p99 {r['p99_s']:.3f} s  mean batch {r['mean_batch_requests']:.1f}  errors {r['errors']}",
-                      flush=True)
+                      f"p99 {r['p99_s']:.3f} s  mean batch {r['mean_batch_requests']:.1f}  errors {r['errors']}  "
+                      f"(load {r['load_average']:.1f})", flush=True)
         ratios = {}
         for b, u in zip(results["sweep"]["batched"], results["sweep"]["unbatched"]):
             ratios[str(b["concurrency"])] = b["structures_per_s"] / max(u["structures_per_s"], 1e-9)

@@ -204,3 +204,33 @@ def test_device_queue_merges_the_calls_waiting_for_the_device():
     assert runs[:4] == [[0], [1, 2, 3, 4], [5], [6]]  # merged up to 16 rows; the 30-row call runs alone
     runs, _ = scenario(max_requests=1, max_rows=16)
     assert runs[:3] == [[0], [1, 2], [3]]  # the unbatched baseline: one call per run
+
+
+def test_serve_config_and_kuberay_manifest_are_valid_and_agree():
+    """Both deployment files pass Ray Serve's own schema, build the app from their args, and keep
+    max_ongoing_requests >= max_batch_size (else Serve would cap every batch)."""
+    from pathlib import Path
+
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from deploy.app import build_app
+    from deploy.settings import load_settings
+
+    root = Path(__file__).resolve().parents[1] / "deploy"
+    local = yaml.safe_load((root / "serve_config.yaml").read_text())
+    manifest = yaml.safe_load((root / "kuberay-rayservice.yaml").read_text())
+    assert manifest["kind"] == "RayService" and manifest["spec"]["rayClusterConfig"]["rayVersion"] == "2.60.0"
+    cluster = yaml.safe_load(manifest["spec"]["serveConfigV2"])
+    assert local["http_options"]["host"] == "127.0.0.1"
+    for cfg in (local, cluster):
+        schema = ServeDeploySchema.model_validate(cfg)
+        app = schema.applications[0]
+        assert app.import_path == "deploy.app:build_app" and app.deployments[0].name == "UniMatGenerator"
+        settings = load_settings(app.args)
+        build_app(app.args)
+        dep = app.deployments[0]
+        assert dep.max_ongoing_requests >= settings.max_batch_size
+        assert dep.autoscaling_config["min_replicas"] >= 1
+        assert dep.autoscaling_config["target_ongoing_requests"] <= dep.max_ongoing_requests
+    assert cluster["applications"][0]["deployments"][0]["ray_actor_options"]["num_gpus"] == 1

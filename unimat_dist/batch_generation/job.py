@@ -117,8 +117,13 @@ def _claim_output(output: str, opts: dict, fp: str, cfg: GenerateBatchConfig) ->
     elif exists(job_uri, opts):
         other = json.loads(read_bytes(job_uri, opts))
         if other.get("fingerprint") != fp:
+            theirs = (other.get("config") or {}).get("model", {}).get("checkpoint")
+            hint = (f"; it used checkpoint {theirs} and this job resolves to {cfg.model.checkpoint} (a run directory "
+                    "resolves to its newest step: set model.checkpoint to the file to resume)"
+                    if theirs and theirs != cfg.model.checkpoint else "")
             raise ValueError(f"{output} holds the output of a different generation job (fingerprint "
-                             f"{other.get('fingerprint')}, this job {fp}); choose another output or set output.overwrite")
+                             f"{other.get('fingerprint')}, this job {fp}){hint}; choose another output or set "
+                             "output.overwrite")
         log.info("resuming the job in %s", output)
         return
     elif exists(join_uri(output, MANIFEST_NAME), opts):
