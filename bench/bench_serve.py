@@ -222,7 +222,8 @@ def main() -> int:
     port = free_port()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    base = {"checkpoint": ckpt, "torch_threads": args.threads, "max_samples_per_request": 8, "batch_wait_timeout_s": 0.02}
+    base = {"checkpoint": ckpt, "torch_threads": args.threads, "max_samples_per_request": 8,
+            "batch_wait_timeout_s": 0.02}
     apps = {"batched": args.max_batch_size, "unbatched": 1}
     for name, mbs in apps.items():
         # same max_ongoing_requests for both: the baseline differs only in max_batch_size (with Serve's

@@ -207,7 +207,8 @@ class UniMatGenerator:
         response_model=GenerateResponse,
         responses=_ERRORS,
         openapi_extra={"requestBody": {"required": True, "content": {
-            "application/json": {"schema": GenerateRequest.model_json_schema(ref_template="#/components/schemas/{model}")}
+            "application/json": {
+                "schema": GenerateRequest.model_json_schema(ref_template="#/components/schemas/{model}")}
         }}},
     )
     async def generate(self, request: Request):

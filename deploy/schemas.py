@@ -37,7 +37,8 @@ class GenerateRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    num_samples: int = Field(1, ge=1, description="crystals to generate (at most the service's max_samples_per_request)")
+    num_samples: int = Field(1, ge=1,
+                             description="crystals to generate (at most the service's max_samples_per_request)")
     composition: Union[str, dict[str, Union[int, float]], None] = Field(
         None, description='formula ("Fe2O3") or element counts ({"Fe": 2, "O": 3}); null = unconditional',
         examples=["SrTiO3", {"Sr": 1, "Ti": 1, "O": 3}])

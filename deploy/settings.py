@@ -16,7 +16,8 @@ from unimat_dist.config import from_dict
 @dataclass
 class ServeSettings:
     checkpoint: str = ""  # inference.pt, a checkpoint/run directory, or a file:// s3:// gs:// URI (required)
-    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for a cloud checkpoint (endpoint_url, key, ...)
+    # fsspec options for a cloud checkpoint (endpoint_url, key, secret, token, ...)
+    storage_options: dict[str, Any] = field(default_factory=dict)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when the replica has a GPU
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     torch_threads: Optional[int] = None  # CPU threads of torch in a replica; null = torch's default

@@ -71,7 +71,8 @@ def _wanted(comp) -> dict[str, int]:
 def _min_distance(structure_json) -> float:
     from pymatgen.core import Lattice, Structure
 
-    s = Structure(Lattice(structure_json["lattice"]["matrix"]), structure_json["species"], structure_json["frac_coords"])
+    s = Structure(Lattice(structure_json["lattice"]["matrix"]), structure_json["species"],
+                  structure_json["frac_coords"])
     d = np.array(s.distance_matrix) + np.eye(len(s)) * 1e9
     return float(d.min())
 
@@ -197,7 +198,8 @@ def test_32_concurrent_clients_are_batched_and_all_succeed(service):
     assert max(sizes) > 1, sizes
     # the service's own stats: batches of more than one request were formed
     stats = service.get("/v1/stats").json()
-    new_batches = {int(k): v - before["batch_size_histogram"].get(k, 0) for k, v in stats["batch_size_histogram"].items()}
+    new_batches = {int(k): v - before["batch_size_histogram"].get(k, 0)
+                   for k, v in stats["batch_size_histogram"].items()}
     assert sum(k * v for k, v in new_batches.items()) == 32 and max(k for k, v in new_batches.items() if v) > 1
     assert stats["requests"]["/v1/generate 200"] - before["requests"].get("/v1/generate 200", 0) == 32
     # ... and the Prometheus series exported by Ray's metrics agent (reported every few seconds)

@@ -70,7 +70,8 @@ def test_row_generators_give_each_group_its_own_stream():
     assert torch.equal(x[2:], y[4:])  # seed 2's rows are the same whatever precedes them
     assert not torch.equal(x[:2], y[:2])
     g1 = torch.Generator().manual_seed(1)
-    assert torch.equal(randn((5, 6), RowGenerators.seeded([1, 2], [2, 3]), "cpu")[:2], torch.randn((2, 6), generator=g1))
+    first = randn((5, 6), RowGenerators.seeded([1, 2], [2, 3]), "cpu")[:2]
+    assert torch.equal(first, torch.randn((2, 6), generator=g1))
     with pytest.raises(ValueError, match="4 rows requested from generators covering 5"):
         randn((4, 6), RowGenerators.seeded([1, 2], [2, 3]), "cpu")
     with pytest.raises(ValueError):
@@ -145,7 +146,8 @@ def test_records_and_flags():
     # a 30-element crystal would make SMACT enumerate ~1e14 oxidation states: not evaluated
     many = ["Li", "Be", "Na", "Mg", "Al", "K", "Ca", "Sc", "Ti", "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Zn", "Ga",
             "Rb", "Sr", "Y", "Zr", "Nb", "Mo", "Ru", "Rh", "Pd", "Ag", "Cd", "In", "O", "S", "N", "F", "Cl"]
-    big = Structure(Lattice.cubic(20), many, [[i / 40, (i * 7 % 40) / 40, (i * 13 % 40) / 40] for i in range(len(many))])
+    coords = [[i / 40, (i * 7 % 40) / 40, (i * 13 % 40) / 40] for i in range(len(many))]
+    big = Structure(Lattice.cubic(20), many, coords)
     assert composition_valid(big) is None
 
 
@@ -153,7 +155,8 @@ def test_request_schema():
     r = parse_generate_request(b'{"num_samples": 3, "composition": {"Fe": 2, "O": 3}, "seed": 5}', 1000)
     assert r.num_samples == 3 and r.composition == {"Fe": 2, "O": 3} and r.sampler == "ddim" and r.format is None
     for body, status, field in ((b"{", 400, None), (b"null", 400, None), (b'{"steps": 2.5}', 422, "steps"),
-                                (b'{"guidance": Infinity}', 422, "guidance"), (b'{"seed": 9223372036854775808}', 422, "seed"),
+                                (b'{"guidance": Infinity}', 422, "guidance"),
+                                (b'{"seed": 9223372036854775808}', 422, "seed"),
                                 (b'{"sampler": "DDIM"}', 422, "sampler"), (b"x" * 1001, 413, None)):
         with pytest.raises(ApiError) as exc:
             parse_generate_request(body, 1000)

@@ -27,7 +27,15 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
 from unimat_dist.config import load_config, to_dict
-from unimat_dist.data.storage import exists, join_uri, list_files, read_bytes, remove_tree, sweep_temp_files, write_bytes_atomic
+from unimat_dist.data.storage import (
+    exists,
+    join_uri,
+    list_files,
+    read_bytes,
+    remove_tree,
+    sweep_temp_files,
+    write_bytes_atomic,
+)
 
 from .config import GenerateBatchConfig
 from .requests import BatchRequest, plan_requests, requests_digest

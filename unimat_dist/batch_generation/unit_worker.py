@@ -78,8 +78,8 @@ def generate_unit(g, unit: WorkUnit, ctx: JobContext) -> dict[str, Any]:
     accepted: list[tuple[BatchRequest, Any]] = []
     rejected = []
     for r in unit.requests:
-        job = GenerationJob(r.num_samples, SampleRequest(r.composition, ctx.exact_counts, dict(r.properties), ctx.guidance),
-                            ctx.sampler, ctx.steps, ctx.eta, request_seed(ctx.seed, r.id))
+        request = SampleRequest(r.composition, ctx.exact_counts, dict(r.properties), ctx.guidance)
+        job = GenerationJob(r.num_samples, request, ctx.sampler, ctx.steps, ctx.eta, request_seed(ctx.seed, r.id))
         try:
             accepted.append((r, prepare_job(g, job)))
         except ValueError as exc:

@@ -131,7 +131,8 @@ def run_generate(args) -> int:
     logging.getLogger("unimat.generate").info(
         "%d crystals (%d decoded, %d structurally valid, %d valid, %d match the request) from step %s, seed %d, "
         "in %.2f s%s", v["count"], v["decoded"], v["structure_valid"], v["valid"], v["matches_request"],
-        r["model"]["step"], r["seed"], r["timing"]["total_s"], f" -> {Path(args.out)} ({len(files)} files)" if files else "")
+        r["model"]["step"], r["seed"], r["timing"]["total_s"],
+        f" -> {Path(args.out)} ({len(files)} files)" if files else "")
     return 0
 
 

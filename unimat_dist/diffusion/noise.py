@@ -55,5 +55,6 @@ def randn(shape: Sequence[int], generator: NoiseSource, device: str | torch.devi
     if shape[0] != generator.rows:
         raise ValueError(f"noise for {shape[0]} rows requested from generators covering {generator.rows}")
     return torch.cat(
-        [torch.randn((n, *shape[1:]), device=device, generator=g) for g, n in zip(generator.generators, generator.counts)]
+        [torch.randn((n, *shape[1:]), device=device, generator=g)
+         for g, n in zip(generator.generators, generator.counts)]
     )

@@ -46,7 +46,8 @@ class GenerationClient:
                                err.get("message", raw.decode(errors="replace")[:500]), err.get("field")) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise ServiceError(0, "unreachable", f"cannot reach the generation service at {self.url}: {reason}") from None
+            message = f"cannot reach the generation service at {self.url}: {reason}"
+            raise ServiceError(0, "unreachable", message) from None
 
     def health(self) -> dict[str, Any]:
         return self._call("GET", "/healthz")
