@@ -125,3 +125,22 @@ def test_emd_sample_selection_is_seeded_and_uses_all_when_few():
     b, _ = select_valid_samples(range(5000), n_samples=1000, seed=3)
     c, _ = select_valid_samples(range(5000), n_samples=1000, seed=4)
     assert a == b and a != c and len(a) == 1000 and info_a["emd_seed"] == 3 and info_a["emd_subsampled"]
+
+
+def test_junk_compositions_from_undertrained_models_do_not_crash_or_hang():
+    """Superheavy elements (no SMACT data) and a dozen elements (10^7+ oxidation-state combinations)
+    are composition-invalid, quickly, in the evaluator and in the service's validity flags."""
+    import time
+
+    from pymatgen.core import Lattice, Structure
+
+    from unimat_dist.evaluation.validity import smact_validity
+    from unimat_dist.generation.records import composition_valid
+
+    assert smact_validity(("Na", "Rf"), (1, 1)) is False
+    assert smact_validity(("Rf",), (2,)) is True  # a single element is valid by definition
+    t0 = time.time()
+    many = tuple("Li Be B N O F Na Mg Al Si P S Cl K Ca Sc Ti V".split())
+    assert smact_validity(many, (1,) * len(many)) is False
+    assert time.time() - t0 < 5
+    assert composition_valid(Structure(Lattice.cubic(5), ["Na", "Rf"], [[0, 0, 0], [0.5, 0.5, 0.5]])) is False

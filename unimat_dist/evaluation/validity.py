@@ -17,6 +17,7 @@ difference between the two.
 from __future__ import annotations
 
 import itertools
+import math
 from functools import lru_cache
 from math import gcd
 from typing import Sequence
@@ -25,6 +26,11 @@ import numpy as np
 
 STRUCT_CUTOFF = 0.5  # Angstrom, minimum interatomic distance (CDVAE)
 MIN_VOLUME = 0.1  # Angstrom^3 (CDVAE: "unrealistically_small_lattice")
+
+
+MAX_OXIDATION_COMBINATIONS = 10**6
+"""Above this many oxidation-state assignments a composition counts as invalid (no benchmark crystal has
+enough elements to reach it: 10^6 is e.g. eleven elements with four states each)."""
 
 
 def composition_counts(species_symbols: Sequence[str]) -> tuple[tuple[str, ...], tuple[int, ...]]:
@@ -47,7 +53,13 @@ def composition_counts(species_symbols: Sequence[str]) -> tuple[tuple[str, ...],
 def _element_data(symbol: str, oxidation_set: str) -> tuple[tuple[int, ...], float | None]:
     import smact
 
-    el = smact.Element(symbol)
+    try:
+        el = smact.Element(symbol)
+    except KeyError:
+        # SMACT has no data for the superheavy elements (Rf and beyond) that a weak model can still emit:
+        # no oxidation states, no electronegativity, so such compositions can never balance. (CDVAE's
+        # code would raise here; counting them invalid is the only reading that keeps the set's size.)
+        return (), None
     ox = el.oxidation_states_smact14 if oxidation_set == "smact14" else el.oxidation_states
     eneg = el.pauling_eneg if el.pauling_eneg not in (None, 0.0) else None
     return tuple(ox or ()), eneg  # 2.2.1 read an empty list for He/Ne/Ar, 4.x reads None
@@ -117,6 +129,10 @@ def smact_validity(
     data = [_element_data(s, oxidation_set) for s in symbols]
     ox_combos = [d[0] for d in data]
     enegs = [d[1] for d in data]
+    if math.prod(max(len(o), 1) for o in ox_combos) > MAX_OXIDATION_COMBINATIONS:
+        # Only junk output gets here (an undertrained model emitting a dozen or more elements): the
+        # exhaustive search of CDVAE would take hours; such compositions are counted invalid.
+        return False
     pauling = _pauling_ok_221 if oxidation_set == "smact14" else _pauling_ok_4x
     # CDVAE calls neutral_ratios with stoichs=[(c,) for c in counts]: the only candidate ratio is the
     # composition itself (already gcd-reduced), so "neutral" means sum(ox * count) == 0.

@@ -1,0 +1,1 @@
+"""End-to-end pipelines built from the other packages (the quickstart main job)."""
