@@ -111,7 +111,7 @@ def test_outputs_of_a_run(runs):
     out = runs["root"] / "zero2"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 10 and summary["world_size"] == 2 and summary["resumes"] == 0
-    assert (out / "loss_throughput.png").stat().st_size > 10_000
+    assert (out / "loss.png").stat().st_size > 10_000
     ckpt = Path(summary["checkpoint"])
     names = {p.name for p in ckpt.iterdir()}
     assert {"deepspeed", "inference.pt", "meta.json", "metrics.jsonl", "rank_00000.pt", "rank_00001.pt"} <= names

@@ -150,7 +150,7 @@ def _collect(cfg: TrainConfig, result, run_name: str) -> TrainResult:
     from unimat_dist.sampling.checkpoint import INFERENCE_FILE
 
     from . import checkpointing as ck
-    from .plots import plot_loss_and_throughput
+    from unimat_dist.training.plots import plot_metrics
 
     ret: dict[str, Any] = result.return_value or {}
     out_fs, out_path = filesystem(cfg.out_dir, cfg.distributed.storage_options or None)
@@ -166,9 +166,9 @@ def _collect(cfg: TrainConfig, result, run_name: str) -> TrainResult:
                     out_fs.put_file(str(src), f"{out_path}/{name}")
             metrics_file = Path(ckpt_dir) / ck.METRICS_FILE
             if metrics_file.exists():
-                local_png = Path(tmp) / "loss_throughput.png"
-                if plot_loss_and_throughput(metrics_file, local_png, title=run_name):
-                    out_fs.put_file(str(local_png), f"{out_path}/loss_throughput.png")
+                local_png = Path(tmp) / "loss.png"
+                if plot_metrics(metrics_file, local_png, title=run_name):
+                    out_fs.put_file(str(local_png), f"{out_path}/loss.png")
         inference_uri = f"{cfg.out_dir.rstrip('/')}/{INFERENCE_FILE}"
     summary = {
         "run_name": run_name,
