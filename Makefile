@@ -11,7 +11,7 @@ LOCK = requirements/lock-cpu.txt
 OUT ?= out/quickstart
 PYTEST_ARGS ?=
 
-.PHONY: setup quickstart test bench clean
+.PHONY: setup quickstart test bench results-cpu clean
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,27 @@ test: setup
 
 bench: setup
 	$(VENV)/bin/python -m bench
+
+# The CPU rows of the README's results table (about 1.5 h on 2 cores): tiny models on Perov-5 and
+# Carbon-24, a width ablation on Carbon-24, RESULTS_NUM unconditional samples each (the paper: 10,000;
+# `unimat results evaluate --num 10000` on a GPU machine).
+RESULTS ?= results/cpu
+RESULTS_NUM ?= 1000
+UNIMAT = $(VENV)/bin/unimat
+results-cpu: setup
+	$(UNIMAT) train --config cluster/jobs/results/carbon24_tiny_cpu.yaml
+	$(UNIMAT) train --config cluster/jobs/results/perov5_tiny_cpu.yaml
+	$(UNIMAT) train --config cluster/jobs/results/carbon24_tiny_cpu.yaml out_dir=out/results/carbon24_w16_cpu \
+		"model.overrides={dim: 16, attn_head_dim: 8}"
+	$(UNIMAT) train --config cluster/jobs/results/carbon24_tiny_cpu.yaml out_dir=out/results/carbon24_w48_cpu \
+		"model.overrides={dim: 48}"
+	$(UNIMAT) results evaluate --checkpoint out/results/carbon24_tiny_cpu/checkpoints --dataset carbon_24 \
+		--num $(RESULTS_NUM) --energy-samples 30 --relax-steps 200 --out $(RESULTS)/carbon24_tiny_cpu
+	$(UNIMAT) results evaluate --checkpoint out/results/perov5_tiny_cpu/checkpoints --dataset perov_5 \
+		--num $(RESULTS_NUM) --energy-samples 100 --relax-steps 200 --out $(RESULTS)/perov5_tiny_cpu
+	for run in carbon24_w16_cpu carbon24_w48_cpu; do $(UNIMAT) results evaluate --dataset carbon_24 \
+		--checkpoint out/results/$$run/checkpoints --num $(RESULTS_NUM) --out $(RESULTS)/$$run || exit 1; done
+	$(UNIMAT) results table $(RESULTS)/*/result.json --out $(RESULTS)/table.md --ablation $(RESULTS)/ablation.png
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

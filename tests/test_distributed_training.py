@@ -210,3 +210,17 @@ def test_bad_configs_fail_before_any_worker_starts(tmp_path):
         run_training(cfg(tmp_path / "bad", f"data.manifest={tmp_path / 'shards'}", "data.max_atoms_per_element=4",
                          "data.train_split=val"))
     assert not (tmp_path / "bad").exists()
+
+
+def test_driver_relative_paths_reach_the_workers_absolute(tmp_path, monkeypatch):
+    """Ray workers do not run in the driver's working directory: relative local paths become absolute,
+    remote URIs stay as they are."""
+    from unimat_dist.distributed.launcher import with_absolute_paths
+    from unimat_dist.training.config import load_train_config
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_train_config(None, ["trainer=ray", "out_dir=out/run", "data.manifest=out/shards",
+                                   "checkpoint_dir=s3://bucket/ckpt", "distributed.storage_path=file://ray"])
+    a = with_absolute_paths(cfg)
+    assert a.out_dir == str(tmp_path / "out" / "run") and a.data.manifest == str(tmp_path / "out" / "shards")
+    assert a.checkpoint_dir == "s3://bucket/ckpt" and a.distributed.storage_path == str(tmp_path / "ray")

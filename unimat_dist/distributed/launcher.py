@@ -97,8 +97,7 @@ def run_ray_training(cfg: TrainConfig) -> TrainResult:
 
     check_config(cfg)
     d = cfg.distributed
-    if "://" not in cfg.out_dir:
-        cfg = _with_abs_out_dir(cfg)
+    cfg = with_absolute_paths(cfg)
     run_name, storage = run_name_of(cfg), storage_of(cfg)
     _ray_init(cfg)
     pa_fs, pa_path = pyarrow_filesystem(storage, d.storage_options or None)
@@ -138,10 +137,23 @@ def run_ray_training(cfg: TrainConfig) -> TrainResult:
     return _collect(cfg, result, run_name)
 
 
-def _with_abs_out_dir(cfg: TrainConfig) -> TrainConfig:
+def _abs_local(path: str | None) -> str | None:
+    if path is None or ("://" in path and not path.startswith("file://")):
+        return path
+    return os.path.abspath(os.path.expanduser(path.removeprefix("file://")))
+
+
+def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """Local paths relative to the driver's working directory made absolute: Ray workers run elsewhere
+    (their own working directory, or another node with the same shared file system)."""
     import dataclasses
 
-    return dataclasses.replace(cfg, out_dir=os.path.abspath(cfg.out_dir.removeprefix("file://")))
+    data = dataclasses.replace(cfg.data, manifest=_abs_local(cfg.data.manifest), cache_dir=_abs_local(cfg.data.cache_dir))
+    dist = cfg.distributed
+    if dist.storage_path:
+        dist = dataclasses.replace(dist, storage_path=_abs_local(dist.storage_path))
+    return dataclasses.replace(cfg, out_dir=_abs_local(cfg.out_dir), checkpoint_dir=_abs_local(cfg.checkpoint_dir),
+                               data=data, distributed=dist)
 
 
 def _collect(cfg: TrainConfig, result, run_name: str) -> TrainResult:
