@@ -47,11 +47,14 @@ results-cpu: setup
 	$(UNIMAT) train --config cluster/jobs/results/carbon24_tiny_cpu.yaml out_dir=out/results/carbon24_w48_cpu \
 		"model.overrides={dim: 48}"
 	$(UNIMAT) results evaluate --checkpoint out/results/carbon24_tiny_cpu/checkpoints --dataset carbon_24 \
-		--num $(RESULTS_NUM) --energy-samples 30 --relax-steps 200 --out $(RESULTS)/carbon24_tiny_cpu
+		--num $(RESULTS_NUM) --energy-samples 30 --relax-steps 200 --label "tiny (CPU, 0.77M)" \
+		--out $(RESULTS)/carbon24_tiny_cpu
 	$(UNIMAT) results evaluate --checkpoint out/results/perov5_tiny_cpu/checkpoints --dataset perov_5 \
-		--num $(RESULTS_NUM) --energy-samples 100 --relax-steps 200 --out $(RESULTS)/perov5_tiny_cpu
-	for run in carbon24_w16_cpu carbon24_w48_cpu; do $(UNIMAT) results evaluate --dataset carbon_24 \
-		--checkpoint out/results/$$run/checkpoints --num $(RESULTS_NUM) --out $(RESULTS)/$$run || exit 1; done
+		--num $(RESULTS_NUM) --energy-samples 100 --relax-steps 200 --conditional 20 --per-composition 3 \
+		--label "tiny (CPU, 0.77M)" --out $(RESULTS)/perov5_tiny_cpu
+	for w in 16 48; do $(UNIMAT) results evaluate --dataset carbon_24 --num $(RESULTS_NUM) \
+		--checkpoint out/results/carbon24_w$${w}_cpu/checkpoints --label "tiny width $$w (CPU)" \
+		--out $(RESULTS)/carbon24_w$${w}_cpu || exit 1; done
 	$(UNIMAT) results table $(RESULTS)/*/result.json --out $(RESULTS)/table.md --ablation $(RESULTS)/ablation.png
 
 clean:
