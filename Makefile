@@ -50,9 +50,9 @@ results-cpu: setup
 		--num $(RESULTS_NUM) --energy-samples 30 --relax-steps 200 --label "tiny (CPU, 0.77M)" \
 		--out $(RESULTS)/carbon24_tiny_cpu
 	$(UNIMAT) results evaluate --checkpoint out/results/perov5_tiny_cpu/checkpoints --dataset perov_5 \
-		--num $(RESULTS_NUM) --energy-samples 100 --relax-steps 200 --conditional 20 --per-composition 3 \
+		--num $(RESULTS_NUM) --energy-samples 50 --relax-steps 200 --conditional 10 --per-composition 3 \
 		--label "tiny (CPU, 0.77M)" --out $(RESULTS)/perov5_tiny_cpu
-	for w in 16 48; do $(UNIMAT) results evaluate --dataset carbon_24 --num $(RESULTS_NUM) \
+	for w in 16 48; do $(UNIMAT) results evaluate --dataset carbon_24 --num $(RESULTS_NUM) --limit-train 500 \
 		--checkpoint out/results/carbon24_w$${w}_cpu/checkpoints --label "tiny width $$w (CPU)" \
 		--out $(RESULTS)/carbon24_w$${w}_cpu || exit 1; done
 	$(UNIMAT) results table $(RESULTS)/*/result.json --out $(RESULTS)/table.md --ablation $(RESULTS)/ablation.png
