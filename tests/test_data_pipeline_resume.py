@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ import yaml
 
 from data_pipeline.config import IngestConfig
 from data_pipeline.job import run_ingest
+from job_kill import kill_after_units
 from shard_checks import GNOME_MINI, cdvae_sources, check_dataset
 from storage_emulators import gcs_emulator, s3_emulator  # noqa: F401 (fixtures)
 from unimat_dist.config import load_config
@@ -49,30 +48,9 @@ def test_killed_job_resumes_to_identical_shards(tmp_path):
     out = tmp_path / "killed"
     cfg_path = _write_config(tmp_path / "job.yaml", out, "ray")
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled")
-    log = open(tmp_path / "run1.log", "w")
-    # its own session, so that SIGKILL reaches the job and the Ray processes it started
-    proc = subprocess.Popen([UNIMAT, "ingest", "--config", str(cfg_path)], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
     units = out / "_units"
-    deadline = time.time() + 180
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if units.is_dir() and len(list(units.iterdir())) >= 3:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, (tmp_path / "run1.log").read_text()[-3000:]
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        log.close()
-    # Ray worker processes are not all in the killed session: one may still commit the unit it was
-    # writing, so count once the folder has stopped changing
-    committed, stable_since = len(list(units.iterdir())), time.time()
-    while time.time() - stable_since < 3 and time.time() < deadline + 30:
-        time.sleep(0.2)
-        n = len(list(units.iterdir()))
-        if n != committed:
-            committed, stable_since = n, time.time()
+    committed = len(kill_after_units([UNIMAT, "ingest", "--config", str(cfg_path)], env, tmp_path / "run1.log",
+                                     units, min_units=3))
     assert 3 <= committed < 45 and not (out / "manifest.json").exists()
     # debris a crash can leave: an unfinished local write and a stray shard of an uncommitted unit
     (out / "train" / ".tmp-0badc0de-u000030-0.tar").write_bytes(b"partial")

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
 
+from job_kill import kill_after_units
 from generation_fixtures import COMPOSITIONS, ROOT, tiny_checkpoint  # noqa: F401 (fixture)
 from storage_emulators import gcs_emulator, s3_emulator  # noqa: F401 (fixtures)
 from unimat_dist.batch_generation import (
@@ -94,24 +92,11 @@ def test_killed_job_reruns_exactly_the_missing_requests(tmp_path, tiny_checkpoin
     out = tmp_path / "killed"
     cfg_path = _config(tmp_path, tiny_checkpoint, str(out), steps=20, n_good=12)
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled")
-    log = open(tmp_path / "run1.log", "w")
-    # its own session, so that SIGKILL reaches the job and the Ray processes it started
-    proc = subprocess.Popen([UNIMAT, "generate-batch", "--config", str(cfg_path)], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
     units = out / "_units"
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if units.is_dir() and len(list(units.glob("*.json"))) >= 2:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, (tmp_path / "run1.log").read_text()[-3000:]
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        log.close()
+    done_units = [p.name for p in kill_after_units([UNIMAT, "generate-batch", "--config", str(cfg_path)], env,
+                                                   tmp_path / "run1.log", units, min_units=2, pattern="*.json",
+                                                   timeout=240)]
     committed = _files(out)
-    done_units = sorted(p.name for p in units.glob("*.json"))
     assert 2 <= len(done_units) < 14 and not (out / "manifest.json").exists()
     done_ids = {e["id"] for n in done_units for e in json.loads((units / n).read_text())["requests"]}
     # debris a crash can leave: a half-written local file
