@@ -74,23 +74,21 @@ def training_compute(run_dir: Path | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if run_dir is None:
         return out
+    seconds_per_sample = None  # sum over logged windows of steps / (samples/s); x batch size = seconds
     mfile = run_dir / "metrics.jsonl"
     if mfile.exists():
         recs = [json.loads(ln) for ln in mfile.read_text().splitlines() if ln.strip()]
         train = [r for r in recs if "samples_per_s" in r and "loss" in r]
-        seconds, prev = 0.0, 0
-        batch = None
-        for r in train:
-            batch = batch or r.get("global_batch_size")
-            seconds += (r["step"] - prev) / max(r["samples_per_s"], 1e-9)  # steps / (samples/s) -> s per sample
-            prev = r["step"]
         if train:
+            seconds_per_sample, prev = 0.0, 0
+            for r in train:
+                seconds_per_sample += (r["step"] - prev) / max(r["samples_per_s"], 1e-9)
+                prev = r["step"]
             out["steps"] = train[-1]["step"]
             out["final_loss"] = train[-1]["loss"]
             val = [r["val/loss_ema"] for r in recs if "val/loss_ema" in r]
             if val:
                 out["final_val_loss_ema"] = val[-1]
-            out["_seconds_per_sample_sum"] = seconds  # multiplied by the batch size below
     cfg_file = next((p for p in (run_dir / "config.yaml", run_dir / "config.json") if p.exists()), None)
     if cfg_file is not None:
         import yaml
@@ -103,10 +101,9 @@ def training_compute(run_dir: Path | None) -> dict[str, Any]:
         workers = dist.get("num_workers", 1) if cfg.get("trainer") == "ray" else 1
         out["workers"] = workers
         out["device"] = tr.get("device")
-        if "_seconds_per_sample_sum" in out and gb:
-            out["train_hours"] = out["_seconds_per_sample_sum"] * gb / 3600.0
+        if seconds_per_sample is not None and gb:
+            out["train_hours"] = seconds_per_sample * gb / 3600.0
             out["device_hours"] = out["train_hours"] * workers
-    out.pop("_seconds_per_sample_sum", None)
     return out
 
 
@@ -187,7 +184,8 @@ def _uncond():
 def evaluate_run(o: RunOptions) -> dict[str, Any]:
     """Sample, evaluate and write ``<out>/result.json`` (+ the proxy report); returns the result."""
     from unimat_dist.datasets import resolve_split
-    from unimat_dist.evaluation import evaluate_energy, evaluate_proxy
+    from unimat_dist.evaluation import evaluate_energy
+    from unimat_dist.evaluation.proxy import proxy_evaluation
     from unimat_dist.evaluation.structures_io import load_structures
 
     dataset = _canonical(o.dataset)
@@ -202,7 +200,8 @@ def evaluate_run(o: RunOptions) -> dict[str, Any]:
 
         kw["property_fn"], kw["property_name"] = property_function(PROTOCOL[dataset])
     t0 = time.perf_counter()
-    m = evaluate_proxy(generated, str(test.path), dataset, **kw)
+    proxy = proxy_evaluation(generated, str(test.path), dataset, **kw)
+    m = proxy.metrics
     proxy_s = time.perf_counter() - t0
     # validity and COV-P over every draw: an undecodable sample is neither valid nor close to a reference
     frac = stats["num_decoded"] / stats["num_sampled"]
@@ -223,7 +222,8 @@ def evaluate_run(o: RunOptions) -> dict[str, Any]:
     }
     if o.energy_samples:
         # the first valid crystals of the draw (the draw is already random): stable/metastable rates
-        valid = [r for r in generated if _valid(r)][: o.energy_samples]
+        struct_valid = {g.id for g in proxy.generated if g.struct_valid}
+        valid = [r for r in generated if r.id in struct_valid][: o.energy_samples]
         if valid:
             e = evaluate_energy(valid, steps=o.relax_steps, workers=o.workers, train=str(train.path), progress=True)
             result["energy"] = {**e.metrics, "n_relaxed": len(valid)}
@@ -294,15 +294,6 @@ def conditional_run(o: RunOptions, test_csv: Path) -> dict[str, Any]:
         "model": m,
         "airss": e_airss.metrics,
     }
-
-
-def _valid(rec) -> bool:
-    from unimat_dist.evaluation.validity import structure_validity
-
-    try:
-        return bool(structure_validity(rec.structure))
-    except Exception:  # noqa: BLE001 - a structure the checker cannot read is not valid
-        return False
 
 
 def _json_default(o):
