@@ -75,7 +75,7 @@ def random_checkpoint(path: Path) -> str:
     return str(path)
 
 
-def offline_bound(checkpoint: str, steps: int, threads: int, batch: int) -> dict:
+def offline_bound(checkpoint: str, steps: int, threads: int, batch: int, precision: str = "fp32") -> dict:
     """Structures/s of the bare sampler (no HTTP, no Serve) at batch 1 and ``batch``, same model and
     threads: the ceiling of what request batching can gain on this machine."""
     import torch
@@ -84,7 +84,7 @@ def offline_bound(checkpoint: str, steps: int, threads: int, batch: int) -> dict
     from unimat_dist.sampling import SampleRequest
 
     torch.set_num_threads(threads)
-    g = open_generator(checkpoint, device="cpu")
+    g = open_generator(checkpoint, device="cpu", precision=precision)
 
     def rate(b: int, repeats: int) -> float:
         best = float("inf")
@@ -194,6 +194,73 @@ def load_test(url: str, clients: int, total: int) -> dict:
             "p50_s": percentile(lat, 50), "p99_s": percentile(lat, 99), "wall_s": wall}
 
 
+def run_precision(args, ckpt: str, port: int, precision: str) -> dict:
+    """The offline ceiling, the sweep and the load test of one precision (both apps deployed, then deleted)."""
+    import requests
+    from ray import serve
+
+    from deploy.app import application
+
+    bound = offline_bound(ckpt, args.steps, args.threads, args.max_batch_size, precision)
+    print(f"[{precision}] offline sampler, same model/threads, DDIM-{args.steps}: batch 1 "
+          f"{bound['batch_1_structures_per_s']:.2f}, batch {args.max_batch_size} "
+          f"{bound[f'batch_{args.max_batch_size}_structures_per_s']:.2f} structures/s -> ceiling of the batching "
+          f"gain {bound['ratio']:.2f}x", flush=True)
+    base = {"checkpoint": ckpt, "torch_threads": args.threads, "max_samples_per_request": 8,
+            "batch_wait_timeout_s": 0.02, "device": "cpu", "precision": precision}
+    apps = {f"batched-{precision}": args.max_batch_size, f"unbatched-{precision}": 1}
+    for name, mbs in apps.items():
+        # same max_ongoing_requests for both: the baseline differs only in max_batch_size (with Serve's
+        # derived default of 8 the unbatched app would also queue requests at the proxy)
+        serve.run(application({**base, "max_batch_size": mbs}, ray_actor_options={"num_cpus": 1},
+                              max_ongoing_requests=2 * args.max_batch_size), name=name, route_prefix=f"/{name}")
+    batched, unbatched = apps
+    info = requests.get(f"http://127.0.0.1:{port}/{batched}/v1/model", timeout=30).json()
+    print(f"[{precision}] model: {info['checkpoint']} ({info['parameters']:,} params, {info['spec']['description']}, "
+          f"{info['precision']}), DDIM-{args.steps}, 1 crystal per request; load average {os.getloadavg()}",
+          flush=True)
+
+    def body(cid: int, i: int) -> dict:
+        return {"num_samples": 1, "composition": COMPOSITIONS[(cid + i) % len(COMPOSITIONS)], "steps": args.steps,
+                "seed": cid * 100_000 + i, "format": "json"}
+
+    out: dict = {"model": {k: info[k] for k in ("checkpoint", "parameters", "timesteps", "device", "precision")},
+                 "spec": info["spec"]["description"], "offline_bound": bound,
+                 "sweep": {"batched": [], "unbatched": []}}
+    try:
+        for c in args.concurrency:  # the two apps alternate per level, so drifting background load hits both
+            for kind, name in (("batched", batched), ("unbatched", unbatched)):
+                url = f"http://127.0.0.1:{port}/{name}"
+                before = requests.get(url + "/v1/stats", timeout=30).json()
+                r = closed_loop(url + "/v1/generate", c, args.seconds, args.warmup, body)
+                after = requests.get(url + "/v1/stats", timeout=30).json()
+                # requests sharing a network evaluation, averaged over the evaluations of this window
+                steps = after["steps"] - before["steps"]
+                shared = sum(int(k) * v for k, v in after["step_requests_histogram"].items()) - \
+                    sum(int(k) * v for k, v in before["step_requests_histogram"].items())
+                r["mean_batch_requests"] = shared / max(steps, 1)
+                r["load_average"] = os.getloadavg()[0]
+                out["sweep"][kind].append(r)
+                print(f"[{precision}] {kind:>9} c={c:<3} {r['structures_per_s']:7.2f} structures/s  "
+                      f"p50 {r['p50_s']:.3f} s  p99 {r['p99_s']:.3f} s  mean batch {r['mean_batch_requests']:.1f}  "
+                      f"errors {r['errors']}  (load {r['load_average']:.1f})", flush=True)
+        ratios = {}
+        for b, u in zip(out["sweep"]["batched"], out["sweep"]["unbatched"]):
+            ratios[str(b["concurrency"])] = b["structures_per_s"] / max(u["structures_per_s"], 1e-9)
+        out["batched_over_unbatched"] = ratios
+        print(f"[{precision}] batched / unbatched structures/s: " + ", ".join(f"c={k}: {v:.2f}x"
+                                                                            for k, v in ratios.items()), flush=True)
+        load = load_test(f"http://127.0.0.1:{port}/{batched}/v1/generate", args.load_clients, args.load_requests)
+        out["load_test"] = load
+        print(f"[{precision}] load test: {load['requests']} mixed requests from {load['clients']} clients in "
+              f"{load['wall_s']:.1f} s, {load['structures_per_s']:.2f} structures/s, p50 {load['p50_s']:.2f} s, "
+              f"p99 {load['p99_s']:.2f} s, errors {load['errors']} {load['error_samples'] or ''}", flush=True)
+    finally:
+        for name in apps:
+            serve.delete(name)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default=None, help="inference checkpoint (default: untrained tiny, Perov-5 size)")
@@ -203,6 +270,8 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--max-batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per replica")
+    ap.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"],
+                    help="network precision of both apps, one sweep each (bf16 on a CPU: bf16 weights)")
     ap.add_argument("--load-clients", type=int, default=48)
     ap.add_argument("--load-requests", type=int, default=240)
     ap.add_argument("--out", default=None, help="write the results as JSON")
@@ -211,73 +280,32 @@ def main() -> int:
     import ray
     from ray import serve
 
-    from deploy.app import application
-
     tmp = tempfile.TemporaryDirectory()
     ckpt = args.checkpoint or random_checkpoint(Path(tmp.name) / "inference.pt")
-    bound = offline_bound(ckpt, args.steps, args.threads, args.max_batch_size)
-    print(f"offline sampler, same model/threads, DDIM-{args.steps}: batch 1 {bound['batch_1_structures_per_s']:.2f}, "
-          f"batch {args.max_batch_size} {bound[f'batch_{args.max_batch_size}_structures_per_s']:.2f} structures/s "
-          f"-> ceiling of the batching gain {bound['ratio']:.2f}x", flush=True)
     port = free_port()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    base = {"checkpoint": ckpt, "torch_threads": args.threads, "max_samples_per_request": 8,
-            "batch_wait_timeout_s": 0.02}
-    apps = {"batched": args.max_batch_size, "unbatched": 1}
-    for name, mbs in apps.items():
-        # same max_ongoing_requests for both: the baseline differs only in max_batch_size (with Serve's
-        # derived default of 8 the unbatched app would also queue requests at the proxy)
-        serve.run(application({**base, "max_batch_size": mbs}, ray_actor_options={"num_cpus": 1},
-                              max_ongoing_requests=2 * args.max_batch_size), name=name, route_prefix=f"/{name}")
     import requests
 
-    info = requests.get(f"http://127.0.0.1:{port}/batched/v1/model", timeout=30).json()
-    print(f"model: {info['checkpoint']} ({info['parameters']:,} params, {info['spec']['description']}), "
-          f"DDIM-{args.steps}, 1 crystal per request; load average {os.getloadavg()}", flush=True)
-
-    def body(cid: int, i: int) -> dict:
-        return {"num_samples": 1, "composition": COMPOSITIONS[(cid + i) % len(COMPOSITIONS)], "steps": args.steps,
-                "seed": cid * 100_000 + i, "format": "json"}
-
-    results: dict = {"model": {k: info[k] for k in ("checkpoint", "parameters", "timesteps", "device")},
-                     "spec": info["spec"]["description"], "steps": args.steps, "seconds": args.seconds,
-                     "torch_threads": args.threads, "offline_bound": bound, "sweep": {}}
+    results: dict = {"steps": args.steps, "seconds": args.seconds, "torch_threads": args.threads, "runs": {}}
     try:
-        results["sweep"] = {name: [] for name in apps}
-        for c in args.concurrency:  # the two apps alternate per level, so drifting background load hits both
-            for name in apps:
-                url = f"http://127.0.0.1:{port}/{name}"
-                before = requests.get(url + "/v1/stats", timeout=30).json()
-                r = closed_loop(url + "/v1/generate", c, args.seconds, args.warmup, body)
-                after = requests.get(url + "/v1/stats", timeout=30).json()
-                reqs = sum(int(k) * v for k, v in after["batch_size_histogram"].items()) - \
-                    sum(int(k) * v for k, v in before["batch_size_histogram"].items())
-                r["mean_batch_requests"] = reqs / max(after["batches"] - before["batches"], 1)
-                r["load_average"] = os.getloadavg()[0]
-                results["sweep"][name].append(r)
-                print(f"{name:>9} c={c:<3} {r['structures_per_s']:7.2f} structures/s  p50 {r['p50_s']:.3f} s  "
-                      f"p99 {r['p99_s']:.3f} s  mean batch {r['mean_batch_requests']:.1f}  errors {r['errors']}  "
-                      f"(load {r['load_average']:.1f})", flush=True)
-        ratios = {}
-        for b, u in zip(results["sweep"]["batched"], results["sweep"]["unbatched"]):
-            ratios[str(b["concurrency"])] = b["structures_per_s"] / max(u["structures_per_s"], 1e-9)
-        results["batched_over_unbatched"] = ratios
-        print("batched / unbatched structures/s: " + ", ".join(f"c={k}: {v:.2f}x" for k, v in ratios.items()))
-        load = load_test(f"http://127.0.0.1:{port}/batched/v1/generate", args.load_clients, args.load_requests)
-        results["load_test"] = load
-        print(f"load test: {load['requests']} mixed requests from {load['clients']} clients in {load['wall_s']:.1f} s, "
-              f"{load['structures_per_s']:.2f} structures/s, p50 {load['p50_s']:.2f} s, p99 {load['p99_s']:.2f} s, "
-              f"errors {load['errors']} {load['error_samples'] or ''}")
+        for precision in args.precision:
+            # one precision at a time (both apps of a precision share the machine, never two precisions)
+            results["runs"][precision] = run_precision(args, ckpt, port, precision)
         results["load_average_end"] = os.getloadavg()
     finally:
         serve.shutdown()
         ray.shutdown()
         tmp.cleanup()
+    print("summary (batched / unbatched structures/s at each concurrency):")
+    for precision, run in results["runs"].items():
+        print(f"  {precision}: ceiling {run['offline_bound']['ratio']:.2f}x; " + ", ".join(
+            f"c={k}: {v:.2f}x" for k, v in run.get("batched_over_unbatched", {}).items()))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=1))
-    return 0 if results.get("load_test", {}).get("errors", 1) == 0 else 1
+    errors = [run.get("load_test", {}).get("errors", 1) for run in results["runs"].values()]
+    return 0 if errors and not any(errors) else 1
 
 
 if __name__ == "__main__":

@@ -16,10 +16,12 @@ Endpoints (docs/generation.md has request/response examples):
 
 One deployment, ``UniMatGenerator``: each replica loads the model once (``__init__``), ``generate``
 only parses and validates, ``_generate_batch`` (``@serve.batch``) receives the merged requests and
-hands them to a ``DeviceQueue``, which merges every batch waiting for the device into one sampling run
-(up to ``max_batch_size`` requests) executed in a worker thread, so that the event loop keeps accepting
-requests while the device works. Inside a run, requests are grouped into denoising loops by (sampler,
-steps, eta): ``unimat_dist/generation/jobs.py``.
+hands them to the replica's ``ContinuousSampler`` (``unimat_dist/generation/continuous.py``): one
+denoising loop running in a worker thread that requests join at the next step boundary and leave when
+their last step is done (up to ``max_batch_size`` requests and ``max_batch_samples`` rows at a time),
+each row at its own timestep, so requests with different compositions, guidance, samplers and step
+counts share every network evaluation. The event loop keeps accepting requests while the device
+works; decoding and CIF/JSON formatting run on two other threads.
 """
 # No ``from __future__ import annotations``: FastAPI resolves route annotations from the globals of the
 # by-value pickled methods, which hold only names the code uses.
@@ -39,7 +41,6 @@ from ray import serve
 
 from unimat_dist import __version__
 
-from .device_queue import DeviceQueue
 from .metrics import ServiceMetrics
 from .schemas import ApiError, ErrorResponse, GenerateRequest, GenerateResponse, parse_generate_request
 from .settings import ServeSettings, load_settings
@@ -131,6 +132,7 @@ class UniMatGenerator:
         import torch
 
         from unimat_dist.generation import model_info, open_generator
+        from unimat_dist.generation.continuous import ContinuousSampler
 
         self.settings: ServeSettings = load_settings(settings)
         s = self.settings
@@ -140,10 +142,9 @@ class UniMatGenerator:
         self.g = open_generator(s.checkpoint, s.storage_options, device=s.device, precision=s.precision)
         self.info = model_info(self.g)
         self.metrics = ServiceMetrics()
-        # one sampling run at a time per device; formatting (CIF, validity) on other threads
-        self._device = DeviceQueue(self._sample, ThreadPoolExecutor(1, thread_name_prefix="unimat-sampling"),
-                                   max_requests=s.max_batch_size, max_rows=s.max_batch_samples,
-                                   rows_of=lambda p: p.job.num_samples)
+        # one running denoising loop per device; decoding and formatting (CIF, validity) on other threads
+        self._engine = ContinuousSampler(self.g, max_requests=s.max_batch_size, max_rows=s.max_batch_samples,
+                                         on_admit=self.metrics.batch, on_step=self.metrics.step)
         self._format_executor = ThreadPoolExecutor(2, thread_name_prefix="unimat-format")
         self._generate_batch.set_max_batch_size(s.max_batch_size)
         self._generate_batch.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
@@ -192,8 +193,9 @@ class UniMatGenerator:
             "batching": {"max_batch_size": s.max_batch_size, "max_ongoing_requests": self.max_ongoing_requests,
                          "batch_wait_timeout_s": s.batch_wait_timeout_s,
                          "max_batch_samples": s.max_batch_samples,
-                         "policy": "one denoising loop per (sampler, steps, eta) group; compositions, properties "
-                                   "and guidance mix freely within a loop; requests are never split"},
+                         "policy": "continuous: one running denoising loop; requests join at the next step and "
+                                   "leave after their last, each row at its own timestep (compositions, properties, "
+                                   "guidance, samplers and step counts mix freely); requests are never split"},
             "server_version": __version__,
         }
 
@@ -263,41 +265,23 @@ class UniMatGenerator:
         return _Pending(job, req.format or s.default_format, req.composition, req.exact_counts)
 
     # ------------------------------------------------------------------ the batch
-    # max_concurrent_batches: Serve hands every cut batch over at once; DeviceQueue merges the ones that
-    # wait for the device (deploy/device_queue.py), which is where the real batching happens.
+    # max_concurrent_batches: Serve hands every cut batch over at once; the ContinuousSampler merges them
+    # into its running loop, which is where the real batching happens.
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.05, max_concurrent_batches=1024)
     async def _generate_batch(self, items: list[_Pending]) -> list[dict[str, Any]]:
-        sampled = await self._device.submit(items)
+        sampled = await asyncio.gather(*(self._engine.generate(p.job) for p in items))
         return await asyncio.get_running_loop().run_in_executor(self._format_executor, self._format, items, sampled)
 
-    def _sample(self, items: list[_Pending]) -> list[tuple[list, Any, int]]:
-        """One sampling run (device thread): (structures, loop stats, run size) per request."""
-        from unimat_dist.generation import plan_loops, run_jobs
-
-        loops: list = []
-
-        def on_loop(stats) -> None:
-            loops.append(stats)
-            self.metrics.loop(stats.rows, stats.seconds)
-
-        t0 = time.perf_counter()
-        jobs = [p.job for p in items]
-        self.metrics.batch(len(jobs))
-        structures = run_jobs(self.g, jobs, self.settings.max_batch_samples, on_loop)
-        # which loop each job ran in (plan_loops is deterministic): for the per-request timings
-        loop_of = {i: k for k, members in enumerate(plan_loops(jobs, self.settings.max_batch_samples)) for i in members}
-        log.info("batch: %d requests, %d loops, %d samples in %.2f s", len(items), len(loops),
-                 sum(lp.rows for lp in loops), time.perf_counter() - t0)
-        return [(structures[i], loops[loop_of[i]], len(items)) for i in range(len(items))]
-
-    def _format(self, items: list[_Pending], sampled: list[tuple[list, Any, int]]) -> list[dict[str, Any]]:
-        """Response bodies (CIF/JSON, validity flags) off the device thread."""
+    def _format(self, items: list[_Pending], sampled: list[tuple[Any, Any]]) -> list[dict[str, Any]]:
+        """Decoded structures and response bodies (CIF/JSON, validity flags), off the device thread."""
         outcomes: Counter[str] = Counter()
         bodies = []
-        for p, (structures, loop, run_requests) in zip(items, sampled):
-            body = _response_body(p, structures, self.info)
-            body["timing"] = {"total_s": 0.0, "sample_s": loop.seconds, "batch_requests": run_requests,
-                              "loop_samples": loop.rows}
+        for p, (batch, stats) in zip(items, sampled):
+            self.metrics.sampled(stats.seconds)
+            body = _response_body(p, self.g.to_structures(batch), self.info)
+            # batch_requests / loop_samples: the most requests / rows that shared one of its network evaluations
+            body["timing"] = {"total_s": 0.0, "sample_s": stats.seconds, "batch_requests": stats.peak_requests,
+                              "loop_samples": stats.peak_rows}
             v = body["validity"]
             outcomes.update({"valid": v["valid"], "invalid": v["decoded"] - v["valid"],
                              "undecoded": v["count"] - v["decoded"]})

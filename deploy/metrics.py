@@ -10,9 +10,11 @@ cluster collects them (see docs/generation.md). Names, as exported:
 ``ray_unimat_serve_requests_total``            counter    HTTP requests by ``route`` and ``status``
 ``ray_unimat_serve_errors_total``              counter    failed requests by error ``type``
 ``ray_unimat_serve_request_latency_seconds``   histogram  receipt to response of ``POST /v1/generate``
-``ray_unimat_serve_batch_requests``            histogram  requests merged into one sampling run
-``ray_unimat_serve_loop_samples``              histogram  rows of one denoising loop
-``ray_unimat_serve_loop_seconds``              histogram  duration of one denoising loop (incl. decoding)
+``ray_unimat_serve_batch_requests``            histogram  requests admitted together into the running loop
+``ray_unimat_serve_step_requests``             histogram  requests sharing one network evaluation (the
+                                                          batch the device actually runs)
+``ray_unimat_serve_step_samples``              histogram  rows (crystals) of one network evaluation
+``ray_unimat_serve_sampling_seconds``          histogram  admission to last step of one request
 ``ray_unimat_serve_structures_total``          counter    generated crystals by ``outcome`` (valid,
                                                           invalid, undecoded)
 =============================================  =========  ==========================================
@@ -26,7 +28,7 @@ from typing import Any
 
 LATENCY_BOUNDARIES = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300]  # seconds
 BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256]  # requests per batch
-SAMPLE_BOUNDARIES = [1, 4, 16, 64, 256, 1024, 4096]  # rows per denoising loop
+SAMPLE_BOUNDARIES = [1, 4, 16, 64, 256, 1024, 4096]  # rows per network evaluation
 
 
 class ServiceMetrics:
@@ -37,10 +39,12 @@ class ServiceMetrics:
         self._lock = threading.Lock()  # batches finish in a worker thread, requests on the event loop
         self.requests: Counter[str] = Counter()  # "route status" -> n
         self.errors: Counter[str] = Counter()
-        self.batch_sizes: Counter[int] = Counter()  # requests per sampling run -> number of runs
-        self.loop_rows: Counter[int] = Counter()
+        self.batch_sizes: Counter[int] = Counter()  # requests admitted together -> number of admissions
+        self.step_requests: Counter[int] = Counter()  # requests per network evaluation -> number of steps
+        self.step_rows = 0
+        self.step_seconds = 0.0
+        self.sampling_seconds = 0.0
         self.structures: Counter[str] = Counter()
-        self.loop_seconds = 0.0
         self._prom = _prometheus_series(deployment)
 
     # --------------------------------------------------------------------- recording
@@ -64,13 +68,22 @@ class ServiceMetrics:
         if self._prom:
             self._prom["batch"].observe(num_requests)
 
-    def loop(self, rows: int, seconds: float) -> None:
+    def step(self, rows: int, requests: int, seconds: float) -> None:
+        """One network evaluation of the running loop: its rows, the requests they belong to, its duration."""
         with self._lock:
-            self.loop_rows[int(rows)] += 1
-            self.loop_seconds += seconds
+            self.step_requests[int(requests)] += 1
+            self.step_rows += int(rows)
+            self.step_seconds += seconds
         if self._prom:
-            self._prom["loop_rows"].observe(rows)
-            self._prom["loop_seconds"].observe(seconds)
+            self._prom["step_requests"].observe(requests)
+            self._prom["step_rows"].observe(rows)
+
+    def sampled(self, seconds: float) -> None:
+        """One request's sampling finished (admission to last step)."""
+        with self._lock:
+            self.sampling_seconds += seconds
+        if self._prom:
+            self._prom["sampling_seconds"].observe(seconds)
 
     def structure_outcomes(self, outcomes: Counter[str]) -> None:
         with self._lock:
@@ -85,6 +98,7 @@ class ServiceMetrics:
         """The replica's totals since start (``GET /v1/stats``)."""
         with self._lock:
             batches = sum(self.batch_sizes.values())
+            steps = sum(self.step_requests.values())
             return {
                 "uptime_s": time.time() - self.started,
                 "requests": dict(sorted(self.requests.items())),
@@ -93,9 +107,12 @@ class ServiceMetrics:
                 "batch_size_histogram": {str(k): v for k, v in sorted(self.batch_sizes.items())},
                 "max_batch_size_seen": max(self.batch_sizes, default=0),
                 "mean_batch_size": (sum(k * v for k, v in self.batch_sizes.items()) / batches) if batches else 0.0,
-                "loops": sum(self.loop_rows.values()),
-                "loop_rows_histogram": {str(k): v for k, v in sorted(self.loop_rows.items())},
-                "loop_seconds_total": self.loop_seconds,
+                "steps": steps,
+                "step_requests_histogram": {str(k): v for k, v in sorted(self.step_requests.items())},
+                "mean_step_requests": (sum(k * v for k, v in self.step_requests.items()) / steps) if steps else 0.0,
+                "mean_step_rows": self.step_rows / steps if steps else 0.0,
+                "step_seconds_total": self.step_seconds,
+                "sampling_seconds_total": self.sampling_seconds,
                 "structures": dict(sorted(self.structures.items())),
             }
 
@@ -122,12 +139,15 @@ def _prometheus_series(deployment: str) -> dict[str, Any] | None:
                                           tag_keys=("deployment", "type"))),
         "latency": with_default(Histogram("unimat_serve_request_latency_seconds", "request latency, seconds",
                                           boundaries=LATENCY_BOUNDARIES, tag_keys=("deployment", "route"))),
-        "batch": with_default(Histogram("unimat_serve_batch_requests", "requests per sampling run",
+        "batch": with_default(Histogram("unimat_serve_batch_requests", "requests admitted together",
                                         boundaries=BATCH_BOUNDARIES, tag_keys=("deployment",))),
-        "loop_rows": with_default(Histogram("unimat_serve_loop_samples", "rows per denoising loop",
+        "step_requests": with_default(Histogram("unimat_serve_step_requests", "requests per network evaluation",
+                                                boundaries=BATCH_BOUNDARIES, tag_keys=("deployment",))),
+        "step_rows": with_default(Histogram("unimat_serve_step_samples", "rows per network evaluation",
                                             boundaries=SAMPLE_BOUNDARIES, tag_keys=("deployment",))),
-        "loop_seconds": with_default(Histogram("unimat_serve_loop_seconds", "denoising loop duration, seconds",
-                                               boundaries=LATENCY_BOUNDARIES, tag_keys=("deployment",))),
+        "sampling_seconds": with_default(Histogram("unimat_serve_sampling_seconds",
+                                                   "sampling time of one request, seconds",
+                                                   boundaries=LATENCY_BOUNDARIES, tag_keys=("deployment",))),
         "structures": with_default(RayCounter("unimat_serve_structures_total", "generated crystals by outcome",
                                               tag_keys=("deployment", "outcome"))),
     }

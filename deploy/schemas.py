@@ -86,9 +86,9 @@ class ValiditySummary(BaseModel):
 
 class Timing(BaseModel):
     total_s: float = Field(description="receipt to response, seconds")
-    sample_s: float = Field(description="the denoising loop this request ran in, seconds")
-    batch_requests: int = Field(description="requests that shared this request's sampling run (merged batches)")
-    loop_samples: int = Field(description="rows of the denoising loop this request ran in")
+    sample_s: float = Field(description="admission into the running denoising loop to its last step, seconds")
+    batch_requests: int = Field(description="the most requests that shared one of this request's network evaluations")
+    loop_samples: int = Field(description="the most rows (crystals) of one of this request's network evaluations")
 
 
 class GenerateResponse(BaseModel):

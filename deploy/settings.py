@@ -19,7 +19,7 @@ class ServeSettings:
     # fsspec options for a cloud checkpoint (endpoint_url, key, secret, token, ...)
     storage_options: dict[str, Any] = field(default_factory=dict)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when the replica has a GPU
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; see docs
     torch_threads: Optional[int] = None  # CPU threads of torch in a replica; null = torch's default
 
     # batching (see docs/generation.md "Batching policy")

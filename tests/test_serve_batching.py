@@ -163,52 +163,6 @@ def test_request_schema():
         assert exc.value.status == status and exc.value.field == field, (body, exc.value.message)
 
 
-def test_device_queue_merges_the_calls_waiting_for_the_device():
-    """While one run is on the 'device', later calls pile up; the next run takes them all (within the
-    request and row limits, never splitting a call); max_requests=1 runs them one by one."""
-    import asyncio
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    from deploy.device_queue import DeviceQueue
-
-    def scenario(max_requests: int, max_rows: int) -> tuple[list[list[int]], list[list[int]]]:
-        runs: list[list[int]] = []
-        gate = threading.Event()
-
-        def run(items):
-            gate.wait(5)  # the first run holds the device until every call is queued
-            runs.append([i for i, _ in items])
-            if any(i == 99 for i, _ in items):
-                raise RuntimeError("device failure")
-            return [i * 10 for i, _ in items]
-
-        async def main():
-            q = DeviceQueue(run, ThreadPoolExecutor(1), max_requests=max_requests, max_rows=max_rows,
-                            rows_of=lambda item: item[1])
-            first = asyncio.create_task(q.submit([(0, 1)]))
-            await asyncio.sleep(0.05)
-            calls = [[(1, 1), (2, 1)], [(3, 4)], [(4, 1)], [(5, 30)], [(6, 1)]]
-            tasks = [asyncio.create_task(q.submit(c)) for c in calls]
-            await asyncio.sleep(0.05)
-            gate.set()
-            out = [await first] + [await t for t in tasks]
-            failing = asyncio.create_task(q.submit([(99, 1)]))
-            with pytest.raises(RuntimeError, match="device failure"):
-                await failing
-            assert await q.submit([(7, 1)]) == [70]  # still serving after a failed run
-            return out
-
-        out = asyncio.run(main())
-        return runs, out
-
-    runs, out = scenario(max_requests=8, max_rows=16)
-    assert out == [[0], [10, 20], [30], [40], [50], [60]]  # every call gets its own results, in order
-    assert runs[:4] == [[0], [1, 2, 3, 4], [5], [6]]  # merged up to 16 rows; the 30-row call runs alone
-    runs, _ = scenario(max_requests=1, max_rows=16)
-    assert runs[:3] == [[0], [1, 2], [3]]  # the unbatched baseline: one call per run
-
-
 def test_serve_config_and_kuberay_manifest_are_valid_and_agree():
     """Both deployment files pass Ray Serve's own schema, build the app from their args, and keep
     max_ongoing_requests >= max_batch_size (else Serve would cap every batch)."""

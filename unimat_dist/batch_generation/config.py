@@ -13,7 +13,7 @@ class ModelConfig:
     checkpoint: str = ""  # inference.pt, a checkpoint/run directory, or a file:// s3:// gs:// URI (required)
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for a cloud checkpoint
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when the actor has a GPU
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; see docs
 
 
 @dataclass

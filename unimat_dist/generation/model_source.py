@@ -57,7 +57,7 @@ def model_info(g) -> dict[str, Any]:
         "unimat_dist_version": g.meta.get("unimat_dist_version"),
         "parameters": int(sum(p.numel() for p in denoiser.parameters())),
         "device": str(g.device),
-        "precision": "bf16-autocast" if g.autocast_dtype is not None else "fp32",
+        "precision": g.precision,
         "timesteps": int(g.diffusion.timesteps),
         "spec": {
             "max_atoms_per_element": spec.L,

@@ -1,0 +1,176 @@
+"""Step-level batching (``unimat_dist/generation/continuous.py``), without Ray: jobs join a running
+denoising loop, each row at its own timestep, and every job's crystals equal those it gets alone.
+
+An untrained tiny model with perturbed weights (so outputs depend on every input) suffices: the
+machinery is what is tested. The served path (Ray Serve, HTTP) is in tests/test_serve.py.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from unimat_dist.diffusion import GaussianDiffusion
+from unimat_dist.generation import GenerationJob, prepare_job, run_jobs
+from unimat_dist.generation.continuous import ContinuousSampler
+from unimat_dist.model import Condition, PropertyScaler, build_unet, get_preset
+from unimat_dist.representation import Normalizer, spec_for_elements
+from unimat_dist.sampling import SampleRequest, StructureGenerator
+
+torch.set_num_threads(1)
+SPEC = spec_for_elements(["Li", "Fe", "O", "P", "Sr", "Ti"], 4)
+
+
+@pytest.fixture(scope="module")
+def g() -> StructureGenerator:
+    torch.manual_seed(0)
+    net = build_unet(get_preset("tiny"), SPEC, num_properties=1)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    d = GaussianDiffusion(net, SPEC.allowed_cells, timesteps=50, schedule="cosine")
+    return StructureGenerator(d, SPEC, Normalizer.default(SPEC), PropertyScaler(("band_gap",), (1.0,), (0.5,)))
+
+
+def _job(g, n, comp=None, seed=0, sampler="ddim", steps=4, eta=0.0, **kw):
+    return prepare_job(g, GenerationJob(n, SampleRequest(comp, **kw), sampler, steps, eta, seed))
+
+
+def _mixed_jobs(g) -> list[GenerationJob]:
+    return [
+        _job(g, 2, "LiFePO4", seed=1, steps=6),
+        _job(g, 1, None, seed=2, sampler="ddpm", steps=9),
+        _job(g, 3, "SrTiO3", seed=3, steps=3, eta=0.7),  # stochastic DDIM
+        _job(g, 1, "Li2O", seed=4, steps=12, exact_counts=False),  # element types only
+        _job(g, 2, None, seed=5, steps=5, properties={"band_gap": 1.5}, guidance=2.0),  # guided
+        _job(g, 1, "FeO", seed=6, sampler="ddpm", steps=4, properties={"band_gap": 0.2}, guidance=1.0),
+    ]
+
+
+def _collect(engine: ContinuousSampler, jobs, delays=None):
+    """Submit ``jobs`` (job k after ``delays[k]`` seconds) and wait for all: [(batch, stats, error)]."""
+    results: list = [None] * len(jobs)
+    done = [threading.Event() for _ in jobs]
+
+    def callback(k):
+        def cb(batch, stats, error):
+            results[k] = (batch, stats, error)
+            done[k].set()
+        return cb
+
+    timers = []
+    for k, job in enumerate(jobs):
+        delay = (delays or [0.0] * len(jobs))[k]
+        if delay:
+            timers.append(threading.Timer(delay, engine.submit, (job, callback(k))))
+            timers[-1].start()
+        else:
+            engine.submit(job, callback(k))
+    for ev in done:
+        assert ev.wait(120)
+    return results
+
+
+def _assert_same_crystals(g, batch, alone):
+    got = g.to_structures(batch)
+    assert len(got) == len(alone)
+    for a, b in zip(got, alone):
+        assert (a is None) == (b is None)
+        if a is None:
+            continue
+        assert [str(s) for s in a.species] == [str(s) for s in b.species]
+        np.testing.assert_allclose(a.frac_coords, b.frac_coords, atol=1e-4)
+        np.testing.assert_allclose(a.lattice.matrix, b.lattice.matrix, atol=1e-3)
+
+
+def test_every_job_gets_the_crystals_it_gets_alone_whatever_joins_when(g):
+    alone = [run_jobs(g, [job])[0] for job in _mixed_jobs(g)]
+    steps: list[tuple[int, int]] = []
+    engine = ContinuousSampler(g, max_requests=32, max_rows=64, on_step=lambda r, j, s: steps.append((r, j)))
+    try:
+        # all at once, then staggered so that jobs join a loop that is already running
+        for delays in (None, [0.0, 0.02, 0.05, 0.08, 0.1, 0.15]):
+            results = _collect(engine, _mixed_jobs(g), delays)
+            for (batch, stats, error), ref, job in zip(results, alone, _mixed_jobs(g)):
+                assert error is None
+                assert stats.steps == job.steps
+                _assert_same_crystals(g, batch, ref)
+            assert max(j for _, j in steps) > 1  # jobs with different samplers and steps shared evaluations
+    finally:
+        engine.close()
+
+
+def test_a_short_job_joins_and_leaves_a_long_running_one(g):
+    long_job, short_job = _job(g, 1, "LiFePO4", seed=1, sampler="ddpm", steps=50), _job(g, 1, "SrTiO3", seed=2,
+                                                                                          steps=3)
+    finished: list[str] = []
+    engine = ContinuousSampler(g, max_requests=8, max_rows=64)
+    try:
+        events = {name: threading.Event() for name in ("long", "short")}
+        stats = {}
+
+        def cb(name):
+            def done(batch, s, error):
+                assert error is None
+                finished.append(name)
+                stats[name] = s
+                events[name].set()
+            return done
+
+        engine.submit(long_job, cb("long"))
+        threading.Timer(0.05, engine.submit, (short_job, cb("short"))).start()
+        assert events["short"].wait(60) and events["long"].wait(60)
+    finally:
+        engine.close()
+    assert finished == ["short", "long"]  # it did not wait for the 50-step loop to end
+    assert stats["short"].peak_requests == 2 and stats["short"].steps == 3
+
+
+def test_limits_on_requests_and_rows(g):
+    seen: list[tuple[int, int]] = []
+    engine = ContinuousSampler(g, max_requests=1, max_rows=64, on_step=lambda r, j, s: seen.append((r, j)))
+    try:
+        results = _collect(engine, [_job(g, 2, None, seed=k, steps=3) for k in range(4)])
+    finally:
+        engine.close()
+    assert {j for _, j in seen} == {1} and all(r[1].peak_requests == 1 for r in results)  # the unbatched baseline
+
+    seen.clear()
+    admitted: list[int] = []
+    engine = ContinuousSampler(g, max_requests=32, max_rows=5, on_admit=admitted.append,
+                               on_step=lambda r, j, s: seen.append((r, j)))
+    try:
+        jobs = [_job(g, 2, None, seed=1, steps=3), _job(g, 8, None, seed=2, steps=3), _job(g, 2, None, seed=3, steps=3)]
+        results = _collect(engine, jobs)
+    finally:
+        engine.close()
+    assert all(err is None for _, _, err in results)
+    assert max(r for r, _ in seen) == 8  # the 8-row job ran alone (it is larger than max_rows) ...
+    assert all(r <= 5 for r, j in seen if j > 1)  # ... every shared evaluation kept within max_rows
+    assert sum(admitted) == 3
+
+
+def test_a_broken_job_fails_alone_and_the_loop_keeps_serving(g):
+    bad = _job(g, 1, "LiFePO4", seed=1)
+    bad.condition = Condition.unconditional(1, (2, 3, 3), 1)  # the wrong (L, H, W) for this model
+    engine = ContinuousSampler(g, max_requests=8, max_rows=64)
+    try:
+        with pytest.raises(ValueError, match="not prepared"):
+            engine.submit(GenerationJob(1), lambda *a: None)
+        results = _collect(engine, [_job(g, 1, "SrTiO3", seed=2, steps=5), bad, _job(g, 2, None, seed=3, steps=4)])
+        assert results[1][2] is not None and results[1][0] is None
+        assert results[0][2] is None and results[2][2] is None
+        assert len(g.to_structures(results[2][0])) == 2
+
+        async def one():
+            return await engine.generate(_job(g, 1, "FeO", seed=4, steps=3))
+
+        batch, stats = asyncio.run(one())  # the asyncio form used by the service
+        assert stats.steps == 3 and g.to_structures(batch)[0].composition.reduced_formula == "FeO"
+    finally:
+        engine.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.submit(_job(g, 1, None), lambda *a: None)
