@@ -1,21 +1,24 @@
 """Generation service benchmark (issue 8): structures/s and latency of the Ray Serve app with and without
 request batching, at concurrency 1, 8 and 32, plus a bounded mixed load test; all on 127.0.0.1.
 
-    python bench/bench_serve.py                                   # ~4 min on 2 CPU cores
-    python bench/bench_serve.py --checkpoint out/train_tiny_cpu --steps 20 --seconds 20
-    python bench/bench_serve.py --out bench/results/serve_cpu.json
+    python bench/bench_serve.py                                   # ~9 min on 2 CPU cores (fp32 and bf16)
+    python bench/bench_serve.py --precision bf16 --steps 20 --seconds 20
+    python bench/bench_serve.py --checkpoint out/train_tiny_cpu --out bench/results/serve_cpu.json
 
-One Ray instance serves the same model twice: application ``batched`` (``max_batch_size`` 32) and the
-baseline ``unbatched`` (``max_batch_size`` 1), one replica each with the same CPUs, torch threads and
-``max_ongoing_requests`` (64).
+For each ``--precision`` (fp32, then bf16: the network in bf16 weights, the fast path on CPUs with
+AMX / AVX512-BF16), one Ray instance serves the same model twice: application ``batched-<precision>``
+(``max_batch_size`` 32) and the baseline ``unbatched-<precision>`` (``max_batch_size`` 1: one request in
+the running loop at a time), one replica each with one CPU, the same torch threads, the same
+``max_ongoing_requests`` (64) and the same settings otherwise; both are deleted before the next precision.
 For every (application, concurrency) pair, ``concurrency`` closed-loop clients (threads with keep-alive
 HTTP sessions) send one-crystal, exact-count DDIM requests back to back for ``--seconds`` after a short
 warm-up; structures/s = crystals returned / wall time; p50/p99 = request latency percentiles seen by
-the clients; the mean batch size comes from the service's ``/v1/stats``. The ratio batched/unbatched
-at concurrency 32 is the figure of merit (goal: >= 5x). Before the service starts, the bare sampler is
-timed in-process at batch 1 and batch ``--max-batch-size`` (same model and threads): the ratio of the two
-is the most batching can gain on this device (on a CPU it is bounded by how much cheaper per sample a
-batched convolution is; on a GPU batch 1 is launch-bound and the ceiling is far higher).
+the clients; the mean batch is the mean number of requests sharing one network evaluation, from the
+service's ``/v1/stats``. The ratio batched/unbatched at concurrency 32 is the figure of merit
+(goal: >= 5x). Before the service starts, the bare sampler is timed in-process at batch 1 and batch
+``--max-batch-size`` (same model, precision and threads): the ratio of the two is the most batching can
+gain on this device (on a CPU it is bounded by how much cheaper per sample a batched convolution is; on a
+GPU batch 1 is launch-bound and the ceiling is far higher).
 
 The load test then sends ``--load-requests`` mixed requests (compositions, 1-4 crystals, DDIM/DDPM,
 CIF/JSON, a few property-guided) from ``--load-clients`` concurrent clients to the batched app and
@@ -75,7 +78,8 @@ def random_checkpoint(path: Path) -> str:
     return str(path)
 
 
-def offline_bound(checkpoint: str, steps: int, threads: int, batch: int, precision: str = "fp32") -> dict:
+def offline_bound(checkpoint: str, steps: int, threads: int, batch: int, precision: str = "fp32",
+                  device: str = "cpu") -> dict:
     """Structures/s of the bare sampler (no HTTP, no Serve) at batch 1 and ``batch``, same model and
     threads: the ceiling of what request batching can gain on this machine."""
     import torch
@@ -84,7 +88,7 @@ def offline_bound(checkpoint: str, steps: int, threads: int, batch: int, precisi
     from unimat_dist.sampling import SampleRequest
 
     torch.set_num_threads(threads)
-    g = open_generator(checkpoint, device="cpu", precision=precision)
+    g = open_generator(checkpoint, device=device, precision=precision)
 
     def rate(b: int, repeats: int) -> float:
         best = float("inf")
@@ -93,6 +97,8 @@ def offline_bound(checkpoint: str, steps: int, threads: int, batch: int, precisi
                                                  0.0, r * 1000 + i)) for i in range(b)]
             t0 = time.perf_counter()
             run_jobs(g, jobs, max_rows=b)
+            if device == "cuda":
+                torch.cuda.synchronize()
             best = min(best, time.perf_counter() - t0)
         return b / best
 
@@ -201,18 +207,20 @@ def run_precision(args, ckpt: str, port: int, precision: str) -> dict:
 
     from deploy.app import application
 
-    bound = offline_bound(ckpt, args.steps, args.threads, args.max_batch_size, precision)
+    bound = offline_bound(ckpt, args.steps, args.threads, args.max_batch_size, precision, args.device)
     print(f"[{precision}] offline sampler, same model/threads, DDIM-{args.steps}: batch 1 "
           f"{bound['batch_1_structures_per_s']:.2f}, batch {args.max_batch_size} "
           f"{bound[f'batch_{args.max_batch_size}_structures_per_s']:.2f} structures/s -> ceiling of the batching "
           f"gain {bound['ratio']:.2f}x", flush=True)
     base = {"checkpoint": ckpt, "torch_threads": args.threads, "max_samples_per_request": 8,
-            "batch_wait_timeout_s": 0.02, "device": "cpu", "precision": precision}
+            "device": args.device, "precision": precision}
+    # the two apps share the machine: one CPU each, half of the GPU each on a GPU machine
+    resources = {"num_cpus": 1, **({"num_gpus": 0.5} if args.device == "cuda" else {})}
     apps = {f"batched-{precision}": args.max_batch_size, f"unbatched-{precision}": 1}
     for name, mbs in apps.items():
         # same max_ongoing_requests for both: the baseline differs only in max_batch_size (with Serve's
         # derived default of 8 the unbatched app would also queue requests at the proxy)
-        serve.run(application({**base, "max_batch_size": mbs}, ray_actor_options={"num_cpus": 1},
+        serve.run(application({**base, "max_batch_size": mbs}, ray_actor_options=resources,
                               max_ongoing_requests=2 * args.max_batch_size), name=name, route_prefix=f"/{name}")
     batched, unbatched = apps
     info = requests.get(f"http://127.0.0.1:{port}/{batched}/v1/model", timeout=30).json()
@@ -231,19 +239,24 @@ def run_precision(args, ckpt: str, port: int, precision: str) -> dict:
         for c in args.concurrency:  # the two apps alternate per level, so drifting background load hits both
             for kind, name in (("batched", batched), ("unbatched", unbatched)):
                 url = f"http://127.0.0.1:{port}/{name}"
-                before = requests.get(url + "/v1/stats", timeout=30).json()
+                before, t_before = requests.get(url + "/v1/stats", timeout=30).json(), time.perf_counter()
                 r = closed_loop(url + "/v1/generate", c, args.seconds, args.warmup, body)
-                after = requests.get(url + "/v1/stats", timeout=30).json()
+                after, t_after = requests.get(url + "/v1/stats", timeout=30).json(), time.perf_counter()
                 # requests sharing a network evaluation, averaged over the evaluations of this window
                 steps = after["steps"] - before["steps"]
                 shared = sum(int(k) * v for k, v in after["step_requests_histogram"].items()) - \
                     sum(int(k) * v for k, v in before["step_requests_histogram"].items())
                 r["mean_batch_requests"] = shared / max(steps, 1)
+                # the device's share of the window spent in network evaluations, and their mean duration
+                busy = after["step_seconds_total"] - before["step_seconds_total"]
+                r["device_busy"] = busy / (t_after - t_before)
+                r["mean_step_ms"] = 1e3 * busy / max(steps, 1)
                 r["load_average"] = os.getloadavg()[0]
                 out["sweep"][kind].append(r)
                 print(f"[{precision}] {kind:>9} c={c:<3} {r['structures_per_s']:7.2f} structures/s  "
                       f"p50 {r['p50_s']:.3f} s  p99 {r['p99_s']:.3f} s  mean batch {r['mean_batch_requests']:.1f}  "
-                      f"errors {r['errors']}  (load {r['load_average']:.1f})", flush=True)
+                      f"device busy {r['device_busy']:.0%}, {r['mean_step_ms']:.0f} ms/step  errors {r['errors']}  "
+                      f"(load {r['load_average']:.1f})", flush=True)
         ratios = {}
         for b, u in zip(out["sweep"]["batched"], out["sweep"]["unbatched"]):
             ratios[str(b["concurrency"])] = b["structures_per_s"] / max(u["structures_per_s"], 1e-9)
@@ -270,12 +283,17 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--max-batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per replica")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     ap.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"],
                     help="network precision of both apps, one sweep each (bf16 on a CPU: bf16 weights)")
     ap.add_argument("--load-clients", type=int, default=48)
     ap.add_argument("--load-requests", type=int, default=240)
     ap.add_argument("--out", default=None, help="write the results as JSON")
     args = ap.parse_args()
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
 
     import ray
     from ray import serve
@@ -283,9 +301,9 @@ def main() -> int:
     tmp = tempfile.TemporaryDirectory()
     ckpt = args.checkpoint or random_checkpoint(Path(tmp.name) / "inference.pt")
     port = free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, num_gpus=1 if args.device == "cuda" else 0, include_dashboard=False,
+             log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    import requests
 
     results: dict = {"steps": args.steps, "seconds": args.seconds, "torch_threads": args.threads, "runs": {}}
     try:

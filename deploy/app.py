@@ -267,7 +267,7 @@ class UniMatGenerator:
     # ------------------------------------------------------------------ the batch
     # max_concurrent_batches: Serve hands every cut batch over at once; the ContinuousSampler merges them
     # into its running loop, which is where the real batching happens.
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.05, max_concurrent_batches=1024)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0, max_concurrent_batches=1024)
     async def _generate_batch(self, items: list[_Pending]) -> list[dict[str, Any]]:
         sampled = await asyncio.gather(*(self._engine.generate(p.job) for p in items))
         return await asyncio.get_running_loop().run_in_executor(self._format_executor, self._format, items, sampled)

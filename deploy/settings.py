@@ -23,9 +23,11 @@ class ServeSettings:
     torch_threads: Optional[int] = None  # CPU threads of torch in a replica; null = torch's default
 
     # batching (see docs/generation.md "Batching policy")
-    max_batch_size: int = 32  # requests per @serve.batch call and per sampling run (needs max_ongoing_requests >= this)
-    batch_wait_timeout_s: float = 0.05  # seconds a batch waits for more requests after its first one
-    max_batch_samples: int = 512  # rows (samples) per denoising loop; bounds device memory
+    max_batch_size: int = 32  # requests per @serve.batch call and in the running loop (max_ongoing_requests >= this)
+    # seconds a @serve.batch waits for more requests after its first; 0: requests arriving while the device
+    # works join the running loop anyway (ContinuousSampler), so waiting only adds latency
+    batch_wait_timeout_s: float = 0.0
+    max_batch_samples: int = 512  # rows (samples) in the running loop; bounds device memory
 
     # per-request limits (violations are HTTP 413/422 with a message)
     max_samples_per_request: int = 64  # num_samples upper bound

@@ -55,3 +55,32 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     """Run directory of the session's tiny generator (trained on first use)."""
     base = tmp_path_factory.getbasetemp()
     return train_tiny_generator(base / "tiny-generator-run", base / "tiny-generator-cache")
+
+
+# ------------------------------------------------------------------ an untrained generator (no Ray, no training)
+def perturbed_tiny_generator():
+    """The tiny U-Net with random, perturbed weights (so outputs depend on every input) over a 6-element
+    reduced table, L = 4, T = 50, one property: for tests of the sampling machinery, not of crystals."""
+    import torch
+
+    from unimat_dist.diffusion import GaussianDiffusion
+    from unimat_dist.model import PropertyScaler, build_unet, get_preset
+    from unimat_dist.representation import Normalizer, spec_for_elements
+    from unimat_dist.sampling import StructureGenerator
+
+    spec = spec_for_elements(["Li", "Fe", "O", "P", "Sr", "Ti"], 4)
+    torch.manual_seed(0)
+    net = build_unet(get_preset("tiny"), spec, num_properties=1)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    d = GaussianDiffusion(net, spec.allowed_cells, timesteps=50, schedule="cosine")
+    return StructureGenerator(d, spec, Normalizer.default(spec), PropertyScaler(("band_gap",), (1.0,), (0.5,)))
+
+
+def make_job(g, n, comp=None, seed=0, sampler="ddim", steps=4, eta=0.0, **kw):
+    """A prepared ``GenerationJob`` of ``n`` crystals (``kw``: the ``SampleRequest`` fields)."""
+    from unimat_dist.generation import GenerationJob, prepare_job
+    from unimat_dist.sampling import SampleRequest
+
+    return prepare_job(g, GenerationJob(n, SampleRequest(comp, **kw), sampler, steps, eta, seed))

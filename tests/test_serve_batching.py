@@ -9,12 +9,10 @@ import pytest
 import torch
 
 from deploy.schemas import ApiError, parse_generate_request
-from unimat_dist.diffusion import GaussianDiffusion
 from unimat_dist.diffusion.noise import RowGenerators, randn
 from unimat_dist.generation import (
     GenerationJob,
     plan_loops,
-    prepare_job,
     run_jobs,
     structure_to_cif,
     structure_to_json,
@@ -22,27 +20,19 @@ from unimat_dist.generation import (
     validity_flags,
 )
 from unimat_dist.generation.records import composition_valid
-from unimat_dist.model import PropertyScaler, build_unet, get_preset
-from unimat_dist.representation import Normalizer, spec_for_elements
-from unimat_dist.sampling import SampleRequest, StructureGenerator
+from unimat_dist.sampling import StructureGenerator
+
+from generation_fixtures import make_job, perturbed_tiny_generator  # noqa: E402
 
 torch.set_num_threads(1)
-SPEC = spec_for_elements(["Li", "Fe", "O", "P", "Sr", "Ti"], 4)
 
 
 @pytest.fixture(scope="module")
 def g() -> StructureGenerator:
-    torch.manual_seed(0)
-    net = build_unet(get_preset("tiny"), SPEC, num_properties=1)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    d = GaussianDiffusion(net, SPEC.allowed_cells, timesteps=50, schedule="cosine")
-    return StructureGenerator(d, SPEC, Normalizer.default(SPEC), PropertyScaler(("band_gap",), (1.0,), (0.5,)))
+    return perturbed_tiny_generator()
 
 
-def _job(g, n, comp=None, seed=0, sampler="ddim", steps=4, eta=0.0, **kw):
-    return prepare_job(g, GenerationJob(n, SampleRequest(comp, **kw), sampler, steps, eta, seed))
+_job = make_job
 
 
 def _coords(structures):
