@@ -169,6 +169,14 @@ class UniMatGenerator:
     def check_health(self) -> None:
         if self.g is None:  # pragma: no cover - __init__ raises instead
             raise RuntimeError("model not loaded")
+        if not self._engine.alive:  # Serve replaces an unhealthy replica
+            raise RuntimeError("the sampling loop has stopped")
+
+    def __del__(self) -> None:
+        """Replica shutdown: stop the sampling loop (waiting a few seconds for the requests in it)."""
+        engine = getattr(self, "_engine", None)
+        if engine is not None:
+            engine.close(timeout=5.0)
 
     # ------------------------------------------------------------------ routes
     @api.get("/healthz")

@@ -162,7 +162,49 @@ def test_a_broken_job_fails_alone_and_the_loop_keeps_serving(g):
 
         batch, stats = asyncio.run(one())  # the asyncio form used by the service
         assert stats.steps == 3 and g.to_structures(batch)[0].composition.reduced_formula == "FeO"
+        assert engine.alive  # the replica's health check
     finally:
         engine.close()
+    assert not engine.alive
     with pytest.raises(RuntimeError, match="closed"):
         engine.submit(_job(g, 1, None), lambda *a: None)
+
+
+def test_a_cancelled_job_leaves_the_loop_and_the_others_finish(g):
+    """A caller that goes away (asyncio cancellation, as when an HTTP client disconnects) frees the device:
+    its job is dropped at the next step, queued or running, and the jobs beside it are unaffected."""
+    steps: list[int] = []
+    engine = ContinuousSampler(g, max_requests=8, max_rows=64, on_step=lambda r, j, s: steps.append(j))
+    other = _job(g, 1, "SrTiO3", seed=2, steps=10)
+    alone = run_jobs(g, [_job(g, 1, "SrTiO3", seed=2, steps=10)])[0]
+
+    async def main():
+        long_task = asyncio.create_task(engine.generate(_job(g, 1, "LiFePO4", seed=1, sampler="ddpm", steps=50)))
+        other_task = asyncio.create_task(engine.generate(other))
+        await asyncio.sleep(0.05)
+        long_task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await long_task
+        return await other_task
+
+    try:
+        batch, stats = asyncio.run(main())
+        _assert_same_crystals(g, batch, alone)
+        assert stats.steps == 10
+        assert len(steps) < 50  # the 50-step job did not run to its end
+        # a job cancelled while still queued never starts; its callback hears why
+        heard: list = []
+        done = threading.Event()
+        blocker = _job(g, 1, None, seed=3, steps=30)
+        engine2 = ContinuousSampler(g, max_requests=1, max_rows=64)
+        try:
+            engine2.submit(blocker, lambda *a: done.set())
+            ticket = engine2.submit(_job(g, 1, None, seed=4, steps=3), lambda b, s, e: heard.append((b, s, e)))
+            engine2.cancel(ticket)
+            assert done.wait(60)
+        finally:
+            engine2.close()
+        assert len(heard) == 1 and heard[0][0] is None and heard[0][1].steps == 0
+        assert type(heard[0][2]).__name__ == "JobCancelled"
+    finally:
+        engine.close()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import threading
 import time
@@ -58,8 +59,13 @@ class JobStats:
 Callback = Callable[[GeneratedBatch | None, JobStats, BaseException | None], None]
 
 
+class JobCancelled(Exception):
+    """The job was cancelled (``ContinuousSampler.cancel``) before its last step."""
+
+
 @dataclass
 class _Active:
+    ticket: int
     job: GenerationJob
     callback: Callback
     seq: list[int]
@@ -96,11 +102,13 @@ class ContinuousSampler:
             raise ValueError(f"max_requests and max_rows must be >= 1, got {max_requests}, {max_rows}")
         self.g, self.max_requests, self.max_rows = g, int(max_requests), int(max_rows)
         self.on_admit, self.on_step = on_admit, on_step
-        self._pending: deque[tuple[GenerationJob, Callback]] = deque()
+        self._pending: deque[tuple[int, GenerationJob, Callback]] = deque()
+        self._tickets = itertools.count()
         self._active: list[_Active] = []
         self._batch: dict | None = None  # tensors of the current membership (rebuilt when it changes)
         self._cv = threading.Condition()
         self._closed = False
+        self._cancelled: set[int] = set()  # tickets of jobs to drop at the next step boundary
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         d = g.diffusion
@@ -109,15 +117,18 @@ class ContinuousSampler:
             else contextlib.nullcontext
 
     # ------------------------------------------------------------------ public
-    def submit(self, job: GenerationJob, callback: Callback) -> None:
-        """Queue a prepared job; ``callback(batch, stats, error)`` runs on the worker thread when it is done."""
+    def submit(self, job: GenerationJob, callback: Callback) -> int:
+        """Queue a prepared job; ``callback(batch, stats, error)`` runs on the worker thread when it is done.
+        Returns the job's ticket (for ``cancel``)."""
         if job.condition is None:
             raise ValueError("the job was not prepared (prepare_job attaches its condition)")
         with self._cv:
             if self._closed:
                 raise RuntimeError("the sampler is closed")
-            self._pending.append((job, callback))
+            ticket = next(self._tickets)
+            self._pending.append((ticket, job, callback))
             self._cv.notify()
+        return ticket
 
     async def generate(self, job: GenerationJob) -> tuple[GeneratedBatch, JobStats]:
         """``submit`` for asyncio: the job's raw batch (decode with ``g.to_structures``) and its stats."""
@@ -132,8 +143,19 @@ class ContinuousSampler:
             else:
                 future.set_result((batch, stats))
 
-        self.submit(job, lambda b, s, e: loop.call_soon_threadsafe(settle, b, s, e))
-        return await future
+        ticket = self.submit(job, lambda b, s, e: loop.call_soon_threadsafe(settle, b, s, e))
+        try:
+            return await future
+        except asyncio.CancelledError:  # the caller went away (e.g. the HTTP client disconnected)
+            self.cancel(ticket)
+            raise
+
+    def cancel(self, ticket: int) -> None:
+        """Drop a queued or running job at the next step boundary (its callback gets ``JobCancelled``);
+        the device stops spending evaluations on it. A job that already finished is unaffected."""
+        with self._cv:
+            self._cancelled.add(int(ticket))
+            self._cv.notify()
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Stop after the jobs already admitted or queued are done."""
@@ -141,6 +163,11 @@ class ContinuousSampler:
             self._closed = True
             self._cv.notify()
         self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread runs (it only stops after ``close``)."""
+        return self._thread.is_alive()
 
     @property
     def load(self) -> tuple[int, int]:
@@ -156,7 +183,10 @@ class ContinuousSampler:
                     self._cv.wait()
                 if self._closed and not self._pending and not self._active:
                     return
+                dropped = self._drop_cancelled_locked()
                 admitted = self._admit_locked()
+            for a in dropped:
+                self._finish(a, None, JobCancelled(f"job (seed {a.job.seed}) cancelled after {a.stats.steps} steps"))
             for a in admitted:
                 try:
                     self._start(a)
@@ -173,17 +203,35 @@ class ContinuousSampler:
                     self._finish(a, None, exc)
                 self._active, self._batch = [], None
 
+    def _drop_cancelled_locked(self) -> list[_Active]:
+        """Remove the cancelled jobs from the queue and the loop; the caller holds the lock."""
+        if not self._cancelled:
+            return []
+        dropped = [a for a in self._active if a.ticket in self._cancelled]
+        if dropped:
+            self._active = [a for a in self._active if a.ticket not in self._cancelled]
+            self._batch = None
+        kept: deque = deque()
+        for ticket, job, callback in self._pending:
+            if ticket in self._cancelled:
+                dropped.append(_Active(ticket, job, callback, [], None, None, None, None, None, None, None))
+            else:
+                kept.append((ticket, job, callback))
+        self._pending = kept
+        self._cancelled.clear()  # tickets of finished jobs: nothing left to drop
+        return dropped
+
     def _admit_locked(self) -> list[_Active]:
         """Pop the queued jobs that fit (in order); the caller holds the lock."""
         rows = sum(a.n for a in self._active)
         jobs = len(self._active)
         admitted: list[_Active] = []
         while self._pending and jobs < self.max_requests:
-            job, callback = self._pending[0]
+            ticket, job, callback = self._pending[0]
             if (jobs or admitted) and rows + job.num_samples > self.max_rows:
                 break
             self._pending.popleft()
-            admitted.append(_Active(job, callback, [], None, None, None, None, None, None, None))  # filled by _start
+            admitted.append(_Active(ticket, job, callback, [], None, None, None, None, None, None, None))  # by _start
             rows, jobs = rows + job.num_samples, jobs + 1
         return admitted
 
