@@ -61,10 +61,12 @@ _ERRORS = {status: {"model": ErrorResponse} for status in (400, 413, 422, 500)}
 class _Pending:
     """A validated request waiting for its batch."""
 
-    __slots__ = ("job", "fmt", "composition", "exact_counts")
+    __slots__ = ("job", "fmt", "composition", "exact_counts", "ticket", "cancelled")
 
     def __init__(self, job, fmt: str, composition, exact_counts: bool) -> None:
         self.job, self.fmt, self.composition, self.exact_counts = job, fmt, composition, exact_counts
+        self.ticket: int | None = None  # the sampler's ticket once submitted
+        self.cancelled = False  # the HTTP request was cancelled (client gone) before submission
 
 
 def _response_body(p: _Pending, structures: list, info: dict[str, Any]) -> dict[str, Any]:
@@ -232,6 +234,14 @@ class UniMatGenerator:
             return JSONResponse(exc.body(), status_code=exc.status)
         try:
             result = await self._generate_batch(pending)
+        except asyncio.CancelledError:
+            # Serve cancels a request whose client disconnected; @serve.batch keeps running the batch it is
+            # in, so the job is withdrawn from the sampling loop here (or never submitted)
+            pending.cancelled = True
+            if pending.ticket is not None:
+                self._engine.cancel(pending.ticket)
+            self.metrics.error("cancelled")
+            raise
         except Exception as exc:  # a bug or a device failure, not the client's fault
             log.exception("generation failed")
             self.metrics.error("internal")
@@ -276,15 +286,29 @@ class UniMatGenerator:
     # max_concurrent_batches: Serve hands every cut batch over at once; the ContinuousSampler merges them
     # into its running loop, which is where the real batching happens.
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0, max_concurrent_batches=1024)
-    async def _generate_batch(self, items: list[_Pending]) -> list[dict[str, Any]]:
-        sampled = await asyncio.gather(*(self._engine.generate(p.job) for p in items))
+    async def _generate_batch(self, items: list[_Pending]) -> list[dict[str, Any] | None]:
+        from unimat_dist.generation.continuous import JobCancelled
+
+        async def one(p: _Pending):
+            if p.cancelled:
+                return None
+            try:
+                return await self._engine.generate(p.job, on_submit=lambda ticket: setattr(p, "ticket", ticket))
+            except JobCancelled:  # its caller is gone; the others of the batch go on
+                return None
+
+        sampled = await asyncio.gather(*(one(p) for p in items))
         return await asyncio.get_running_loop().run_in_executor(self._format_executor, self._format, items, sampled)
 
-    def _format(self, items: list[_Pending], sampled: list[tuple[Any, Any]]) -> list[dict[str, Any]]:
+    def _format(self, items: list[_Pending], sampled: list[tuple[Any, Any] | None]) -> list[dict[str, Any] | None]:
         """Decoded structures and response bodies (CIF/JSON, validity flags), off the device thread."""
         outcomes: Counter[str] = Counter()
         bodies = []
-        for p, (batch, stats) in zip(items, sampled):
+        for p, done in zip(items, sampled):
+            if done is None:  # cancelled: nobody to answer
+                bodies.append(None)
+                continue
+            batch, stats = done
             self.metrics.sampled(stats.seconds)
             body = _response_body(p, self.g.to_structures(batch), self.info)
             # batch_requests / loop_samples: the most requests / rows that shared one of its network evaluations

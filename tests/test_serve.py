@@ -172,6 +172,30 @@ def test_seed_reproduces_a_request_whatever_it_is_batched_with(service):
         np.testing.assert_allclose(a["structure"]["lattice"]["matrix"], b["structure"]["lattice"]["matrix"], atol=1e-3)
 
 
+def test_a_client_that_disconnects_stops_costing_the_device(service):
+    """Serve cancels a request whose HTTP client went away; the running loop then drops it at its next step
+    instead of running its remaining steps (a DDPM request of T steps and 16 crystals here)."""
+    body = {"num_samples": MAX_SAMPLES, "composition": COMPOSITIONS[0], "sampler": "ddpm", "steps": TIMESTEPS,
+            "seed": 7, "format": "json"}
+    t0 = time.perf_counter()
+    assert service.post({**body, "seed": 8}).status_code == 200  # the same request, waited for
+    full = time.perf_counter() - t0
+    before = service.get("/v1/stats").json()
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.post(service.url + "/v1/generate", json=body, timeout=min(0.3, full / 4))
+    deadline = time.time() + 30
+    while time.time() < deadline:  # until the loop is idle again
+        time.sleep(max(full, 0.5))
+        mid = service.get("/v1/stats").json()
+        after = service.get("/v1/stats").json()
+        if after["steps"] == mid["steps"]:
+            break
+    ran = after["steps"] - before["steps"]
+    assert 0 < ran < TIMESTEPS, (ran, full)  # it started, and stopped early
+    assert after["structures"] == before["structures"]  # nothing was decoded for it
+    assert service.get("/healthz").status_code == 200
+
+
 def _prometheus_histogram(text: str, name: str) -> dict[str, float]:
     """{le: cumulative count} summed over label sets of ``<name>_bucket``."""
     out: dict[str, float] = {}

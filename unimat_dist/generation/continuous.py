@@ -130,8 +130,11 @@ class ContinuousSampler:
             self._cv.notify()
         return ticket
 
-    async def generate(self, job: GenerationJob) -> tuple[GeneratedBatch, JobStats]:
-        """``submit`` for asyncio: the job's raw batch (decode with ``g.to_structures``) and its stats."""
+    async def generate(self, job: GenerationJob, on_submit: Callable[[int], None] | None = None
+                       ) -> tuple[GeneratedBatch, JobStats]:
+        """``submit`` for asyncio: the job's raw batch (decode with ``g.to_structures``) and its stats.
+        ``on_submit(ticket)`` is called once the job is queued; cancelling the awaiting task cancels the job;
+        a job cancelled through its ticket raises ``JobCancelled``."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
 
@@ -144,6 +147,8 @@ class ContinuousSampler:
                 future.set_result((batch, stats))
 
         ticket = self.submit(job, lambda b, s, e: loop.call_soon_threadsafe(settle, b, s, e))
+        if on_submit is not None:
+            on_submit(ticket)
         try:
             return await future
         except asyncio.CancelledError:  # the caller went away (e.g. the HTTP client disconnected)
