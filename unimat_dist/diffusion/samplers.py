@@ -35,6 +35,7 @@ from .noise import NoiseSource, randn
 from .schedules import sampling_timesteps
 
 SAMPLERS = ("ddpm", "ddim")
+LATTICE_CLIP = 5.0  # x_0 estimates of the lattice are clipped to +-this many standard deviations
 
 
 @dataclass
@@ -45,7 +46,27 @@ class SampleOutput:
     exact_atoms: torch.Tensor  # (B, L, H, W) bool: slots fixed to hold atoms (exact counts), else False
 
 
-def _constrain_x0(x0: torch.Tensor, allowed: torch.Tensor, exact_atoms: torch.Tensor) -> torch.Tensor:
+def constraint_masks(cond: Condition, allowed_cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(allowed, exact_atoms), both (B, L, H, W) bool: the slots that may hold an atom, and those fixed to
+    hold one (exact counts)."""
+    allowed = cond.allowed_slots(allowed_cells)
+    return allowed, cond.exact[:, None, None, None] & (cond.composition > 0.5) & allowed
+
+
+def step_coefficients(sampler: str, eta: float, a_t: float, a_s: float) -> tuple[float, float, float, float]:
+    """(A, B, C, sigma) of one reverse step from abar_t to abar_s (a_s = 1 for the last step):
+    x_s = A x_0 + B eps + C x_t + sigma z. DDIM: A = sqrt(abar_s), B = sqrt(1 - abar_s - sigma^2), C = 0;
+    DDPM: the posterior mean's coefficients, B = 0."""
+    if sampler == "ddim":
+        sigma = eta * ((1 - a_s) / (1 - a_t)) ** 0.5 * (1 - a_t / a_s) ** 0.5
+        return a_s**0.5, max(1 - a_s - sigma**2, 0.0) ** 0.5, 0.0, sigma
+    beta = 1 - a_t / a_s  # the respaced step's beta
+    c0 = a_s**0.5 * beta / (1 - a_t)
+    ct = (1 - beta) ** 0.5 * (1 - a_s) / (1 - a_t)
+    return c0, 0.0, ct, ((1 - a_s) / (1 - a_t) * beta) ** 0.5
+
+
+def constrain_x0(x0: torch.Tensor, allowed: torch.Tensor, exact_atoms: torch.Tensor) -> torch.Tensor:
     x0 = x0.clamp(NULL_VALUE, 1.0)
     x0 = torch.where(allowed[..., None], x0, torch.full_like(x0, NULL_VALUE))
     return torch.where(exact_atoms[..., None], x0.clamp(0.0, 1.0), x0)
@@ -62,7 +83,7 @@ def sample(
     eta: float = 0.0,
     generator: NoiseSource = None,
     autocast_dtype: torch.dtype | None = None,
-    lattice_clip: float = 5.0,
+    lattice_clip: float = LATTICE_CLIP,
     progress: bool = False,
 ) -> SampleOutput:
     """Draw one sample per row of ``cond``; ``guidance`` is a scalar or a (B,) tensor of weights w.
@@ -84,8 +105,7 @@ def sample(
     w = torch.as_tensor(guidance, dtype=torch.float32, device=device).expand(b).contiguous()
     rows = guided_rows(cond, w)
     paired = paired_condition(cond, rows) if rows.numel() else None
-    allowed = cond.allowed_slots(diffusion.allowed_cells)
-    exact_atoms = cond.exact[:, None, None, None] & (cond.composition > 0.5) & allowed
+    allowed, exact_atoms = constraint_masks(cond, diffusion.allowed_cells)
 
     x = randn((b, L, H, W, 3), generator, device)
     y = randn((b, d), generator, device)
@@ -106,25 +126,20 @@ def sample(
         tt = torch.full((b,), t, device=device, dtype=torch.long)
         with amp:
             ex, ey = guided_eps(diffusion.denoiser, x, y, tt, cond, w, rows, paired)
-        x0 = _constrain_x0((x - (1 - a_t) ** 0.5 * ex) / a_t**0.5, allowed, exact_atoms)
+        x0 = constrain_x0((x - (1 - a_t) ** 0.5 * ex) / a_t**0.5, allowed, exact_atoms)
         y0 = ((y - (1 - a_t) ** 0.5 * ey) / a_t**0.5).clamp(-lattice_clip, lattice_clip)
         if s < 0:
             x, y = x0, y0
             break
         ex = (x - a_t**0.5 * x0) / (1 - a_t) ** 0.5
         ey = (y - a_t**0.5 * y0) / (1 - a_t) ** 0.5
+        A, B, C, sigma = step_coefficients(sampler, eta, a_t, a_s)
         if sampler == "ddim":
-            sigma = eta * ((1 - a_s) / (1 - a_t)) ** 0.5 * (1 - a_t / a_s) ** 0.5
-            c_eps = max(1 - a_s - sigma**2, 0.0) ** 0.5
-            x = a_s**0.5 * x0 + c_eps * ex
-            y = a_s**0.5 * y0 + c_eps * ey
+            x = A * x0 + B * ex
+            y = A * y0 + B * ey
         else:
-            beta = 1 - a_t / a_s  # the respaced step's beta
-            c0 = a_s**0.5 * beta / (1 - a_t)
-            ct = (1 - beta) ** 0.5 * (1 - a_s) / (1 - a_t)
-            sigma = ((1 - a_s) / (1 - a_t) * beta) ** 0.5
-            x = c0 * x0 + ct * x
-            y = c0 * y0 + ct * y
+            x = A * x0 + C * x
+            y = A * y0 + C * y
         if sigma > 0:
             x = x + sigma * randn(x.shape, generator, device)
             y = y + sigma * randn(y.shape, generator, device)

@@ -33,7 +33,13 @@ from typing import Callable
 import torch
 
 from unimat_dist.diffusion.guidance import guided_eps, guided_rows, paired_condition
-from unimat_dist.diffusion.samplers import SampleOutput, _constrain_x0
+from unimat_dist.diffusion.samplers import (
+    LATTICE_CLIP,
+    SampleOutput,
+    constrain_x0,
+    constraint_masks,
+    step_coefficients,
+)
 from unimat_dist.diffusion.schedules import sampling_timesteps
 from unimat_dist.model import Condition
 from unimat_dist.sampling import GeneratedBatch, StructureGenerator
@@ -41,9 +47,6 @@ from unimat_dist.sampling import GeneratedBatch, StructureGenerator
 from .jobs import GenerationJob
 
 log = logging.getLogger(__name__)
-
-LATTICE_CLIP = 5.0  # as ``samplers.sample``
-
 
 @dataclass
 class JobStats:
@@ -63,19 +66,21 @@ class JobCancelled(Exception):
     """The job was cancelled (``ContinuousSampler.cancel``) before its last step."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Active:
+    """A queued or admitted job; the tensors are filled by ``_start`` on admission."""
+
     ticket: int
     job: GenerationJob
     callback: Callback
-    seq: list[int]
-    generator: torch.Generator
-    x: torch.Tensor  # (n, L, H, W, 3) float32, model space
-    y: torch.Tensor  # (n, D)
-    cond: Condition
-    w: torch.Tensor  # (n,)
-    allowed: torch.Tensor  # (n, L, H, W) bool
-    exact: torch.Tensor  # (n, L, H, W) bool
+    seq: list[int] = field(default_factory=list)
+    generator: torch.Generator | None = None
+    x: torch.Tensor | None = None  # (n, L, H, W, 3) float32, model space
+    y: torch.Tensor | None = None  # (n, D)
+    cond: Condition | None = None
+    w: torch.Tensor | None = None  # (n,)
+    allowed: torch.Tensor | None = None  # (n, L, H, W) bool
+    exact: torch.Tensor | None = None  # (n, L, H, W) bool
     i: int = 0  # index of the next step in ``seq``
     started: float = field(default_factory=time.perf_counter)
     stats: JobStats = field(default_factory=JobStats)
@@ -219,7 +224,7 @@ class ContinuousSampler:
         kept: deque = deque()
         for ticket, job, callback in self._pending:
             if ticket in self._cancelled:
-                dropped.append(_Active(ticket, job, callback, [], None, None, None, None, None, None, None))
+                dropped.append(_Active(ticket, job, callback))
             else:
                 kept.append((ticket, job, callback))
         self._pending = kept
@@ -236,7 +241,7 @@ class ContinuousSampler:
             if (jobs or admitted) and rows + job.num_samples > self.max_rows:
                 break
             self._pending.popleft()
-            admitted.append(_Active(ticket, job, callback, [], None, None, None, None, None, None, None))  # by _start
+            admitted.append(_Active(ticket, job, callback))
             rows, jobs = rows + job.num_samples, jobs + 1
         return admitted
 
@@ -249,8 +254,7 @@ class ContinuousSampler:
         one = torch.zeros(job.num_samples, dtype=torch.long)
         a.cond = job.condition[one].to(device)
         a.w = job.guidance.to(torch.float32).expand(job.num_samples).contiguous().to(device)
-        a.allowed = a.cond.allowed_slots(g.diffusion.allowed_cells)
-        a.exact = a.cond.exact[:, None, None, None] & (a.cond.composition > 0.5) & a.allowed
+        a.allowed, a.exact = constraint_masks(a.cond, g.diffusion.allowed_cells)
         L, H, W = a.cond.composition.shape[1:]
         a.x = torch.randn((job.num_samples, L, H, W, 3), device=device, generator=a.generator)
         a.y = torch.randn((job.num_samples, g.diffusion.denoiser.lattice_dim), device=device, generator=a.generator)
@@ -276,23 +280,16 @@ class ContinuousSampler:
         act, m, device = self._active, self._membership(), self.g.device
         x, y = torch.cat([a.x for a in act]), torch.cat([a.y for a in act])
         coef: dict[str, list[float]] = {k: [] for k in ("t", "sq1m", "sqa", "A", "B", "C", "sigma", "final")}
-        noisy: list[_Active] = []
+        draws: list[bool] = []  # per job: an ancestral draw this step (sigma > 0)
         for a in act:
             t, s = a.seq[a.i], (a.seq[a.i + 1] if a.i + 1 < len(a.seq) else -1)
             a_t = float(self._abar[t])
             a_s = float(self._abar[s]) if s >= 0 else 1.0
-            if a.job.sampler == "ddim":
-                sigma = a.job.eta * ((1 - a_s) / (1 - a_t)) ** 0.5 * (1 - a_t / a_s) ** 0.5
-                A, B, C = a_s**0.5, max(1 - a_s - sigma**2, 0.0) ** 0.5, 0.0
-            else:
-                beta = 1 - a_t / a_s
-                A, B, C = a_s**0.5 * beta / (1 - a_t), 0.0, (1 - beta) ** 0.5 * (1 - a_s) / (1 - a_t)
-                sigma = ((1 - a_s) / (1 - a_t) * beta) ** 0.5
+            A, B, C, sigma = step_coefficients(a.job.sampler, a.job.eta, a_t, a_s)
             final = s < 0
-            if final:
+            if final:  # the last step returns x_0 itself, as ``sample`` does
                 sigma = 0.0
-            if sigma > 0:
-                noisy.append(a)
+            draws.append(sigma > 0)
             for k, v in zip(coef, (t, (1 - a_t) ** 0.5, a_t**0.5, A, B, C, sigma, float(final))):
                 coef[k].extend([v] * a.n)
         tt = torch.tensor(coef.pop("t"), dtype=torch.long, device=device)
@@ -304,17 +301,17 @@ class ContinuousSampler:
         with torch.no_grad(), self._amp():
             ex, ey = guided_eps(self.g.diffusion.denoiser, x, y, tt, m["cond"], m["w"], m["rows"], m["paired"])
         with torch.no_grad():
-            x0 = _constrain_x0((x - col(c["sq1m"], x) * ex) / col(c["sqa"], x), m["allowed"], m["exact"])
+            x0 = constrain_x0((x - col(c["sq1m"], x) * ex) / col(c["sqa"], x), m["allowed"], m["exact"])
             y0 = ((y - col(c["sq1m"], y) * ey) / col(c["sqa"], y)).clamp(-LATTICE_CLIP, LATTICE_CLIP)
             ex = (x - col(c["sqa"], x) * x0) / col(c["sq1m"], x)
             ey = (y - col(c["sqa"], y) * y0) / col(c["sq1m"], y)
             xn = col(c["A"], x) * x0 + col(c["B"], x) * ex + col(c["C"], x) * x
             yn = col(c["A"], y) * y0 + col(c["B"], y) * ey + col(c["C"], y) * y
-            if noisy:
+            if any(draws):
                 zx, zy = torch.zeros_like(x), torch.zeros_like(y)
                 start = 0
-                for a in act:
-                    if a in noisy:  # the job's own stream, in the order ``sample`` draws it
+                for a, draw in zip(act, draws):
+                    if draw:  # the job's own stream, in the order ``sample`` draws it
                         zx[start:start + a.n] = torch.randn(a.x.shape, device=device, generator=a.generator)
                         zy[start:start + a.n] = torch.randn(a.y.shape, device=device, generator=a.generator)
                     start += a.n
