@@ -58,22 +58,31 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 
 # ------------------------------------------------------------------ an untrained generator (no Ray, no training)
-def perturbed_tiny_generator():
-    """The tiny U-Net with random, perturbed weights (so outputs depend on every input) over a 6-element
-    reduced table, L = 4, T = 50, one property: for tests of the sampling machinery, not of crystals."""
+def perturbed_tiny_unet(spec, num_properties: int):
+    """The tiny U-Net for ``spec`` with random weights (seed 0) perturbed by N(0, 0.05) noise, so that its
+    outputs depend on every input (the zero-initialised blocks of a fresh network would hide them)."""
     import torch
 
+    from unimat_dist.model import build_unet, get_preset
+
+    torch.manual_seed(0)
+    net = build_unet(get_preset("tiny"), spec, num_properties=num_properties)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return net
+
+
+def perturbed_tiny_generator():
+    """A generator over ``perturbed_tiny_unet`` on a 6-element reduced table, L = 4, T = 50, one property:
+    for tests of the sampling machinery, not of crystals."""
     from unimat_dist.diffusion import GaussianDiffusion
-    from unimat_dist.model import PropertyScaler, build_unet, get_preset
+    from unimat_dist.model import PropertyScaler
     from unimat_dist.representation import Normalizer, spec_for_elements
     from unimat_dist.sampling import StructureGenerator
 
     spec = spec_for_elements(["Li", "Fe", "O", "P", "Sr", "Ti"], 4)
-    torch.manual_seed(0)
-    net = build_unet(get_preset("tiny"), spec, num_properties=1)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    net = perturbed_tiny_unet(spec, num_properties=1)
     d = GaussianDiffusion(net, spec.allowed_cells, timesteps=50, schedule="cosine")
     return StructureGenerator(d, spec, Normalizer.default(spec), PropertyScaler(("band_gap",), (1.0,), (0.5,)))
 

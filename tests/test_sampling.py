@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from unimat_dist.diffusion import GaussianDiffusion
-from unimat_dist.model import PropertyScaler, build_unet, get_preset
+from unimat_dist.model import PropertyScaler
 from unimat_dist.representation import Normalizer, spec_for_elements
 from unimat_dist.sampling import (
     SampleRequest,
@@ -22,16 +22,14 @@ from unimat_dist.sampling import (
     save_inference_checkpoint,
 )
 
+from generation_fixtures import perturbed_tiny_unet  # noqa: E402
+
 torch.set_num_threads(1)
 SPEC = spec_for_elements(["Li", "Fe", "O", "P"], 4)
 
 
 def _payload():
-    torch.manual_seed(0)
-    net = build_unet(get_preset("tiny"), SPEC, num_properties=2)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    net = perturbed_tiny_unet(SPEC, num_properties=2)
     d = GaussianDiffusion(net, SPEC.allowed_cells, timesteps=100, schedule="cosine")
     scaler = PropertyScaler(("formation_energy_per_atom", "band_gap"), (-1.5, 1.0), (0.8, 1.2))
     return inference_payload(net, d.config(), SPEC, Normalizer.default(SPEC), scaler, train_config={"seed": 0}, step=7)
