@@ -146,6 +146,8 @@ def parse_generate_request(body: bytes, max_bytes: int) -> GenerateRequest:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
+    except RecursionError:  # "[[[[...]]]]": well-formed but deeper than the parser's stack
+        raise ApiError(400, "malformed_json", "request body is nested too deeply to parse") from None
     if not isinstance(data, dict):
         raise ApiError(400, "malformed_json", f"request body must be a JSON object, got {type(data).__name__}")
     try:

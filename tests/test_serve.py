@@ -245,6 +245,7 @@ BAD_REQUESTS = [
     (b"{not json", 400, "malformed_json", None),
     (b"[1, 2]", 400, "malformed_json", None),
     (b"", 400, "malformed_json", None),
+    (b"[" * 2000 + b"]" * 2000, 400, "malformed_json", None),  # deeper than the JSON parser's stack
     ({"num_samples": 2, "colour": "red"}, 422, "invalid_request", "colour"),
     ({"num_samples": "5"}, 422, "invalid_request", "num_samples"),
     ({"num_samples": 0}, 422, "invalid_request", "num_samples"),

@@ -144,12 +144,12 @@ def test_records_and_flags():
 def test_request_schema():
     r = parse_generate_request(b'{"num_samples": 3, "composition": {"Fe": 2, "O": 3}, "seed": 5}', 1000)
     assert r.num_samples == 3 and r.composition == {"Fe": 2, "O": 3} and r.sampler == "ddim" and r.format is None
-    for body, status, field in ((b"{", 400, None), (b"null", 400, None), (b'{"steps": 2.5}', 422, "steps"),
+    for body, status, field in ((b"{", 400, None), (b"null", 400, None), (b'{"a":' * 1000 + b"[" * 1000 + b"]" * 1000 + b"}" * 1000, 400, None), (b'{"steps": 2.5}', 422, "steps"),
                                 (b'{"guidance": Infinity}', 422, "guidance"),
                                 (b'{"seed": 9223372036854775808}', 422, "seed"),
-                                (b'{"sampler": "DDIM"}', 422, "sampler"), (b"x" * 1001, 413, None)):
+                                (b'{"sampler": "DDIM"}', 422, "sampler"), (b"x" * 10_001, 413, None)):
         with pytest.raises(ApiError) as exc:
-            parse_generate_request(body, 1000)
+            parse_generate_request(body, 10_000)
         assert exc.value.status == status and exc.value.field == field, (body, exc.value.message)
 
 
