@@ -9,7 +9,8 @@ For each ``--precision`` (fp32, then bf16: the network in bf16 weights, the fast
 AMX / AVX512-BF16), one Ray instance serves the same model twice: application ``batched-<precision>``
 (``max_batch_size`` 32) and the baseline ``unbatched-<precision>`` (``max_batch_size`` 1: one request in
 the running loop at a time), one replica each with one CPU, the same torch threads, the same
-``max_ongoing_requests`` (64) and the same settings otherwise; both are deleted before the next precision.
+``max_ongoing_requests`` (64) and the same settings otherwise (``--engine``: each replica's loop in a
+child process, the default, or in the replica's process); both are deleted before the next precision.
 For every (application, concurrency) pair, ``concurrency`` closed-loop clients (threads with keep-alive
 HTTP sessions) send one-crystal, exact-count DDIM requests back to back for ``--seconds`` after a short
 warm-up; structures/s = crystals returned / wall time; p50/p99 = request latency percentiles seen by
@@ -213,7 +214,7 @@ def run_precision(args, ckpt: str, port: int, precision: str) -> dict:
           f"{bound[f'batch_{args.max_batch_size}_structures_per_s']:.2f} structures/s -> ceiling of the batching "
           f"gain {bound['ratio']:.2f}x", flush=True)
     base = {"checkpoint": ckpt, "torch_threads": args.threads, "max_samples_per_request": 8,
-            "device": args.device, "precision": precision}
+            "device": args.device, "precision": precision, "engine": args.engine}
     # the two apps share the machine: one CPU each, half of the GPU each on a GPU machine
     resources = {"num_cpus": 1, **({"num_gpus": 0.5} if args.device == "cuda" else {})}
     apps = {f"batched-{precision}": args.max_batch_size, f"unbatched-{precision}": 1}
@@ -232,7 +233,7 @@ def run_precision(args, ckpt: str, port: int, precision: str) -> dict:
         return {"num_samples": 1, "composition": COMPOSITIONS[(cid + i) % len(COMPOSITIONS)], "steps": args.steps,
                 "seed": cid * 100_000 + i, "format": "json"}
 
-    out: dict = {"model": {k: info[k] for k in ("checkpoint", "parameters", "timesteps", "device", "precision")},
+    out: dict = {"model": {k: info[k] for k in ("checkpoint", "parameters", "timesteps", "device", "precision", "engine")},
                  "spec": info["spec"]["description"], "offline_bound": bound,
                  "sweep": {"batched": [], "unbatched": []}}
     try:
@@ -286,6 +287,8 @@ def main() -> int:
     ap.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     ap.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"],
                     help="network precision of both apps, one sweep each (bf16 on a CPU: bf16 weights)")
+    ap.add_argument("--engine", choices=("process", "thread"), default="process",
+                    help="where each replica runs its denoising loop (deploy/settings.py)")
     ap.add_argument("--load-clients", type=int, default=48)
     ap.add_argument("--load-requests", type=int, default=240)
     ap.add_argument("--out", default=None, help="write the results as JSON")
@@ -305,7 +308,8 @@ def main() -> int:
              log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
 
-    results: dict = {"steps": args.steps, "seconds": args.seconds, "torch_threads": args.threads, "runs": {}}
+    results: dict = {"steps": args.steps, "seconds": args.seconds, "torch_threads": args.threads, "engine": args.engine,
+                     "runs": {}}
     try:
         for precision in args.precision:
             # one precision at a time (both apps of a precision share the machine, never two precisions)

@@ -27,6 +27,7 @@ works; decoding and CIF/JSON formatting run on two other threads.
 # by-value pickled methods, which hold only names the code uses.
 import asyncio
 import logging
+import os
 import secrets
 import time
 import uuid
@@ -58,6 +59,15 @@ _ERRORS = {status: {"model": ErrorResponse} for status in (400, 413, 422, 500)}
 
 # Every helper the deployment uses is defined above it: Serve pickles the decorated class by value, with
 # the module globals that exist at decoration time.
+class _Failed:
+    """The outcome of a request whose generation raised: that request alone gets an error response."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
 class _Pending:
     """A validated request waiting for its batch."""
 
@@ -135,18 +145,32 @@ class UniMatGenerator:
 
         from unimat_dist.generation import model_info, open_generator
         from unimat_dist.generation.continuous import ContinuousSampler
+        from unimat_dist.generation.engine_process import ProcessSampler
 
         self.settings: ServeSettings = load_settings(settings)
         s = self.settings
         if s.torch_threads:
             torch.set_num_threads(s.torch_threads)
         t0 = time.perf_counter()
-        self.g = open_generator(s.checkpoint, s.storage_options, device=s.device, precision=s.precision)
-        self.info = model_info(self.g)
         self.metrics = ServiceMetrics()
-        # one running denoising loop per device; decoding and formatting (CIF, validity) on other threads
-        self._engine = ContinuousSampler(self.g, max_requests=s.max_batch_size, max_rows=s.max_batch_samples,
-                                         on_admit=self.metrics.batch, on_step=self.metrics.step)
+        if s.engine == "process":
+            # the loop runs in a child process with its own GIL; this process keeps a CPU copy of the
+            # generator for validation and decoding only (its weights are dropped)
+            self.g = open_generator(s.checkpoint, s.storage_options, device="cpu", precision="fp32")
+            self.info = model_info(self.g)
+            self.g.diffusion.denoiser.to("meta")
+            self._engine = ProcessSampler(
+                {"checkpoint": self.g.meta.get("path") or s.checkpoint, "storage_options": s.storage_options,
+                 "device": s.device, "precision": s.precision},
+                max_requests=s.max_batch_size, max_rows=s.max_batch_samples, torch_threads=s.torch_threads,
+                on_admit=self.metrics.batch, on_step=self.metrics.step)
+            self.info.update(device=self._engine.info["device"], precision=self._engine.info["precision"])
+        else:
+            self.g = open_generator(s.checkpoint, s.storage_options, device=s.device, precision=s.precision)
+            self.info = model_info(self.g)
+            self._engine = ContinuousSampler(self.g, max_requests=s.max_batch_size, max_rows=s.max_batch_samples,
+                                             on_admit=self.metrics.batch, on_step=self.metrics.step)
+        self.info["engine"] = s.engine
         self._format_executor = ThreadPoolExecutor(2, thread_name_prefix="unimat-format")
         self._generate_batch.set_max_batch_size(s.max_batch_size)
         self._generate_batch.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
@@ -160,13 +184,22 @@ class UniMatGenerator:
                         self.max_ongoing_requests, s.max_batch_size, self.max_ongoing_requests)
 
     def _warm_up(self) -> None:
-        """One tiny generation before the first request: first-call costs (kernels, SMACT tables) land here."""
-        from unimat_dist.generation import GenerationJob, prepare_job, run_jobs, validity_flags
+        """One tiny generation through the loop before the first request: first-call costs (kernels, SMACT
+        tables, the decoder) land here."""
+        import threading
+
+        from unimat_dist.generation import GenerationJob, prepare_job, validity_flags
         from unimat_dist.sampling import SampleRequest
 
         job = prepare_job(self.g, GenerationJob(1, SampleRequest(), "ddim", 1, 0.0, 0))
-        structure = run_jobs(self.g, [job])[0][0]
-        validity_flags(structure)
+        done, result = threading.Event(), []
+        self._engine.submit(job, lambda batch, stats, error: (result.append((batch, error)), done.set()))
+        if not done.wait(600):
+            raise RuntimeError("warm-up generation did not finish within 600 s")
+        batch, error = result[0]
+        if error is not None:
+            raise RuntimeError(f"warm-up generation failed: {error}") from error
+        validity_flags(self.g.to_structures(batch)[0])
 
     def check_health(self) -> None:
         if self.g is None:  # pragma: no cover - __init__ raises instead
@@ -182,7 +215,10 @@ class UniMatGenerator:
 
     # ------------------------------------------------------------------ routes
     @api.get("/healthz")
-    async def healthz(self) -> dict[str, Any]:
+    async def healthz(self):
+        if not self._engine.alive:
+            self.metrics.request("/healthz", 503)
+            return JSONResponse({"status": "sampling loop stopped", "model_step": self.info["step"]}, status_code=503)
         self.metrics.request("/healthz", 200)
         return {"status": "ok", "model_step": self.info["step"]}
 
@@ -212,7 +248,9 @@ class UniMatGenerator:
     @api.get("/v1/stats")
     async def stats(self) -> dict[str, Any]:
         ctx = serve.get_replica_context()
-        return {"replica": ctx.replica_tag if ctx else None, **self.metrics.snapshot()}
+        engine = {"kind": self.settings.engine, "alive": self._engine.alive,
+                  "pid": getattr(self._engine, "pid", None) or os.getpid(), "load": list(self._engine.load)}
+        return {"replica": ctx.replica_tag if ctx else None, "engine": engine, **self.metrics.snapshot()}
 
     @api.post(
         "/v1/generate",
@@ -242,16 +280,26 @@ class UniMatGenerator:
                 self._engine.cancel(pending.ticket)
             self.metrics.error("cancelled")
             raise
-        except Exception as exc:  # a bug or a device failure, not the client's fault
-            log.exception("generation failed")
-            self.metrics.error("internal")
-            self.metrics.request("/v1/generate", 500, time.perf_counter() - t0)
-            return JSONResponse({"error": {"type": "internal", "message": f"generation failed: {type(exc).__name__}"}},
-                                status_code=500)
+        except Exception as exc:  # noqa: BLE001 - a bug in the batch path itself; answered below
+            result = _Failed(exc)
+        if isinstance(result, _Failed):  # a device/model failure or a stopped loop, not the client's fault
+            return self._failure(result.error, time.perf_counter() - t0)
         total = time.perf_counter() - t0
         result["timing"]["total_s"] = total
         self.metrics.request("/v1/generate", 200, total)
         return JSONResponse(result)
+
+    def _failure(self, error: BaseException, seconds: float) -> JSONResponse:
+        if not self._engine.alive:  # the loop (or its process) is gone: Serve's health check replaces us
+            status, type_ = 503, "unavailable"
+            message = "the sampling loop of this replica stopped; retry (the replica is being replaced)"
+        else:
+            log.error("generation failed", exc_info=error)
+            status, type_ = 500, "internal"
+            message = f"generation failed: {type(error).__name__}"
+        self.metrics.error(type_)
+        self.metrics.request("/v1/generate", status, seconds)
+        return JSONResponse({"error": {"type": type_, "message": message}}, status_code=status)
 
     # ------------------------------------------------------------------ validation
     def _validate(self, req: GenerateRequest) -> _Pending:
@@ -296,21 +344,28 @@ class UniMatGenerator:
                 return await self._engine.generate(p.job, on_submit=lambda ticket: setattr(p, "ticket", ticket))
             except JobCancelled:  # its caller is gone; the others of the batch go on
                 return None
+            except Exception as exc:  # noqa: BLE001 - this request fails alone, not its batch-mates
+                return _Failed(exc)
 
         sampled = await asyncio.gather(*(one(p) for p in items))
         return await asyncio.get_running_loop().run_in_executor(self._format_executor, self._format, items, sampled)
 
-    def _format(self, items: list[_Pending], sampled: list[tuple[Any, Any] | None]) -> list[dict[str, Any] | None]:
-        """Decoded structures and response bodies (CIF/JSON, validity flags), off the device thread."""
+    def _format(self, items: list[_Pending], sampled: list) -> list:
+        """Decoded structures and response bodies (CIF/JSON, validity flags), off the device thread; per
+        request a body, None (cancelled) or ``_Failed``."""
         outcomes: Counter[str] = Counter()
         bodies = []
         for p, done in zip(items, sampled):
-            if done is None:  # cancelled: nobody to answer
-                bodies.append(None)
+            if done is None or isinstance(done, _Failed):  # cancelled: nobody to answer; failed: answered by generate
+                bodies.append(done)
                 continue
             batch, stats = done
             self.metrics.sampled(stats.seconds)
-            body = _response_body(p, self.g.to_structures(batch), self.info)
+            try:
+                body = _response_body(p, self.g.to_structures(batch), self.info)
+            except Exception as exc:  # noqa: BLE001 - this request fails alone
+                bodies.append(_Failed(exc))
+                continue
             # batch_requests / loop_samples: the most requests / rows that shared one of its network evaluations
             body["timing"] = {"total_s": 0.0, "sample_s": stats.seconds, "batch_requests": stats.peak_requests,
                               "loop_samples": stats.peak_rows}

@@ -21,6 +21,9 @@ class ServeSettings:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when the replica has a GPU
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; see docs
     torch_threads: Optional[int] = None  # CPU threads of torch in a replica; null = torch's default
+    # where the running denoising loop lives: "process" (a child process of the replica with its own GIL,
+    # so HTTP handling and CIF formatting never stall it) or "thread" (in the replica's process)
+    engine: Literal["process", "thread"] = "process"
 
     # batching (see docs/generation.md "Batching policy")
     max_batch_size: int = 32  # requests per @serve.batch call and in the running loop (max_ongoing_requests >= this)
@@ -58,7 +61,7 @@ def load_settings(args: dict[str, Any] | None) -> ServeSettings:
     """Settings from a plain mapping (strings from ``serve run k=v`` are converted); checkpoint required."""
     data = dict(args or {})
     for key, value in list(data.items()):
-        if isinstance(value, str) and key not in ("checkpoint", "device", "precision", "default_format"):
+        if isinstance(value, str) and key not in ("checkpoint", "device", "precision", "default_format", "engine"):
             import yaml
 
             data[key] = yaml.safe_load(value)  # "32" -> 32, "{endpoint_url: ...}" -> dict

@@ -11,8 +11,10 @@ every module that asks for it (``COMPLETE`` marker written last).
 from __future__ import annotations
 
 import socket
+import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,3 +95,53 @@ def make_job(g, n, comp=None, seed=0, sampler="ddim", steps=4, eta=0.0, **kw):
     from unimat_dist.sampling import SampleRequest
 
     return prepare_job(g, GenerationJob(n, SampleRequest(comp, **kw), sampler, steps, eta, seed))
+
+
+# ------------------------------------------------------------------ running loops (thread or process)
+def mixed_jobs(g) -> list:
+    """Six jobs of mixed samplers, steps, eta, conditioning and guidance."""
+    return [
+        make_job(g, 2, "LiFePO4", seed=1, steps=6),
+        make_job(g, 1, None, seed=2, sampler="ddpm", steps=9),
+        make_job(g, 3, "SrTiO3", seed=3, steps=3, eta=0.7),  # stochastic DDIM
+        make_job(g, 1, "Li2O", seed=4, steps=12, exact_counts=False),  # element types only
+        make_job(g, 2, None, seed=5, steps=5, properties={"band_gap": 1.5}, guidance=2.0),  # guided
+        make_job(g, 1, "FeO", seed=6, sampler="ddpm", steps=4, properties={"band_gap": 0.2}, guidance=1.0),
+    ]
+
+
+def collect(engine, jobs, delays=None):
+    """Submit ``jobs`` (job k after ``delays[k]`` seconds) and wait for all: [(batch, stats, error)]."""
+    results: list = [None] * len(jobs)
+    done = [threading.Event() for _ in jobs]
+
+    def callback(k):
+        def cb(batch, stats, error):
+            results[k] = (batch, stats, error)
+            done[k].set()
+        return cb
+
+    timers = []
+    for k, job in enumerate(jobs):
+        delay = (delays or [0.0] * len(jobs))[k]
+        if delay:
+            timers.append(threading.Timer(delay, engine.submit, (job, callback(k))))
+            timers[-1].start()
+        else:
+            engine.submit(job, callback(k))
+    for ev in done:
+        assert ev.wait(120)
+    return results
+
+
+def assert_same_crystals(g, batch, alone):
+    """The decoded crystals of ``batch`` equal ``alone`` (species exactly, coordinates to 1e-4)."""
+    got = g.to_structures(batch)
+    assert len(got) == len(alone)
+    for a, b in zip(got, alone):
+        assert (a is None) == (b is None)
+        if a is None:
+            continue
+        assert [str(s) for s in a.species] == [str(s) for s in b.species]
+        np.testing.assert_allclose(a.frac_coords, b.frac_coords, atol=1e-4)
+        np.testing.assert_allclose(a.lattice.matrix, b.lattice.matrix, atol=1e-3)

@@ -9,16 +9,20 @@ from __future__ import annotations
 import asyncio
 import threading
 
-import numpy as np
 import pytest
 import torch
+from generation_fixtures import (
+    assert_same_crystals,
+    collect,
+    make_job,
+    mixed_jobs,
+    perturbed_tiny_generator,
+)
 
 from unimat_dist.generation import GenerationJob, run_jobs
 from unimat_dist.generation.continuous import ContinuousSampler
 from unimat_dist.model import Condition
 from unimat_dist.sampling import StructureGenerator
-
-from generation_fixtures import make_job, perturbed_tiny_generator  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -31,65 +35,18 @@ def g() -> StructureGenerator:
 _job = make_job
 
 
-def _mixed_jobs(g) -> list[GenerationJob]:
-    return [
-        _job(g, 2, "LiFePO4", seed=1, steps=6),
-        _job(g, 1, None, seed=2, sampler="ddpm", steps=9),
-        _job(g, 3, "SrTiO3", seed=3, steps=3, eta=0.7),  # stochastic DDIM
-        _job(g, 1, "Li2O", seed=4, steps=12, exact_counts=False),  # element types only
-        _job(g, 2, None, seed=5, steps=5, properties={"band_gap": 1.5}, guidance=2.0),  # guided
-        _job(g, 1, "FeO", seed=6, sampler="ddpm", steps=4, properties={"band_gap": 0.2}, guidance=1.0),
-    ]
-
-
-def _collect(engine: ContinuousSampler, jobs, delays=None):
-    """Submit ``jobs`` (job k after ``delays[k]`` seconds) and wait for all: [(batch, stats, error)]."""
-    results: list = [None] * len(jobs)
-    done = [threading.Event() for _ in jobs]
-
-    def callback(k):
-        def cb(batch, stats, error):
-            results[k] = (batch, stats, error)
-            done[k].set()
-        return cb
-
-    timers = []
-    for k, job in enumerate(jobs):
-        delay = (delays or [0.0] * len(jobs))[k]
-        if delay:
-            timers.append(threading.Timer(delay, engine.submit, (job, callback(k))))
-            timers[-1].start()
-        else:
-            engine.submit(job, callback(k))
-    for ev in done:
-        assert ev.wait(120)
-    return results
-
-
-def _assert_same_crystals(g, batch, alone):
-    got = g.to_structures(batch)
-    assert len(got) == len(alone)
-    for a, b in zip(got, alone):
-        assert (a is None) == (b is None)
-        if a is None:
-            continue
-        assert [str(s) for s in a.species] == [str(s) for s in b.species]
-        np.testing.assert_allclose(a.frac_coords, b.frac_coords, atol=1e-4)
-        np.testing.assert_allclose(a.lattice.matrix, b.lattice.matrix, atol=1e-3)
-
-
 def test_every_job_gets_the_crystals_it_gets_alone_whatever_joins_when(g):
-    alone = [run_jobs(g, [job])[0] for job in _mixed_jobs(g)]
+    alone = [run_jobs(g, [job])[0] for job in mixed_jobs(g)]
     steps: list[tuple[int, int]] = []
     engine = ContinuousSampler(g, max_requests=32, max_rows=64, on_step=lambda r, j, s: steps.append((r, j)))
     try:
         # all at once, then staggered so that jobs join a loop that is already running
         for delays in (None, [0.0, 0.02, 0.05, 0.08, 0.1, 0.15]):
-            results = _collect(engine, _mixed_jobs(g), delays)
-            for (batch, stats, error), ref, job in zip(results, alone, _mixed_jobs(g)):
+            results = collect(engine, mixed_jobs(g), delays)
+            for (batch, stats, error), ref, job in zip(results, alone, mixed_jobs(g)):
                 assert error is None
                 assert stats.steps == job.steps
-                _assert_same_crystals(g, batch, ref)
+                assert_same_crystals(g, batch, ref)
             assert max(j for _, j in steps) > 1  # jobs with different samplers and steps shared evaluations
     finally:
         engine.close()
@@ -125,7 +82,7 @@ def test_limits_on_requests_and_rows(g):
     seen: list[tuple[int, int]] = []
     engine = ContinuousSampler(g, max_requests=1, max_rows=64, on_step=lambda r, j, s: seen.append((r, j)))
     try:
-        results = _collect(engine, [_job(g, 2, None, seed=k, steps=3) for k in range(4)])
+        results = collect(engine, [_job(g, 2, None, seed=k, steps=3) for k in range(4)])
     finally:
         engine.close()
     assert {j for _, j in seen} == {1} and all(r[1].peak_requests == 1 for r in results)  # the unbatched baseline
@@ -136,7 +93,7 @@ def test_limits_on_requests_and_rows(g):
                                on_step=lambda r, j, s: seen.append((r, j)))
     try:
         jobs = [_job(g, 2, None, seed=1, steps=3), _job(g, 8, None, seed=2, steps=3), _job(g, 2, None, seed=3, steps=3)]
-        results = _collect(engine, jobs)
+        results = collect(engine, jobs)
     finally:
         engine.close()
     assert all(err is None for _, _, err in results)
@@ -152,7 +109,7 @@ def test_a_broken_job_fails_alone_and_the_loop_keeps_serving(g):
     try:
         with pytest.raises(ValueError, match="not prepared"):
             engine.submit(GenerationJob(1), lambda *a: None)
-        results = _collect(engine, [_job(g, 1, "SrTiO3", seed=2, steps=5), bad, _job(g, 2, None, seed=3, steps=4)])
+        results = collect(engine, [_job(g, 1, "SrTiO3", seed=2, steps=5), bad, _job(g, 2, None, seed=3, steps=4)])
         assert results[1][2] is not None and results[1][0] is None
         assert results[0][2] is None and results[2][2] is None
         assert len(g.to_structures(results[2][0])) == 2
@@ -189,7 +146,7 @@ def test_a_cancelled_job_leaves_the_loop_and_the_others_finish(g):
 
     try:
         batch, stats = asyncio.run(main())
-        _assert_same_crystals(g, batch, alone)
+        assert_same_crystals(g, batch, alone)
         assert stats.steps == 10
         assert len(steps) < 50  # the 50-step job did not run to its end
         # a job cancelled while still queued never starts; its callback hears why

@@ -84,6 +84,8 @@ def test_health_model_info_and_openapi(service):
     assert sorted(info["spec"]["elements"]) == sorted(ELEMENTS) and info["spec"]["max_atoms_per_element"] == 3
     assert info["properties"] == ["heat_ref"] and info["timesteps"] == TIMESTEPS and info["step"] == TRAIN_STEPS
     assert info["checkpoint"].endswith("inference.pt") and info["parameters"] > 100_000
+    # the loop runs in a child process of the replica (its weights are there, not in the replica)
+    assert info["engine"] == "process" and info["device"] == "cpu" and info["precision"] == "fp32"
     assert info["limits"]["max_samples_per_request"] == MAX_SAMPLES and info["limits"]["max_steps"] == TIMESTEPS
     assert info["batching"]["max_batch_size"] == 32 and info["batching"]["max_ongoing_requests"] >= 32
     spec = service.get("/openapi.json").json()
@@ -308,12 +310,13 @@ def test_checkpoint_from_s3_emulator(service, s3_emulator):
     local = resolve_inference_path(str(service.checkpoint))
     uri = s3_emulator.uri("models", "tiny", "inference.pt")
     put_file_atomic(local, uri, s3_emulator.storage_options)
-    app = application({"checkpoint": uri, "storage_options": s3_emulator.storage_options, "torch_threads": 1},
-                      ray_actor_options={"num_cpus": 0.5})
+    # this app runs its loop in the replica's own process (engine "thread"): both engines serve end to end
+    app = application({"checkpoint": uri, "storage_options": s3_emulator.storage_options, "torch_threads": 1,
+                       "engine": "thread"}, ray_actor_options={"num_cpus": 0.5})
     serve.run(app, name="from-s3", route_prefix="/s3")
     try:
         info = service.get("/s3/v1/model").json()
-        assert info["checkpoint"] == uri and info["step"] == TRAIN_STEPS
+        assert info["checkpoint"] == uri and info["step"] == TRAIN_STEPS and info["engine"] == "thread"
         a = service.post({"num_samples": 2, "composition": "ScCoO2F", "steps": 3, "seed": 9, "format": "json"},
                          path="/s3/v1/generate")
         b = service.post({"num_samples": 2, "composition": "ScCoO2F", "steps": 3, "seed": 9, "format": "json"})
@@ -356,3 +359,39 @@ def test_settings_are_strict():
         build_app({"checkpoint": "x", "max_samples_per_request": 1024, "max_batch_samples": 256})
     app = build_app({"checkpoint": "x", "max_batch_size": "48"})  # serve run passes strings
     assert app is not None
+
+
+# ----------------------------------------------------------------------------------------- failure (runs last)
+def test_a_dead_sampling_process_is_a_503_and_serve_replaces_the_replica(service):
+    """The loop's child process is killed (e.g. by the OOM killer) while a request runs in it: that request
+    gets a 503 saying to retry, /healthz turns 503, Serve's health check replaces the replica (model loaded
+    again, a new child), and the service answers again. Last in the module: it restarts the replica."""
+    import os
+    import signal
+
+    stats = service.get("/v1/stats").json()
+    engine = stats["engine"]
+    assert engine["kind"] == "process" and engine["alive"] and engine["pid"] != os.getpid()
+    body = {"num_samples": MAX_SAMPLES, "composition": COMPOSITIONS[1], "sampler": "ddpm", "steps": TIMESTEPS,
+            "seed": 5, "format": "json"}
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(service.post, body)
+        deadline = time.time() + 30
+        while service.get("/v1/stats").json()["engine"]["load"] == [0, 0] and time.time() < deadline:
+            time.sleep(0.05)  # until the request is in the loop
+        os.kill(engine["pid"], signal.SIGKILL)
+        r = running.result(timeout=60)
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["type"] == "unavailable" and "retry" in r.json()["error"]["message"]
+    assert service.get("/healthz").status_code in (503, 200)  # 200 only if already replaced
+    deadline, ok = time.time() + 180, None
+    while time.time() < deadline:  # Serve's health check (every 10 s) replaces the replica
+        ok = service.post({"num_samples": 1, "composition": COMPOSITIONS[2], "steps": 2, "seed": 1})
+        if ok.status_code == 200:
+            break
+        assert ok.status_code == 503, ok.text
+        time.sleep(2)
+    assert ok is not None and ok.status_code == 200, ok.text if ok is not None else "no answer"
+    new = service.get("/v1/stats").json()["engine"]
+    assert new["alive"] and new["pid"] != engine["pid"]
+    assert service.get("/healthz").status_code == 200

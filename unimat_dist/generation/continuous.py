@@ -90,7 +90,43 @@ class _Active:
         return self.job.num_samples
 
 
-class ContinuousSampler:
+class SamplerBase:
+    """What the service needs of a running loop: ``submit``/``cancel`` and the asyncio ``generate`` on top
+    (``ContinuousSampler`` in a thread, ``engine_process.ProcessSampler`` in a child process)."""
+
+    def submit(self, job: GenerationJob, callback: Callback) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def cancel(self, ticket: int) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    async def generate(self, job: GenerationJob, on_submit: Callable[[int], None] | None = None
+                       ) -> tuple[GeneratedBatch, JobStats]:
+        """``submit`` for asyncio: the job's raw batch (decode with ``g.to_structures``) and its stats.
+        ``on_submit(ticket)`` is called once the job is queued; cancelling the awaiting task cancels the job;
+        a job cancelled through its ticket raises ``JobCancelled``."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def settle(batch, stats, error) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result((batch, stats))
+
+        ticket = self.submit(job, lambda b, s, e: loop.call_soon_threadsafe(settle, b, s, e))
+        if on_submit is not None:
+            on_submit(ticket)
+        try:
+            return await future
+        except asyncio.CancelledError:  # the caller went away (e.g. the HTTP client disconnected)
+            self.cancel(ticket)
+            raise
+
+
+class ContinuousSampler(SamplerBase):
     """One running denoising loop on ``g``'s device that jobs join and leave at step boundaries.
 
     ``max_requests`` bounds the jobs in the loop (1 = one request at a time, the unbatched baseline) and
@@ -134,31 +170,6 @@ class ContinuousSampler:
             self._pending.append((ticket, job, callback))
             self._cv.notify()
         return ticket
-
-    async def generate(self, job: GenerationJob, on_submit: Callable[[int], None] | None = None
-                       ) -> tuple[GeneratedBatch, JobStats]:
-        """``submit`` for asyncio: the job's raw batch (decode with ``g.to_structures``) and its stats.
-        ``on_submit(ticket)`` is called once the job is queued; cancelling the awaiting task cancels the job;
-        a job cancelled through its ticket raises ``JobCancelled``."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-
-        def settle(batch, stats, error) -> None:
-            if future.done():
-                return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result((batch, stats))
-
-        ticket = self.submit(job, lambda b, s, e: loop.call_soon_threadsafe(settle, b, s, e))
-        if on_submit is not None:
-            on_submit(ticket)
-        try:
-            return await future
-        except asyncio.CancelledError:  # the caller went away (e.g. the HTTP client disconnected)
-            self.cancel(ticket)
-            raise
 
     def cancel(self, ticket: int) -> None:
         """Drop a queued or running job at the next step boundary (its callback gets ``JobCancelled``);
