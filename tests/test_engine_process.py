@@ -145,3 +145,45 @@ def test_a_child_that_cannot_load_the_model_raises_its_error(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(RuntimeError, match="could not start"):
         ProcessSampler({"checkpoint": str(tmp_path / "junk.pt"), "device": "cpu"})
+
+
+def test_the_child_exits_when_its_parent_is_killed(checkpoint, g, tmp_path):
+    """A replica killed outright (no __del__, no atexit) must not leave its sampling process holding the
+    device: the child sees the pipe close and exits at once, even mid-job."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys, time\n"
+        "from unimat_dist.generation.engine_process import ProcessSampler\n"
+        "from unimat_dist.generation import open_generator\n"
+        "sys.path.insert(0, sys.argv[2])\n"
+        "from generation_fixtures import make_job\n"
+        "if __name__ == '__main__':\n"
+        "    e = ProcessSampler({'checkpoint': sys.argv[1], 'device': 'cpu'}, torch_threads=1)\n"
+        "    g = open_generator(sys.argv[1], device='cpu')\n"
+        "    e.submit(make_job(g, 2, None, seed=1, sampler='ddpm', steps=50), lambda *a: None)\n"
+        "    print(e.pid, flush=True)\n"
+        "    time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, str(script), checkpoint, os.path.dirname(__file__)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        os.kill(child, 0)  # running
+        parent.kill()
+        parent.wait(10)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                with open(f"/proc/{child}/stat") as fh:
+                    if fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):  # exited, not yet reaped
+                        break
+            except FileNotFoundError:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(child, signal.SIGKILL)
+            pytest.fail("the sampling process outlived its parent by 10 s")
+    finally:
+        parent.kill()

@@ -29,6 +29,7 @@ from __future__ import annotations
 import itertools
 import logging
 import multiprocessing
+import os
 import pickle
 import threading
 import time
@@ -111,11 +112,13 @@ def _child_main(conn, source: dict[str, Any], max_requests: int, max_rows: int, 
                 pass
         return callback
 
+    parent_gone = False
     try:
         while True:
             try:
                 msg = pickle.loads(conn.recv_bytes())
-            except (EOFError, OSError):  # the parent exited
+            except (EOFError, OSError):  # the parent exited (or was killed): nobody to deliver to
+                parent_gone = True
                 break
             if msg[0] == "submit":
                 _, ticket, job = msg
@@ -129,6 +132,8 @@ def _child_main(conn, source: dict[str, Any], max_requests: int, max_rows: int, 
             elif msg[0] == "close":
                 break
     finally:
+        if parent_gone:  # free the device now (a replacement replica may be loading onto it)
+            os._exit(0)
         engine.close(timeout=60.0)
         conn.close()
 
