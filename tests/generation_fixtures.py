@@ -10,6 +10,7 @@ every module that asks for it (``COMPLETE`` marker written last).
 """
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 from pathlib import Path
@@ -145,3 +146,24 @@ def assert_same_crystals(g, batch, alone):
         assert [str(s) for s in a.species] == [str(s) for s in b.species]
         np.testing.assert_allclose(a.frac_coords, b.frac_coords, atol=1e-4)
         np.testing.assert_allclose(a.lattice.matrix, b.lattice.matrix, atol=1e-3)
+
+
+def run_next_to_a_cancelled_job(engine, g, delay: float):
+    """A 10-step job next to a 50-step DDPM job whose awaiting task is cancelled after ``delay`` seconds
+    (as when an HTTP client disconnects): returns the 10-step job's (batch, stats) and its crystals alone."""
+    from unimat_dist.generation import run_jobs
+
+    other = make_job(g, 1, "SrTiO3", seed=2, steps=10)
+    alone = run_jobs(g, [make_job(g, 1, "SrTiO3", seed=2, steps=10)])[0]
+
+    async def main():
+        long_task = asyncio.create_task(engine.generate(make_job(g, 1, "LiFePO4", seed=1, sampler="ddpm", steps=50)))
+        other_task = asyncio.create_task(engine.generate(other))
+        await asyncio.sleep(delay)
+        long_task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await long_task
+        return await other_task
+
+    batch, stats = asyncio.run(main())
+    return batch, stats, alone

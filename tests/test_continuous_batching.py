@@ -17,6 +17,7 @@ from generation_fixtures import (
     make_job,
     mixed_jobs,
     perturbed_tiny_generator,
+    run_next_to_a_cancelled_job,
 )
 
 from unimat_dist.generation import GenerationJob, run_jobs
@@ -132,20 +133,8 @@ def test_a_cancelled_job_leaves_the_loop_and_the_others_finish(g):
     its job is dropped at the next step, queued or running, and the jobs beside it are unaffected."""
     steps: list[int] = []
     engine = ContinuousSampler(g, max_requests=8, max_rows=64, on_step=lambda r, j, s: steps.append(j))
-    other = _job(g, 1, "SrTiO3", seed=2, steps=10)
-    alone = run_jobs(g, [_job(g, 1, "SrTiO3", seed=2, steps=10)])[0]
-
-    async def main():
-        long_task = asyncio.create_task(engine.generate(_job(g, 1, "LiFePO4", seed=1, sampler="ddpm", steps=50)))
-        other_task = asyncio.create_task(engine.generate(other))
-        await asyncio.sleep(0.05)
-        long_task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await long_task
-        return await other_task
-
     try:
-        batch, stats = asyncio.run(main())
+        batch, stats, alone = run_next_to_a_cancelled_job(engine, g, 0.05)
         assert_same_crystals(g, batch, alone)
         assert stats.steps == 10
         assert len(steps) < 50  # the 50-step job did not run to its end

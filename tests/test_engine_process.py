@@ -7,7 +7,6 @@ this engine by default) is in tests/test_serve.py.
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import threading
@@ -15,7 +14,14 @@ import time
 
 import pytest
 import torch
-from generation_fixtures import assert_same_crystals, collect, make_job, mixed_jobs, perturbed_tiny_generator
+from generation_fixtures import (
+    assert_same_crystals,
+    collect,
+    make_job,
+    mixed_jobs,
+    perturbed_tiny_generator,
+    run_next_to_a_cancelled_job,
+)
 
 from unimat_dist.generation import open_generator, run_jobs
 from unimat_dist.generation.continuous import JobCancelled
@@ -69,20 +75,8 @@ def test_the_child_gives_every_job_the_crystals_it_gets_in_process(engine, g):
 
 
 def test_cancel_and_the_asyncio_form_through_the_pipe(engine, g):
-    other = make_job(g, 1, "SrTiO3", seed=2, steps=10)
-    alone = run_jobs(g, [make_job(g, 1, "SrTiO3", seed=2, steps=10)])[0]
     engine.steps.clear()
-
-    async def main():
-        long_task = asyncio.create_task(engine.generate(make_job(g, 1, "LiFePO4", seed=1, sampler="ddpm", steps=50)))
-        other_task = asyncio.create_task(engine.generate(other))
-        await asyncio.sleep(0.1)
-        long_task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await long_task
-        return await other_task
-
-    batch, stats = asyncio.run(main())
+    batch, stats, alone = run_next_to_a_cancelled_job(engine, g, 0.1)
     assert_same_crystals(g, batch, alone)
     assert stats.steps == 10
     time.sleep(0.2)
