@@ -233,7 +233,8 @@ def run_precision(args, ckpt: str, port: int, precision: str) -> dict:
         return {"num_samples": 1, "composition": COMPOSITIONS[(cid + i) % len(COMPOSITIONS)], "steps": args.steps,
                 "seed": cid * 100_000 + i, "format": "json"}
 
-    out: dict = {"model": {k: info[k] for k in ("checkpoint", "parameters", "timesteps", "device", "precision", "engine")},
+    model_keys = ("checkpoint", "parameters", "timesteps", "device", "precision", "engine")
+    out: dict = {"model": {k: info[k] for k in model_keys},
                  "spec": info["spec"]["description"], "offline_bound": bound,
                  "sweep": {"batched": [], "unbatched": []}}
     try:

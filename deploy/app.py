@@ -27,7 +27,6 @@ works; decoding and CIF/JSON formatting run on two other threads.
 # by-value pickled methods, which hold only names the code uses.
 import asyncio
 import logging
-import os
 import secrets
 import time
 import uuid
@@ -248,8 +247,8 @@ class UniMatGenerator:
     @api.get("/v1/stats")
     async def stats(self) -> dict[str, Any]:
         ctx = serve.get_replica_context()
-        engine = {"kind": self.settings.engine, "alive": self._engine.alive,
-                  "pid": getattr(self._engine, "pid", None) or os.getpid(), "load": list(self._engine.load)}
+        engine = {"kind": self.settings.engine, "alive": self._engine.alive, "pid": self._engine.pid,
+                  "load": list(self._engine.load)}
         return {"replica": ctx.replica_tag if ctx else None, "engine": engine, **self.metrics.snapshot()}
 
     @api.post(

@@ -33,8 +33,6 @@ def g() -> StructureGenerator:
     return perturbed_tiny_generator()
 
 
-_job = make_job
-
 
 def test_every_job_gets_the_crystals_it_gets_alone_whatever_joins_when(g):
     alone = [run_jobs(g, [job])[0] for job in mixed_jobs(g)]
@@ -54,8 +52,8 @@ def test_every_job_gets_the_crystals_it_gets_alone_whatever_joins_when(g):
 
 
 def test_a_short_job_joins_and_leaves_a_long_running_one(g):
-    long_job, short_job = _job(g, 1, "LiFePO4", seed=1, sampler="ddpm", steps=50), _job(g, 1, "SrTiO3", seed=2,
-                                                                                          steps=3)
+    long_job = make_job(g, 1, "LiFePO4", seed=1, sampler="ddpm", steps=50)
+    short_job = make_job(g, 1, "SrTiO3", seed=2, steps=3)
     finished: list[str] = []
     engine = ContinuousSampler(g, max_requests=8, max_rows=64)
     try:
@@ -83,7 +81,7 @@ def test_limits_on_requests_and_rows(g):
     seen: list[tuple[int, int]] = []
     engine = ContinuousSampler(g, max_requests=1, max_rows=64, on_step=lambda r, j, s: seen.append((r, j)))
     try:
-        results = collect(engine, [_job(g, 2, None, seed=k, steps=3) for k in range(4)])
+        results = collect(engine, [make_job(g, 2, None, seed=k, steps=3) for k in range(4)])
     finally:
         engine.close()
     assert {j for _, j in seen} == {1} and all(r[1].peak_requests == 1 for r in results)  # the unbatched baseline
@@ -93,7 +91,8 @@ def test_limits_on_requests_and_rows(g):
     engine = ContinuousSampler(g, max_requests=32, max_rows=5, on_admit=admitted.append,
                                on_step=lambda r, j, s: seen.append((r, j)))
     try:
-        jobs = [_job(g, 2, None, seed=1, steps=3), _job(g, 8, None, seed=2, steps=3), _job(g, 2, None, seed=3, steps=3)]
+        jobs = [make_job(g, 2, None, seed=1, steps=3), make_job(g, 8, None, seed=2, steps=3),
+                make_job(g, 2, None, seed=3, steps=3)]
         results = collect(engine, jobs)
     finally:
         engine.close()
@@ -104,19 +103,20 @@ def test_limits_on_requests_and_rows(g):
 
 
 def test_a_broken_job_fails_alone_and_the_loop_keeps_serving(g):
-    bad = _job(g, 1, "LiFePO4", seed=1)
+    bad = make_job(g, 1, "LiFePO4", seed=1)
     bad.condition = Condition.unconditional(1, (2, 3, 3), 1)  # the wrong (L, H, W) for this model
     engine = ContinuousSampler(g, max_requests=8, max_rows=64)
     try:
         with pytest.raises(ValueError, match="not prepared"):
             engine.submit(GenerationJob(1), lambda *a: None)
-        results = collect(engine, [_job(g, 1, "SrTiO3", seed=2, steps=5), bad, _job(g, 2, None, seed=3, steps=4)])
+        results = collect(engine, [make_job(g, 1, "SrTiO3", seed=2, steps=5), bad,
+                                   make_job(g, 2, None, seed=3, steps=4)])
         assert results[1][2] is not None and results[1][0] is None
         assert results[0][2] is None and results[2][2] is None
         assert len(g.to_structures(results[2][0])) == 2
 
         async def one():
-            return await engine.generate(_job(g, 1, "FeO", seed=4, steps=3))
+            return await engine.generate(make_job(g, 1, "FeO", seed=4, steps=3))
 
         batch, stats = asyncio.run(one())  # the asyncio form used by the service
         assert stats.steps == 3 and g.to_structures(batch)[0].composition.reduced_formula == "FeO"
@@ -125,7 +125,7 @@ def test_a_broken_job_fails_alone_and_the_loop_keeps_serving(g):
         engine.close()
     assert not engine.alive
     with pytest.raises(RuntimeError, match="closed"):
-        engine.submit(_job(g, 1, None), lambda *a: None)
+        engine.submit(make_job(g, 1, None), lambda *a: None)
 
 
 def test_a_cancelled_job_leaves_the_loop_and_the_others_finish(g):
@@ -141,11 +141,11 @@ def test_a_cancelled_job_leaves_the_loop_and_the_others_finish(g):
         # a job cancelled while still queued never starts; its callback hears why
         heard: list = []
         done = threading.Event()
-        blocker = _job(g, 1, None, seed=3, steps=30)
+        blocker = make_job(g, 1, None, seed=3, steps=30)
         engine2 = ContinuousSampler(g, max_requests=1, max_rows=64)
         try:
             engine2.submit(blocker, lambda *a: done.set())
-            ticket = engine2.submit(_job(g, 1, None, seed=4, steps=3), lambda b, s, e: heard.append((b, s, e)))
+            ticket = engine2.submit(make_job(g, 1, None, seed=4, steps=3), lambda b, s, e: heard.append((b, s, e)))
             engine2.cancel(ticket)
             assert done.wait(60)
         finally:

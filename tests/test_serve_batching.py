@@ -32,8 +32,6 @@ def g() -> StructureGenerator:
     return perturbed_tiny_generator()
 
 
-_job = make_job
-
 
 def _coords(structures):
     return [(s.species, np.asarray(s.frac_coords), s.lattice.matrix) for s in structures]
@@ -72,21 +70,22 @@ def test_row_generators_give_each_group_its_own_stream():
 def test_a_request_is_reproducible_whatever_its_batch_mates(g, sampler, eta):
     """Ancestral noise included (DDPM, DDIM with eta=1): equal up to float rounding of batched kernels."""
     mine = dict(comp="SrTiO3", seed=77, sampler=sampler, eta=eta)
-    alone = run_jobs(g, [_job(g, 3, **mine)])[0]
-    mates = run_jobs(g, [_job(g, 5, None, 1, sampler, eta=eta), _job(g, 3, **mine),
-                         _job(g, 2, "LiFePO4", 3, sampler, eta=eta, exact_counts=False)])[1]
+    alone = run_jobs(g, [make_job(g, 3, **mine)])[0]
+    mates = run_jobs(g, [make_job(g, 5, None, 1, sampler, eta=eta), make_job(g, 3, **mine),
+                         make_job(g, 2, "LiFePO4", 3, sampler, eta=eta, exact_counts=False)])[1]
     for (sa, xa, la), (sb, xb, lb) in zip(_coords(alone), _coords(mates)):
         assert sa == sb
         np.testing.assert_allclose(xa, xb, atol=1e-4)
         np.testing.assert_allclose(la, lb, atol=1e-3)
-    other_seed = run_jobs(g, [_job(g, 3, "SrTiO3", 78, sampler, eta=eta)])[0]
+    other_seed = run_jobs(g, [make_job(g, 3, "SrTiO3", 78, sampler, eta=eta)])[0]
     assert not np.allclose(np.asarray(other_seed[0].frac_coords), np.asarray(alone[0].frac_coords))
 
 
 def test_one_loop_mixes_compositions_properties_and_guidance(g):
-    jobs = [_job(g, 2, "SrTiO3", 1), _job(g, 2, {"Li": 1, "Fe": 1, "P": 1, "O": 4}, 2),
-            _job(g, 2, "FeO", 3, exact_counts=False), _job(g, 2, None, 4, properties={"band_gap": 2.0}, guidance=2.0),
-            _job(g, 1, "Fe2O3", 5, sampler="ddpm")]
+    jobs = [make_job(g, 2, "SrTiO3", 1), make_job(g, 2, {"Li": 1, "Fe": 1, "P": 1, "O": 4}, 2),
+            make_job(g, 2, "FeO", 3, exact_counts=False),
+            make_job(g, 2, None, 4, properties={"band_gap": 2.0}, guidance=2.0),
+            make_job(g, 1, "Fe2O3", 5, sampler="ddpm")]
     seen = []
     out = run_jobs(g, jobs, 64, on_loop=seen.append)
     assert [(s.jobs, s.rows, s.sampler) for s in seen] == [(4, 8, "ddim"), (1, 1, "ddpm")]
@@ -104,16 +103,16 @@ def test_prepare_job_names_the_problem(g):
     for comp, match in (("Xx2", "unknown element"), ("Ba2O", "outside this model"), ("Sr5O", "exceed"),
                         ({"Fe": 1.5}, "whole numbers"), ("", "empty composition")):
         with pytest.raises(ValueError, match=match):
-            _job(g, 1, comp)
+            make_job(g, 1, comp)
     with pytest.raises(ValueError, match="unknown conditioning property"):
-        _job(g, 1, properties={"heat_ref": 1.0})
+        make_job(g, 1, properties={"heat_ref": 1.0})
     with pytest.raises(ValueError, match="steps must be between 1 and the model's T=50"):
-        _job(g, 1, steps=51)
+        make_job(g, 1, steps=51)
     with pytest.raises(ValueError, match="sampler"):
-        _job(g, 1, sampler="euler")
+        make_job(g, 1, sampler="euler")
     with pytest.raises(ValueError, match="num_samples"):
-        _job(g, 0)
-    assert _job(g, 1, steps=None).steps == 50 and _job(g, 1, sampler="ddpm", steps=None).steps == 50
+        make_job(g, 0)
+    assert make_job(g, 1, steps=None).steps == 50 and make_job(g, 1, sampler="ddpm", steps=None).steps == 50
 
 
 def test_records_and_flags():
@@ -144,8 +143,9 @@ def test_records_and_flags():
 def test_request_schema():
     r = parse_generate_request(b'{"num_samples": 3, "composition": {"Fe": 2, "O": 3}, "seed": 5}', 1000)
     assert r.num_samples == 3 and r.composition == {"Fe": 2, "O": 3} and r.sampler == "ddim" and r.format is None
-    for body, status, field in ((b"{", 400, None), (b"null", 400, None), (b'{"a":' * 1000 + b"[" * 1000 + b"]" * 1000 + b"}" * 1000, 400, None), (b'{"steps": 2.5}', 422, "steps"),
-                                (b'{"guidance": Infinity}', 422, "guidance"),
+    deep = b'{"a":' * 1000 + b"[" * 1000 + b"]" * 1000 + b"}" * 1000  # deeper than the JSON parser's stack
+    for body, status, field in ((b"{", 400, None), (b"null", 400, None), (deep, 400, None),
+                                (b'{"steps": 2.5}', 422, "steps"), (b'{"guidance": Infinity}', 422, "guidance"),
                                 (b'{"seed": 9223372036854775808}', 422, "seed"),
                                 (b'{"sampler": "DDIM"}', 422, "sampler"), (b"x" * 10_001, 413, None)):
         with pytest.raises(ApiError) as exc:

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -92,7 +93,20 @@ class _Active:
 
 class SamplerBase:
     """What the service needs of a running loop: ``submit``/``cancel`` and the asyncio ``generate`` on top
-    (``ContinuousSampler`` in a thread, ``engine_process.ProcessSampler`` in a child process)."""
+    (``ContinuousSampler`` in a thread, ``engine_process.ProcessSampler`` in a child process). Both take
+    the same limits and metric hooks (see ``ContinuousSampler``)."""
+
+    def __init__(self, max_requests: int, max_rows: int, on_admit: Callable[[int], None] | None,
+                 on_step: Callable[[int, int, float], None] | None) -> None:
+        if max_requests < 1 or max_rows < 1:
+            raise ValueError(f"max_requests and max_rows must be >= 1, got {max_requests}, {max_rows}")
+        self.max_requests, self.max_rows = int(max_requests), int(max_rows)
+        self.on_admit, self.on_step = on_admit, on_step
+
+    @property
+    def pid(self) -> int:
+        """The process that runs the loop."""
+        return os.getpid()
 
     def submit(self, job: GenerationJob, callback: Callback) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -139,10 +153,8 @@ class ContinuousSampler(SamplerBase):
     def __init__(self, g: StructureGenerator, *, max_requests: int = 32, max_rows: int = 512,
                  on_admit: Callable[[int], None] | None = None,
                  on_step: Callable[[int, int, float], None] | None = None, name: str = "unimat-sampling") -> None:
-        if max_requests < 1 or max_rows < 1:
-            raise ValueError(f"max_requests and max_rows must be >= 1, got {max_requests}, {max_rows}")
-        self.g, self.max_requests, self.max_rows = g, int(max_requests), int(max_rows)
-        self.on_admit, self.on_step = on_admit, on_step
+        super().__init__(max_requests, max_rows, on_admit, on_step)
+        self.g = g
         self._pending: deque[tuple[int, GenerationJob, Callback]] = deque()
         self._tickets = itertools.count()
         self._active: list[_Active] = []

@@ -66,7 +66,8 @@ def _batch_arrays(batch: GeneratedBatch | None) -> dict[str, np.ndarray] | None:
     if batch is None:
         return None
     return {"positions": batch.positions, "mask": batch.mask, "lattice": batch.lattice,
-            "x_model": batch.x_model.detach().float().cpu().numpy(), "y_model": batch.y_model.detach().float().cpu().numpy(),
+            "x_model": batch.x_model.detach().float().cpu().numpy(),
+            "y_model": batch.y_model.detach().float().cpu().numpy(),
             "decode_mask": batch.decode_mask.cpu().numpy()}
 
 
@@ -153,10 +154,7 @@ class ProcessSampler(SamplerBase):
                  torch_threads: int | None = None, on_admit: Callable[[int], None] | None = None,
                  on_step: Callable[[int, int, float], None] | None = None, start_timeout: float = 600.0,
                  name: str = "unimat-sampling") -> None:
-        if max_requests < 1 or max_rows < 1:
-            raise ValueError(f"max_requests and max_rows must be >= 1, got {max_requests}, {max_rows}")
-        self.max_requests, self.max_rows = int(max_requests), int(max_rows)
-        self.on_admit, self.on_step = on_admit, on_step
+        super().__init__(max_requests, max_rows, on_admit, on_step)
         ctx = multiprocessing.get_context("spawn")  # never fork a process holding threads / a CUDA context
         self._conn, child = ctx.Pipe(duplex=True)
         self._proc = ctx.Process(target=_child_main, name=name, daemon=True,
@@ -244,7 +242,7 @@ class ProcessSampler(SamplerBase):
         return active, outstanding - active
 
     @property
-    def pid(self) -> int | None:
+    def pid(self) -> int:
         return self._proc.pid
 
     # ------------------------------------------------------------------ reader
