@@ -19,6 +19,12 @@ atoms where there are none):
                the spec's cells when unconditional, the requested elements' cells with element types,
                exactly the atom slots with exact counts. The slots the sampler pins to null are not
                trained, so more of the gradient goes to the atoms.
+
+``positions`` picks the space the positions diffuse in (``positions.py``): ``linear`` (model space, 3
+channels) or ``circle`` (cos/sin of each fractional coordinate, 6 channels). The denoiser sees and
+predicts noise in that space. A denoiser with a ``composition`` submodule (the transformer's prior over
+element counts) adds ``composition_loss_weight`` x its NLL per crystal (nats) to the loss, learned on the
+compositions of the same batches.
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ from torch import nn
 
 from unimat_dist.model.conditioning import Condition
 
+from .positions import PositionSpace
 from .schedules import make_betas
 
 LOSS_WEIGHTINGS = ("uniform", "allowed", "condition")
@@ -41,6 +48,8 @@ class GaussianDiffusion(nn.Module):
         schedule: str = "linear",
         loss_weighting: str = "allowed",
         lattice_loss_weight: float = 0.1,
+        positions: str = "linear",
+        composition_loss_weight: float = 0.01,
     ) -> None:
         super().__init__()
         if loss_weighting not in LOSS_WEIGHTINGS:
@@ -50,6 +59,8 @@ class GaussianDiffusion(nn.Module):
         self.schedule = schedule
         self.loss_weighting = loss_weighting
         self.lattice_loss_weight = float(lattice_loss_weight)
+        self.space = PositionSpace(positions)
+        self.composition_loss_weight = float(composition_loss_weight)
         betas = make_betas(schedule, timesteps)
         abar = torch.cumprod(1 - betas, 0)
         buffers = {
@@ -71,7 +82,18 @@ class GaussianDiffusion(nn.Module):
             "schedule": self.schedule,
             "loss_weighting": self.loss_weighting,
             "lattice_loss_weight": self.lattice_loss_weight,
+            "positions": self.space.name,
+            "composition_loss_weight": self.composition_loss_weight,
         }
+
+    @property
+    def composition(self):
+        """The denoiser's composition prior (``CompositionModel``) or None."""
+        return getattr(self.denoiser, "composition", None)
+
+    def slot_counts(self, mask: torch.Tensor) -> torch.Tensor:
+        """(B, H*W) atoms per cell of atom masks (B, L, H, W): the composition prior's input."""
+        return mask.long().sum(1).flatten(1)
 
     # ------------------------------------------------------------------ forward process
     @staticmethod
@@ -112,6 +134,7 @@ class GaussianDiffusion(nn.Module):
         global RNG. Returns (loss, metrics); metrics are detached scalars.
         """
         b = x0.shape[0]
+        x0 = self.space.to_diffusion(x0, mask)
         t = torch.randint(0, self.timesteps, (b,), device=x0.device, generator=generator)
         nx = torch.randn(x0.shape, device=x0.device, generator=generator)
         ny = torch.randn(y0.shape, device=y0.device, generator=generator)
@@ -120,6 +143,13 @@ class GaussianDiffusion(nn.Module):
         loss_x = (err * self.position_weights(mask, cond)).sum((1, 2, 3)).mean()
         loss_y = (py.float() - ny).square().mean()
         loss = loss_x + self.lattice_loss_weight * loss_y
+        prior = self.composition
+        if prior is not None:
+            counts = self.slot_counts(mask)
+            if self.training:  # validation batches must not widen the support
+                prior.observe(counts)
+            loss_c = prior(counts).mean()
+            loss = loss + self.composition_loss_weight * loss_c
         with torch.no_grad():
             atoms = mask.float()
             metrics = {
@@ -128,4 +158,6 @@ class GaussianDiffusion(nn.Module):
                 "loss_lattice": loss_y.detach(),
                 "loss_atom_slots": (err * atoms).sum() / atoms.sum().clamp(min=1),
             }
+            if prior is not None:
+                metrics["loss_composition"] = loss_c.detach()
         return loss, metrics

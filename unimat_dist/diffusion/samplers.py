@@ -17,7 +17,9 @@ The noise estimate is recomputed from the constrained x_0, and the step is taken
 * DDIM (Song et al. 2021): x_s = sqrt(abar_s) x_0 + sqrt(1 - abar_s - sigma^2) eps + sigma z with
   sigma = eta * sqrt((1 - abar_s)/(1 - abar_t)) * sqrt(1 - abar_t/abar_s); eta = 0 is deterministic.
 
-The last step returns the constrained x_0 itself.
+The last step returns the constrained x_0 itself. The loop runs in the diffusion's position space
+(``GaussianDiffusion.space``: model space, or the circle embedding of fractional coordinates, where the
+constraints are the same in that space's terms) and the output is converted back to model space.
 """
 from __future__ import annotations
 
@@ -27,7 +29,6 @@ from dataclasses import dataclass
 import torch
 
 from unimat_dist.model.conditioning import Condition
-from unimat_dist.representation import NULL_VALUE
 
 from .gaussian import GaussianDiffusion
 from .guidance import guided_eps, guided_rows, paired_condition
@@ -66,12 +67,6 @@ def step_coefficients(sampler: str, eta: float, a_t: float, a_s: float) -> tuple
     return c0, 0.0, ct, ((1 - a_s) / (1 - a_t) * beta) ** 0.5
 
 
-def constrain_x0(x0: torch.Tensor, allowed: torch.Tensor, exact_atoms: torch.Tensor) -> torch.Tensor:
-    x0 = x0.clamp(NULL_VALUE, 1.0)
-    x0 = torch.where(allowed[..., None], x0, torch.full_like(x0, NULL_VALUE))
-    return torch.where(exact_atoms[..., None], x0.clamp(0.0, 1.0), x0)
-
-
 @torch.no_grad()
 def sample(
     diffusion: GaussianDiffusion,
@@ -107,7 +102,8 @@ def sample(
     paired = paired_condition(cond, rows) if rows.numel() else None
     allowed, exact_atoms = constraint_masks(cond, diffusion.allowed_cells)
 
-    x = randn((b, L, H, W, 3), generator, device)
+    space = diffusion.space
+    x = randn((b, L, H, W, space.channels), generator, device)
     y = randn((b, d), generator, device)
     seq = sampling_timesteps(T, steps).tolist()
     abar = diffusion.alphas_cumprod_f64
@@ -126,7 +122,7 @@ def sample(
         tt = torch.full((b,), t, device=device, dtype=torch.long)
         with amp:
             ex, ey = guided_eps(diffusion.denoiser, x, y, tt, cond, w, rows, paired)
-        x0 = constrain_x0((x - (1 - a_t) ** 0.5 * ex) / a_t**0.5, allowed, exact_atoms)
+        x0 = space.constrain((x - (1 - a_t) ** 0.5 * ex) / a_t**0.5, allowed, exact_atoms)
         y0 = ((y - (1 - a_t) ** 0.5 * ey) / a_t**0.5).clamp(-lattice_clip, lattice_clip)
         if s < 0:
             x, y = x0, y0
@@ -143,4 +139,4 @@ def sample(
         if sigma > 0:
             x = x + sigma * randn(x.shape, generator, device)
             y = y + sigma * randn(y.shape, generator, device)
-    return SampleOutput(x.float(), y.float(), allowed, exact_atoms)
+    return SampleOutput(space.from_diffusion(x.float()), y.float(), allowed, exact_atoms)

@@ -72,7 +72,7 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
         engine = DeepSpeedEngine.create(setup.diffusion, ds_cfg, weight_decay=cfg.optim.weight_decay)
         if engine.zero_stage == 3:
             ema = ShardedEMA(engine.module, cfg.optim.ema_decay, rank)
-            template = build_diffusion(cfg, setup.spec, len(setup.scaler.names)).to(device)
+            template = build_diffusion(cfg, setup.spec, len(setup.scaler.names), setup.normalizer).to(device)
         else:
             ema, template = EMA(engine.module, cfg.optim.ema_decay), None
 

@@ -37,7 +37,6 @@ from unimat_dist.diffusion.guidance import guided_eps, guided_rows, paired_condi
 from unimat_dist.diffusion.samplers import (
     LATTICE_CLIP,
     SampleOutput,
-    constrain_x0,
     constraint_masks,
     step_coefficients,
 )
@@ -45,7 +44,7 @@ from unimat_dist.diffusion.schedules import sampling_timesteps
 from unimat_dist.model import Condition
 from unimat_dist.sampling import GeneratedBatch, StructureGenerator
 
-from .jobs import GenerationJob
+from .jobs import GenerationJob, job_condition
 
 log = logging.getLogger(__name__)
 
@@ -274,12 +273,12 @@ class ContinuousSampler(SamplerBase):
         a.seq = sampling_timesteps(g.diffusion.timesteps, job.steps).tolist()
         a.generator = torch.Generator(device=device)
         a.generator.manual_seed(int(job.seed))
-        one = torch.zeros(job.num_samples, dtype=torch.long)
-        a.cond = job.condition[one].to(device)
+        a.cond = job_condition(job).to(device)
         a.w = job.guidance.to(torch.float32).expand(job.num_samples).contiguous().to(device)
         a.allowed, a.exact = constraint_masks(a.cond, g.diffusion.allowed_cells)
         L, H, W = a.cond.composition.shape[1:]
-        a.x = torch.randn((job.num_samples, L, H, W, 3), device=device, generator=a.generator)
+        a.x = torch.randn((job.num_samples, L, H, W, g.diffusion.space.channels), device=device,
+                          generator=a.generator)
         a.y = torch.randn((job.num_samples, g.diffusion.denoiser.lattice_dim), device=device, generator=a.generator)
         a.started = time.perf_counter()
         self._active.append(a)
@@ -324,7 +323,8 @@ class ContinuousSampler(SamplerBase):
         with torch.no_grad(), self._amp():
             ex, ey = guided_eps(self.g.diffusion.denoiser, x, y, tt, m["cond"], m["w"], m["rows"], m["paired"])
         with torch.no_grad():
-            x0 = constrain_x0((x - col(c["sq1m"], x) * ex) / col(c["sqa"], x), m["allowed"], m["exact"])
+            x0 = self.g.diffusion.space.constrain((x - col(c["sq1m"], x) * ex) / col(c["sqa"], x), m["allowed"],
+                                                  m["exact"])
             y0 = ((y - col(c["sq1m"], y) * ey) / col(c["sqa"], y)).clamp(-LATTICE_CLIP, LATTICE_CLIP)
             ex = (x - col(c["sqa"], x) * x0) / col(c["sq1m"], x)
             ey = (y - col(c["sqa"], y) * y0) / col(c["sq1m"], y)
@@ -357,7 +357,7 @@ class ContinuousSampler(SamplerBase):
         if self.on_step is not None:
             self.on_step(rows, jobs, time.perf_counter() - t0)
         for a in done:
-            out = SampleOutput(a.x.float(), a.y.float(), a.allowed, a.exact)
+            out = SampleOutput(self.g.diffusion.space.from_diffusion(a.x.float()), a.y.float(), a.allowed, a.exact)
             try:
                 batch = self.g.finish(out)
             except Exception as exc:  # noqa: BLE001 - reported to the job's caller

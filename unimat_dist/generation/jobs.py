@@ -41,7 +41,9 @@ class GenerationJob:
     steps: int = 100  # resolved (see ``resolve_steps``), so that None and the default group together
     eta: float = 0.0
     seed: int = 0
-    condition: Condition | None = None  # (1, L, H, W) condition of one sample; expanded per row at run time
+    # (1, L, H, W) condition shared by every sample, expanded per row at run time; or one row per sample when
+    # the model draws compositions from its prior (unconditional and element-type requests)
+    condition: Condition | None = None
     guidance: torch.Tensor | None = None  # (1,)
 
     @property
@@ -83,11 +85,20 @@ def prepare_job(g: StructureGenerator, job: GenerationJob) -> GenerationJob:
     job.steps = resolve_steps(g, job.sampler, job.steps)
     if not 0.0 <= float(job.eta) <= 1.0:
         raise ValueError(f"eta must be between 0 and 1, got {job.eta}")
+    rows = job.num_samples if g.draws_composition(job.request) else 1
     try:
-        job.condition, job.guidance = g.condition([job.request])
+        job.condition, job.guidance = g.condition([job.request] * rows, seed=job.seed)
     except ValueError as exc:
-        raise ValueError(str(exc).removeprefix("request 0: ")) from None
+        raise ValueError(str(exc).split(": ", 1)[-1] if str(exc).startswith("request ") else str(exc)) from None
+    job.guidance = job.guidance[:1]
     return job
+
+
+def job_condition(job: GenerationJob) -> Condition:
+    """The (num_samples, ...) condition of a prepared job, one row per sample."""
+    if len(job.condition) == job.num_samples:
+        return job.condition
+    return job.condition[torch.zeros(job.num_samples, dtype=torch.long)]
 
 
 def plan_loops(jobs: Sequence[GenerationJob], max_rows: int) -> list[list[int]]:
@@ -131,8 +142,7 @@ def run_jobs(
     for members in plan_loops(jobs, max_rows):
         first = jobs[members[0]]
         counts = [jobs[i].num_samples for i in members]
-        one = torch.zeros(1, dtype=torch.long)
-        cond = Condition.cat([jobs[i].condition[one.expand(jobs[i].num_samples)] for i in members])
+        cond = Condition.cat([job_condition(jobs[i]) for i in members])
         w = torch.cat([jobs[i].guidance.expand(jobs[i].num_samples) for i in members])
         noise = RowGenerators.seeded([jobs[i].seed for i in members], counts, g.device)
         t0 = time.perf_counter()

@@ -5,8 +5,22 @@
     eps_x, eps_lattice = net(x_t, lattice_t, t, Condition.unconditional(B, (L, H, W), 1))
 """
 from .conditioning import Condition, PropertyScaler
-from .config import UNetConfig
-from .presets import PRESETS, get_preset
+from .composition import CompositionModel
+from .config import TransformerConfig, UNetConfig
+from .presets import ARCHS, PRESETS, TRANSFORMER_PRESETS, get_preset, get_transformer_preset
+from .transformer import CrystalTransformer, build_transformer
 from .unet import UniMatUNet, build_unet
 
-__all__ = ["PRESETS", "Condition", "PropertyScaler", "UNetConfig", "UniMatUNet", "build_unet", "get_preset"]
+
+def denoiser_from_kwargs(kwargs: dict):
+    """The denoiser described by ``init_kwargs()`` of a checkpoint (U-Net when no ``arch`` is stored)."""
+    if kwargs.get("arch", "unet") == "transformer":
+        return CrystalTransformer.from_kwargs(kwargs)
+    return UniMatUNet.from_kwargs(kwargs)
+
+
+__all__ = [
+    "ARCHS", "PRESETS", "TRANSFORMER_PRESETS", "CompositionModel", "Condition", "CrystalTransformer",
+    "PropertyScaler", "TransformerConfig", "UNetConfig", "UniMatUNet", "build_transformer", "build_unet",
+    "denoiser_from_kwargs", "get_preset", "get_transformer_preset",
+]

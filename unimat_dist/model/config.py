@@ -52,3 +52,44 @@ class UNetConfig:
         from unimat_dist.config import from_dict
 
         return from_dict(cls, dict(d), prefix="model")
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Size and shape knobs of the atom-token transformer denoiser (``model/transformer.py``)."""
+
+    dim: int = 128  # token width
+    depth: int = 4  # layers
+    heads: int = 8  # attention heads (dim must divide)
+    pair_dim: int = 64  # width of the pair features (relative phases, distances) shared by all layers
+    harmonics: int = 4  # Fourier harmonics of relative fractional positions (6 features each)
+    rbf: int = 0  # radial basis functions of Cartesian distances to periodic images; 0 = none
+    rbf_cutoff: float = 5.0  # Angstrom, centre of the last RBF
+    images: int = 4  # nearest periodic images per atom pair that the RBFs see
+    mlp_ratio: int = 4
+    composition_dim: int = 128  # width of the composition prior's GRU (model/composition.py); 0 = no prior
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.dim < 8 or self.dim % self.heads:
+            raise ValueError(f"dim must be >= 8 and a multiple of heads ({self.heads}), got {self.dim}")
+        for name in ("depth", "heads", "pair_dim", "harmonics", "images", "mlp_ratio"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.images > 27:
+            raise ValueError(f"images must be <= 27 (the cells around the nearest image), got {self.images}")
+        if self.rbf < 0 or self.rbf_cutoff <= 0.5:
+            raise ValueError(f"rbf must be >= 0 and rbf_cutoff > 0.5 Angstrom, got {self.rbf}, {self.rbf_cutoff}")
+        if self.composition_dim < 0:
+            raise ValueError(f"composition_dim must be >= 0, got {self.composition_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TransformerConfig":
+        from unimat_dist.config import from_dict
+
+        return from_dict(cls, dict(d), prefix="model")

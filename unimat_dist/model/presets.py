@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import UNetConfig
+from .config import TransformerConfig, UNetConfig
 
 PRESETS: dict[str, UNetConfig] = {
     "tiny": UNetConfig(dim=32, dim_mults=(1, 2), num_res_blocks=1, attn_levels=(1,), attn_heads=2, attn_head_dim=16),
@@ -24,6 +24,25 @@ PRESETS: dict[str, UNetConfig] = {
 }
 
 
+# The atom-token transformer (model/transformer.py), parameters at Perov-5 size incl. the composition prior:
+#   tiny ~0.3M (quickstart), small ~1.3M (released CPU models), base ~6M, large ~40M.
+TRANSFORMER_PRESETS: dict[str, TransformerConfig] = {
+    "tiny": TransformerConfig(dim=64, depth=3, heads=4, pair_dim=32, composition_dim=64),
+    "small": TransformerConfig(dim=128, depth=4, heads=8, pair_dim=64),
+    "base": TransformerConfig(dim=256, depth=6, heads=8, pair_dim=64),
+    "large": TransformerConfig(dim=512, depth=12, heads=16, pair_dim=128),
+}
+ARCHS = ("unet", "transformer")
+
+
+def get_transformer_preset(name: str, **overrides: Any) -> TransformerConfig:
+    try:
+        base = TRANSFORMER_PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown transformer preset {name!r}; known: {', '.join(TRANSFORMER_PRESETS)}") from None
+    return TransformerConfig.from_dict({**base.to_dict(), **overrides}) if overrides else base
+
+
 def get_preset(name: str, **overrides: Any) -> UNetConfig:
     """A preset, optionally with some fields replaced (``get_preset("small", dropout=0.1)``)."""
     try:
@@ -35,4 +54,4 @@ def get_preset(name: str, **overrides: Any) -> UNetConfig:
     return UNetConfig.from_dict({**base.to_dict(), **overrides})
 
 
-__all__ = ["PRESETS", "get_preset"]
+__all__ = ["ARCHS", "PRESETS", "TRANSFORMER_PRESETS", "get_preset", "get_transformer_preset"]

@@ -4,9 +4,11 @@ It is ``torch.save`` of a plain dict (loadable with ``torch.load(..., weights_on
 
     format            "unimat-dist/inference"
     format_version    1
-    model             UniMatUNet.init_kwargs(): {"unet": UNetConfig dict, "shape": [L, H, W],
-                      "lattice_dim": D, "num_properties": P}
-    diffusion         GaussianDiffusion.config(): {"timesteps", "schedule", "loss_weighting", "lattice_loss_weight"}
+    model             the denoiser's init_kwargs(): UniMatUNet {"unet": UNetConfig dict, "shape": [L, H, W],
+                      "lattice_dim": D, "num_properties": P}, or CrystalTransformer {"arch": "transformer",
+                      "transformer": TransformerConfig dict, shape, grid, lattice statistics, ...}
+    diffusion         GaussianDiffusion.config(): {"timesteps", "schedule", "loss_weighting", "lattice_loss_weight",
+                      "positions", "composition_loss_weight"} (version 1 files lack the last two: linear, 0.01)
     state_dict        denoiser weights (float32; the EMA weights unless ``weights`` says "model")
     weights           "ema" | "model"
     spec              UniMatSpec.to_dict()
@@ -28,7 +30,7 @@ from typing import Any
 import torch
 
 FORMAT = "unimat-dist/inference"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: transformer denoisers, circle positions (version 1 files still load)
 INFERENCE_FILE = "inference.pt"
 _REQUIRED = ("model", "diffusion", "state_dict", "spec", "normalizer", "properties")
 
@@ -49,7 +51,8 @@ def inference_payload(
 
     return {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        # a U-Net checkpoint stays readable by version-1 readers
+        "format_version": FORMAT_VERSION if denoiser.init_kwargs().get("arch") == "transformer" else 1,
         "model": denoiser.init_kwargs(),
         "diffusion": dict(diffusion_config),
         "state_dict": {k: v.detach().float().cpu().clone() for k, v in denoiser.state_dict().items()},
@@ -152,11 +155,11 @@ def load_inference_checkpoint(uri: str, map_location: str | torch.device = "cpu"
 def build_diffusion(payload: dict[str, Any], device: str | torch.device = "cpu"):
     """The ``GaussianDiffusion`` (with its denoiser's weights loaded) described by a checkpoint payload."""
     from unimat_dist.diffusion import GaussianDiffusion
-    from unimat_dist.model import UniMatUNet
+    from unimat_dist.model import denoiser_from_kwargs
     from unimat_dist.representation import UniMatSpec
 
     spec = UniMatSpec.from_dict(payload["spec"])
-    net = UniMatUNet.from_kwargs(payload["model"])
+    net = denoiser_from_kwargs(payload["model"])
     net.load_state_dict(payload["state_dict"])
     diffusion = GaussianDiffusion(net, spec.allowed_cells, **payload["diffusion"])
     return diffusion.to(device).eval()

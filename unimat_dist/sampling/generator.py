@@ -97,16 +97,52 @@ class StructureGenerator:
             return count_mask(composition, self.spec)
         return np.broadcast_to(element_mask(composition, self.spec), self.spec.shape[:3]).astype(np.float32)
 
-    def condition(self, requests: Sequence[SampleRequest]) -> tuple[Condition, torch.Tensor]:
-        """(Condition, guidance (B,)) for a list of per-sample requests."""
+    @property
+    def composition_prior(self):
+        """The model's prior over compositions (``CompositionModel``), or None (the U-Net)."""
+        return self.diffusion.composition
+
+    def draws_composition(self, request: SampleRequest) -> bool:
+        """Whether this model draws the counts of ``request`` from its composition prior: no composition, or
+        element types only, with a model that has a prior (composition first, docs/learning_core.md)."""
+        return self.composition_prior is not None and (request.composition is None or not request.exact_counts)
+
+    def _draw_counts(self, composition, n: int, generator: torch.Generator) -> np.ndarray:
+        """(n, L, H, W) exact-count compositions drawn from the prior: any (``composition`` None) or with
+        exactly the elements of ``composition``."""
+        prior = self.composition_prior
+        required = None
+        if composition is not None:
+            types = element_mask(composition, self.spec).reshape(-1).astype(bool)
+            unseen = types & ~prior.seen.cpu().numpy()
+            if unseen.any():
+                z = self.spec.z_at_cell.reshape(-1)[unseen]
+                raise ValueError(f"element(s) with Z={sorted(int(v) for v in z)} never appear in this model's "
+                                 "training data; give exact counts to place them anyway")
+            required = torch.as_tensor(types, device=prior.seen.device)[None].expand(n, -1)
+        counts = prior.sample(n, generator=generator, required=required).cpu().numpy()  # (n, H*W)
+        L, H, W = self.spec.shape[:3]
+        slots = np.arange(L)[None, :, None]
+        return (slots < counts.reshape(n, 1, H * W)).reshape(n, L, H, W).astype(np.float32)
+
+    def condition(self, requests: Sequence[SampleRequest], seed: int | None = 0) -> tuple[Condition, torch.Tensor]:
+        """(Condition, guidance (B,)) for a list of per-sample requests.
+
+        With a composition prior, requests without exact counts get counts drawn from it (one per row,
+        from a generator seeded with ``seed``) and become exact-count conditions."""
         if not requests:
             raise ValueError("no sample requests")
         comps, exact, values, masks, w = [], [], [], [], []
         cache: dict[tuple, np.ndarray] = {}
+        drawn: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
             key = (repr(r.composition), bool(r.exact_counts))
             try:
-                if key not in cache:
+                if self.draws_composition(r):
+                    drawn.setdefault(key, []).append(i)
+                    if key not in cache:  # validate the elements now; counts are drawn below
+                        cache[key] = self.composition_array(r.composition, r.exact_counts)
+                elif key not in cache:
                     cache[key] = self.composition_array(r.composition, r.exact_counts)
                 v, m = self.scaler.transform(dict(r.properties or {}), 1)
             except ValueError as exc:
@@ -118,6 +154,16 @@ class StructureGenerator:
             values.append(v[0])
             masks.append(m[0])
             w.append(float(r.guidance))
+        if drawn:
+            gen = torch.Generator(device=self.composition_prior.seen.device)
+            gen.manual_seed(int(seed) if seed is not None else torch.seed())
+            for key, rows in drawn.items():
+                try:
+                    counts = self._draw_counts(requests[rows[0]].composition, len(rows), gen)
+                except ValueError as exc:
+                    raise ValueError(f"request {rows[0]}: {exc}") from None
+                for j, i in enumerate(rows):
+                    comps[i], exact[i] = counts[j], True
         p = len(self.scaler.names)
         cond = Condition(
             torch.from_numpy(np.stack(comps)),
@@ -178,7 +224,7 @@ class StructureGenerator:
         """Structures for a list of (possibly different) requests, ``batch_size`` per denoising loop."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        cond, w = self.condition(requests)
+        cond, w = self.condition(requests, seed=seed)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(seed if seed is not None else torch.seed())
         structures: list = []

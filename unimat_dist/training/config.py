@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from unimat_dist.config import ConfigError, load_config
 from unimat_dist.distributed.config import DistributedConfig
-from unimat_dist.model.config import UNetConfig
-from unimat_dist.model.presets import PRESETS
+from unimat_dist.model.config import TransformerConfig, UNetConfig
+from unimat_dist.model.presets import ARCHS, PRESETS, TRANSFORMER_PRESETS
 
 Split = Literal["train", "val", "test"]
 
@@ -71,13 +71,28 @@ class ConditioningConfig:
 
 @dataclass
 class ModelConfig:
-    preset: str = "tiny"  # tiny | small | base | large (unimat_dist/model/presets.py)
-    overrides: dict[str, Any] = field(default_factory=dict)  # UNetConfig fields replacing the preset's, e.g. {dropout: 0.1}
+    # unet: the paper's 3D U-Net over the whole tensor; transformer: atoms as tokens with periodic pair
+    # features and a composition prior (docs/learning_core.md says why the released models use it).
+    arch: Literal["unet", "transformer"] = "unet"
+    preset: str = "tiny"  # tiny | small | base | large (unimat_dist/model/presets.py, one table per arch)
+    overrides: dict[str, Any] = field(default_factory=dict)  # config fields replacing the preset's, e.g. {dropout: 0.1}
 
     def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown model preset {self.preset!r}; known: {', '.join(PRESETS)}")
-        self.unet()  # validate the overrides now, not after the data is loaded
+        if self.arch not in ARCHS:
+            raise ValueError(f"model.arch must be one of {ARCHS}, got {self.arch!r}")
+        table = PRESETS if self.arch == "unet" else TRANSFORMER_PRESETS
+        if self.preset not in table:
+            raise ValueError(f"unknown {self.arch} preset {self.preset!r}; known: {', '.join(table)}")
+        self.unet() if self.arch == "unet" else self.transformer()  # validate the overrides now
+
+    def transformer(self) -> TransformerConfig:
+        from unimat_dist.config import from_dict
+
+        try:
+            return from_dict(TransformerConfig, {**TRANSFORMER_PRESETS[self.preset].to_dict(), **self.overrides},
+                             "model.overrides")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
     def unet(self) -> UNetConfig:
         from unimat_dist.config import from_dict
@@ -97,6 +112,10 @@ class DiffusionConfig:
     # hundreds of mostly-null slots). At 1.0 the lattice dominates the shared network's gradient and the
     # atoms learn several times slower (docs/learning_core.md, "loss weights"); 0.1 measured best.
     lattice_loss_weight: float = 0.1
+    # linear: noise on the model-space coordinates (the paper); circle: on (cos, sin) of each fractional
+    # coordinate, periodic and origin-free (needs model.arch: transformer); see diffusion/positions.py.
+    positions: Literal["linear", "circle"] = "linear"
+    composition_loss_weight: float = 0.01  # weight of the composition prior's NLL (nats per crystal), if any
 
 
 @dataclass
@@ -127,6 +146,12 @@ class LoopConfig:
     keep_checkpoints: int = 3  # newest training checkpoints kept (older ones deleted)
     resume: str = "auto"  # auto (latest checkpoint of this run if any) | never | path of a checkpoint
     progress: bool = True  # tqdm progress bar (rank 0)
+    # sample quality while training (training/quality.py): every N steps, unconditional DDIM samples of the EMA
+    # model scored against a validation subset (validity, coverage, atom-count/density EMD, shortest distance)
+    quality_every: int = 0  # steps between checks; 0 = never
+    quality_samples: int = 64  # crystals sampled per check
+    quality_steps: int = 50  # DDIM steps of those samples
+    quality_reference: int = 200  # validation crystals they are compared with (fingerprinted once)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.global_batch_size < 1:

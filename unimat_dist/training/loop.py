@@ -44,12 +44,14 @@ log = logging.getLogger(__name__)
 class TrainState:
     step: int = 0  # optimizer steps done
     samples_seen: int = 0  # over all ranks
+    seconds: float = 0.0  # wall-clock seconds of training so far, across resumes (learning curves vs time)
 
-    def state_dict(self) -> dict[str, int]:
-        return {"step": self.step, "samples_seen": self.samples_seen}
+    def state_dict(self) -> dict[str, float]:
+        return {"step": self.step, "samples_seen": self.samples_seen, "seconds": self.seconds}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, float]) -> None:
         self.step, self.samples_seen = int(state["step"]), int(state["samples_seen"])
+        self.seconds = float(state.get("seconds", 0.0))
 
 
 @dataclass
@@ -92,6 +94,7 @@ class Trainer:
         self.state = TrainState()
         self.history: list[dict[str, float]] = []
         self._iter: Iterator[dict[str, Any]] | None = None
+        self._monitor = None
 
     @property
     def is_main(self) -> bool:
@@ -174,6 +177,21 @@ class Trainer:
             out[name] = total / max(n, 1)
         return out
 
+    def check_quality(self) -> dict[str, Any]:
+        """Sample-quality metrics of the EMA model (``quality.py``); rank 0 only, {} elsewhere or when off."""
+        if not self.is_main or not self.cfg.train.quality_every:
+            return {}
+        if self._monitor is None:
+            from .quality import build_monitor
+
+            self._monitor = build_monitor(self.cfg, self.val_data, self.spec, self.normalizer, self.scaler)
+            if self._monitor is None:
+                return {}
+        q = self._monitor.evaluate(self.ema.module)
+        log.info("step %d quality: %s", self.state.step,
+                 ", ".join(f"{k.split('/')[1]} {v:.3g}" for k, v in q.items()))
+        return q
+
     # ------------------------------------------------------------------ checkpoints
     def inference_payload(self) -> dict[str, Any]:
         diffusion = self.ema.module
@@ -226,9 +244,13 @@ class Trainer:
         window_n, t_window = 0, time.perf_counter()
         last_ckpt_step, last_ckpt = -1, None
         val: dict[str, float] = {}
+        t_last = time.perf_counter()
         try:
             while self.state.step < c.steps:
                 m = self.train_step()
+                now = time.perf_counter()
+                self.state.seconds += now - t_last
+                t_last = now
                 for k, v in m.items():
                     window[k] = window.get(k, 0.0) + (float(v) if not torch.is_tensor(v) else v.detach())
                 window_n += 1
@@ -238,7 +260,8 @@ class Trainer:
                 if step % c.log_every == 0 or step == c.steps:
                     elapsed = time.perf_counter() - t_window
                     rec = {k: float(v) / window_n for k, v in window.items()}
-                    rec.update(step=step, samples_per_s=window_n * c.global_batch_size / max(elapsed, 1e-9))
+                    rec.update(step=step, samples_per_s=window_n * c.global_batch_size / max(elapsed, 1e-9),
+                               train_seconds=round(self.state.seconds, 2))
                     if not math.isfinite(rec["loss"]):
                         raise FloatingPointError(f"training loss is {rec['loss']} at step {step}")
                     self.history.append(rec)
@@ -249,11 +272,20 @@ class Trainer:
                 if c.val_every and step % c.val_every == 0 and step < c.steps:
                     val = self.validate()
                     self._log({"step": step, **val})
+                if c.quality_every and step % c.quality_every == 0 and step < c.steps:
+                    q = self.check_quality()
+                    if q:
+                        self._log({"step": step, "train_seconds": round(self.state.seconds, 2), **q})
+                    t_window += time.perf_counter() - t_last  # the check is neither training time
+                    t_last = time.perf_counter()  # nor throughput
                 if c.ckpt_every and step % c.ckpt_every == 0 and step < c.steps:
                     last_ckpt, last_ckpt_step = self.save_checkpoint(), step
             val = self.validate()
             if val:
                 self._log({"step": self.state.step, **val})
+            q = self.check_quality() if c.quality_every else {}
+            if q:
+                self._log({"step": self.state.step, "train_seconds": round(self.state.seconds, 2), **q})
             if last_ckpt_step != self.state.step:
                 last_ckpt = self.save_checkpoint()
         finally:

@@ -1,5 +1,6 @@
 """Loss-curve plot of a run's metrics.jsonl: training loss per logging window and validation losses
-(log scale), and the training throughput when the run logged it. The local and the distributed trainer
+(log scale), the sample quality checks beside it when the run made them (``quality.py``: validity,
+coverage, shortest distance), and the training throughput when the run logged it. The local and the distributed trainer
 write the same figure (the distributed run's curve continues across restarts)."""
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ def plot_metrics(metrics_path: str | Path, out_path: str | Path, title: str | No
     metrics_path, out_path = Path(metrics_path), Path(out_path)
     if not metrics_path.exists():
         return None
-    train, val, val_ema, speed = [], [], [], []
+    train, val, val_ema, speed, quality = [], [], [], [], []
     for line in metrics_path.read_text().splitlines():
         if not line.strip():
             continue
@@ -25,6 +26,8 @@ def plot_metrics(metrics_path: str | Path, out_path: str | Path, title: str | No
             val.append((rec["step"], rec["val/loss"]))
         if "val/loss_ema" in rec:
             val_ema.append((rec["step"], rec["val/loss_ema"]))
+        if "quality/struct_valid" in rec:
+            quality.append(rec)
     if not train and not val:
         return None
     import matplotlib
@@ -32,7 +35,8 @@ def plot_metrics(metrics_path: str | Path, out_path: str | Path, title: str | No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2 if speed else 1, figsize=(11 if speed else 7, 4.5), squeeze=False)
+    panels = 1 + bool(quality) + bool(speed)
+    fig, axes = plt.subplots(1, panels, figsize=(4.5 + 4.5 * panels, 4.5), squeeze=False)
     ax = axes[0][0]
     for series, label, style in ((train, "train", "-"), (val, "val", "o-"), (val_ema, "val (EMA)", "s--")):
         if series:
@@ -43,12 +47,34 @@ def plot_metrics(metrics_path: str | Path, out_path: str | Path, title: str | No
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
+    if quality:
+        qa = axes[0][1]
+        steps = [r["step"] for r in quality]
+        for key, label in (("quality/cov_recall", "COV-R"), ("quality/cov_precision", "COV-P"),
+                           ("quality/struct_valid", "struct. valid"), ("quality/comp_valid", "comp. valid")):
+            if any(key in r for r in quality):
+                qa.plot(steps, [100 * r.get(key, float("nan")) for r in quality], "o-", markersize=3, label=label)
+        qa.set_xlabel("optimizer step")
+        qa.set_ylabel("% of samples (vs. validation subset)")
+        qa.set_ylim(-2, 102)
+        qa.grid(True, alpha=0.3)
+        qd = qa.twinx()
+        qd.plot(steps, [r.get("quality/min_dist", float("nan")) for r in quality], "k:", label="shortest dist.")
+        ref = [r.get("quality/min_dist_ref") for r in quality if r.get("quality/min_dist_ref") is not None]
+        if ref:
+            qd.axhline(ref[-1], color="k", alpha=0.3, lw=1)
+        qd.set_ylabel("median shortest distance (A); line: data")
+        lines = qa.get_legend_handles_labels()
+        extra = qd.get_legend_handles_labels()
+        qa.legend(lines[0] + extra[0], lines[1] + extra[1], fontsize=8, loc="lower right")
+        qa.set_title("sample quality", fontsize=10)
     if speed:
+        sa = axes[0][panels - 1]
         xs, ys = zip(*speed)
-        axes[0][1].plot(xs, ys, "-", color="tab:green")
-        axes[0][1].set_xlabel("optimizer step")
-        axes[0][1].set_ylabel("crystals / s (all workers)")
-        axes[0][1].grid(True, alpha=0.3)
+        sa.plot(xs, ys, "-", color="tab:green")
+        sa.set_xlabel("optimizer step")
+        sa.set_ylabel("crystals / s (all workers)")
+        sa.grid(True, alpha=0.3)
     fig.suptitle(title or metrics_path.parent.name)
     fig.tight_layout()
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from unimat_dist.diffusion import GaussianDiffusion
-from unimat_dist.model import PropertyScaler, build_unet
+from unimat_dist.model import PropertyScaler, build_transformer, build_unet
 from unimat_dist.representation import Normalizer, UniMatSpec
 
 from .batches import Batcher
@@ -66,10 +66,18 @@ def load_data(cfg: TrainConfig, spec: UniMatSpec) -> tuple[EncodedSet, EncodedSe
     return train, val, [note_t, note_v]
 
 
-def build_diffusion(cfg: TrainConfig, spec: UniMatSpec, num_properties: int) -> GaussianDiffusion:
-    net = build_unet(cfg.model.unet(), spec, num_properties)
+def build_diffusion(cfg: TrainConfig, spec: UniMatSpec, num_properties: int, normalizer: Normalizer) -> GaussianDiffusion:
+    if cfg.model.arch == "transformer":
+        net = build_transformer(cfg.model.transformer(), spec, normalizer, num_properties)
+    else:
+        net = build_unet(cfg.model.unet(), spec, num_properties)
     dc = cfg.diffusion
-    return GaussianDiffusion(net, spec.allowed_cells, dc.timesteps, dc.schedule, dc.loss_weighting, dc.lattice_loss_weight)
+    if dc.positions == "circle" and (cfg.model.arch != "transformer" or spec.coords != "fractional"):
+        raise ValueError("diffusion.positions: circle needs model.arch: transformer and fractional coordinates")
+    if cfg.model.arch == "transformer" and dc.positions != "circle":
+        raise ValueError("model.arch: transformer needs diffusion.positions: circle (its inputs are circle embeddings)")
+    return GaussianDiffusion(net, spec.allowed_cells, dc.timesteps, dc.schedule, dc.loss_weighting,
+                             dc.lattice_loss_weight, dc.positions, dc.composition_loss_weight)
 
 
 def manifest_spec(data: DataConfig, manifest) -> UniMatSpec:
@@ -119,7 +127,7 @@ def prepare_run(cfg: TrainConfig, *, device: torch.device | str = "cpu", rank: i
         normalizer = Normalizer.fit(train.lattice.astype(np.float64), spec, train.positions)
         scaler = PropertyScaler.fit(cfg.data.properties, train.properties)
     torch.manual_seed(cfg.seed)
-    diffusion = build_diffusion(cfg, spec, len(scaler.names)).to(device)
+    diffusion = build_diffusion(cfg, spec, len(scaler.names), normalizer).to(device)
     torch.manual_seed(cfg.seed + 1 + rank)
     np.random.seed((cfg.seed + 1 + rank) % 2**32)
     batcher = Batcher(spec, normalizer, scaler, cfg.augment, cfg.conditioning, seed=cfg.seed * 7919 + rank)
