@@ -67,6 +67,7 @@ class TransformerConfig:
     rbf_cutoff: float = 5.0  # Angstrom, centre of the last RBF
     images: int = 4  # nearest periodic images per atom pair that the RBFs see
     mlp_ratio: int = 4
+    edge_dim: int = 0  # width of per-layer pair messages silu(A h_i + B h_j + C pair_ij) (0 = attention only)
     composition_dim: int = 128  # width of the composition prior's GRU (model/composition.py); 0 = no prior
     dropout: float = 0.0
 
@@ -80,6 +81,8 @@ class TransformerConfig:
             raise ValueError(f"images must be <= 27 (the cells around the nearest image), got {self.images}")
         if self.rbf < 0 or self.rbf_cutoff <= 0.5:
             raise ValueError(f"rbf must be >= 0 and rbf_cutoff > 0.5 Angstrom, got {self.rbf}, {self.rbf_cutoff}")
+        if self.edge_dim < 0:
+            raise ValueError(f"edge_dim must be >= 0, got {self.edge_dim}")
         if self.composition_dim < 0:
             raise ValueError(f"composition_dim must be >= 0, got {self.composition_dim}")
         if not 0.0 <= self.dropout < 1.0:

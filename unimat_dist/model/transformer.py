@@ -47,9 +47,17 @@ N_ROWS, N_GROUPS = 9, 18
 
 
 class _Layer(nn.Module):
-    def __init__(self, dim: int, heads: int, pair_dim: int, mlp_ratio: int, dropout: float) -> None:
+    def __init__(self, dim: int, heads: int, pair_dim: int, mlp_ratio: int, dropout: float, edge_dim: int = 0) -> None:
         super().__init__()
         self.heads = heads
+        self.edge_dim = edge_dim
+        if edge_dim:  # DiffCSP/EGNN-style messages: a nonlinear function of both atoms and their pair features
+            self.edge_i = nn.Linear(dim, edge_dim)
+            self.edge_j = nn.Linear(dim, edge_dim, bias=False)
+            self.edge_p = nn.Linear(pair_dim, edge_dim, bias=False)
+            self.edge_out = nn.Linear(edge_dim, dim)
+            nn.init.zeros_(self.edge_out.weight)
+            nn.init.zeros_(self.edge_out.bias)
         self.ln1 = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.pair_bias = nn.Linear(pair_dim, heads)
@@ -72,6 +80,11 @@ class _Layer(nn.Module):
         out = torch.einsum("bhij,bjhd->bihd", att, v).reshape(b, a, -1)
         pv = torch.einsum("bhij,bijp->bihp", att, pair.to(att.dtype)).reshape(b, a, -1)
         h = h + self.proj(out + self.pair_value(pv))
+        if self.edge_dim:
+            x = self.ln1(h)
+            m = F.silu(self.edge_i(x)[:, :, None] + self.edge_j(x)[:, None] + self.edge_p(pair))  # (B, A, A, E)
+            keys = key_ok.to(m.dtype)[:, None, :, None]
+            h = h + self.edge_out((m * keys).sum(2) / keys.sum(2).clamp(min=1))
         scale, shift = self.modulation(emb).chunk(2, -1)
         return h + self.mlp(self.ln2(h) * (1 + scale[:, None]) + shift[:, None])
 
@@ -122,7 +135,7 @@ class CrystalTransformer(nn.Module):
         self.property_emb = PropertyEmbedding(num_properties, d)
         n_pair = 6 * cfg.harmonics + cfg.rbf
         self.pair_mlp = nn.Sequential(nn.Linear(n_pair, p), nn.SiLU(), nn.Linear(p, p), nn.SiLU())
-        self.layers = nn.ModuleList(_Layer(d, cfg.heads, p, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.depth))
+        self.layers = nn.ModuleList(_Layer(d, cfg.heads, p, cfg.mlp_ratio, cfg.dropout, cfg.edge_dim) for _ in range(cfg.depth))
         self.ln_out = nn.LayerNorm(d)
         self.lattice_head = nn.Sequential(nn.Linear(2 * d, d), nn.SiLU(), nn.Linear(d, lattice_dim))
         self.position_head = nn.Linear(d, 6)
