@@ -14,6 +14,8 @@ BENCHES = {
     "distributed": "bench_distributed.py",
     "serve": "bench_serve.py",
     "eval": "eval_baselines.py",
+    "sampling": "bench_sampling_quality.py",
+    "scaling": "bench_scaling.py",
 }
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from unimat_dist.model import Condition
 from unimat_dist.model.attention import attend
 from unimat_dist.sampling import SampleRequest, load_generator
 
-CKPT = str(Path(__file__).resolve().parents[1] / "checkpoints" / "perov5_tiny_cpu.pt")
+CKPT = str(Path(__file__).resolve().parents[1] / "checkpoints" / "perov5_transformer_cpu.pt")
 COMPOSITIONS = ["SrTiO3", "BaTiO3", "CaZrO3", "LaAlO3", "KNbO3", "NaTaO3", "PbTiO3", "BiFeO3"]
 
 
@@ -51,7 +51,7 @@ def test_bf16_noise_prediction_is_close_to_fp32(generators):
     spec = fp32.spec
     g = torch.Generator().manual_seed(0)
     b = 16
-    x = torch.randn((b, spec.L, spec.H, spec.W, 3), generator=g)
+    x = torch.randn((b, spec.L, spec.H, spec.W, fp32.diffusion.space.channels), generator=g)
     y = torch.randn((b, spec.lattice_dim), generator=g)
     t = torch.randint(0, fp32.diffusion.timesteps, (b,), generator=g)
     cond, _ = fp32.condition([SampleRequest(COMPOSITIONS[i % 8]) for i in range(b)])

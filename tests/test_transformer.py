@@ -21,9 +21,9 @@ from unimat_dist.training.setup import resolve_spec
 torch.set_num_threads(1)
 
 
-def _net(spec: UniMatSpec, seed: int = 0, rbf: int = 0) -> CrystalTransformer:
+def _net(spec: UniMatSpec, seed: int = 0, rbf: int = 0, edge_dim: int = 0) -> CrystalTransformer:
     torch.manual_seed(seed)
-    cfg = TransformerConfig(dim=32, depth=2, heads=4, pair_dim=16, rbf=rbf, composition_dim=16)
+    cfg = TransformerConfig(dim=32, depth=2, heads=4, pair_dim=16, rbf=rbf, edge_dim=edge_dim, composition_dim=16)
     net = CrystalTransformer(cfg, (spec.L, spec.H, spec.W), 6, 0, grid_rows=list(spec.rows), grid_cols=list(spec.cols),
                              allowed_cells=spec.allowed_cells, lattice_mean=[1.5] * 3 + [90.0] * 3,
                              lattice_std=[0.2] * 3 + [10.0] * 3, z_at_cell=spec.z_at_cell)
@@ -66,12 +66,12 @@ def test_circle_space_round_trip_and_constraints():
     assert torch.all(c <= 1 + 1e-5)
 
 
-@pytest.mark.parametrize("rbf", [0, 8])
-def test_translation_and_permutation_equivariance(rbf):
+@pytest.mark.parametrize("rbf,edge_dim", [(0, 0), (8, 16)])
+def test_translation_and_permutation_equivariance(rbf, edge_dim):
     """A change of origin turns every atom's predicted noise with its circle embedding, and permuting the
     slots of a cell permutes the prediction: exactly, not learned."""
     spec = UniMatSpec(3)
-    net = _net(spec, rbf=rbf)
+    net = _net(spec, rbf=rbf, edge_dim=edge_dim)
     rng = np.random.default_rng(1)
     sr, ti, o = (tuple(spec.cell_of_z[z]) for z in (38, 22, 8))
     frac, mask, cond = _crystal(spec, rng, {sr: 1, ti: 1, o: 3})

@@ -152,11 +152,64 @@ def sample_statistics(generator, data, spec, num: int, steps: int, seed: int = 0
     }
 
 
+def measure(g, cfg, label: str, steps: int, train_seconds: float, final_loss: float | None, samples: int,
+            sample_steps: int, eval_rows: int) -> dict[str, Any]:
+    """Every ladder measurement of one trained generator ``g`` on the data of training config ``cfg``."""
+    from unimat_dist.sampling import StructureGenerator
+    from unimat_dist.training.setup import prepare_run
+
+    setup = prepare_run(cfg)
+    # the model's own transforms, not refitted ones (a released checkpoint measured on its data)
+    setup.batcher.normalizer = g.normalizer
+    n_train = len(setup.train_data)
+    train_rows = np.arange(min(eval_rows, n_train))
+    held = setup.val_data
+    held_rows = np.arange(min(eval_rows, len(held))) if held is not None else None
+    return {
+        "size": label, "train_crystals": n_train, "steps": steps, "train_seconds": train_seconds,
+        "final_loss": final_loss,
+        "train": denoiser_errors(g.diffusion, g.normalizer, setup.batcher, setup.train_data, train_rows),
+        "held_out": (denoiser_errors(g.diffusion, g.normalizer, setup.batcher, held, held_rows)
+                     if held_rows is not None else None),
+        **null_slot_shares(g.diffusion, setup.batcher, setup.train_data, train_rows),
+        "samples": sample_statistics(StructureGenerator(g.diffusion, g.spec, g.normalizer, g.scaler),
+                                     setup.train_data, g.spec, samples, sample_steps),
+    }
+
+
+def measure_checkpoint(checkpoint: str, out: Path, samples: int = 64, sample_steps: int = 50,
+                       eval_rows: int = 64, overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The ladder's measurements of an already trained model (e.g. a released checkpoint), on the data
+    of the config stored in it (``overrides`` adjust it, e.g. the validation split)."""
+    from unimat_dist.config import from_dict
+    from unimat_dist.sampling import load_generator
+    from unimat_dist.training.config import TrainConfig, load_train_config
+
+    g = load_generator(checkpoint, device="cpu")
+    stored = from_dict(TrainConfig, dict(g.meta.get("train_config") or {}))
+    import tempfile
+
+    import yaml
+
+    from unimat_dist.config import to_dict
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
+        yaml.safe_dump(to_dict(stored), fh)
+    cfg = load_train_config(fh.name, list(overrides))
+    Path(fh.name).unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    rung = measure(g, cfg, Path(checkpoint).name, int(g.meta.get("step") or 0), float("nan"), None, samples,
+                   sample_steps, eval_rows)
+    (out / "ladder.json").write_text(json.dumps([rung], indent=1))
+    log.info("%s: %s", checkpoint, _summary_line(rung))
+    write_report([rung], out)
+    return [rung]
+
+
 def run_ladder(config: str | None, overrides: list[str], sizes: Sequence[str], steps: int, out: Path,
                samples: int = 64, sample_steps: int = 50, eval_rows: int = 64) -> list[dict[str, Any]]:
-    from unimat_dist.sampling import StructureGenerator, load_generator
+    from unimat_dist.sampling import load_generator
     from unimat_dist.training import load_train_config, run_training
-    from unimat_dist.training.setup import prepare_run
 
     out.mkdir(parents=True, exist_ok=True)
     rungs = []
@@ -170,21 +223,7 @@ def run_ladder(config: str | None, overrides: list[str], sizes: Sequence[str], s
         result = run_training(cfg)
         train_s = time.perf_counter() - t0
         g = load_generator(result.inference_checkpoint, device="cpu")
-        setup = prepare_run(cfg)
-        n_train = len(setup.train_data)
-        train_rows = np.arange(min(eval_rows, n_train))
-        held = setup.val_data
-        held_rows = np.arange(min(eval_rows, len(held))) if held is not None else None
-        rung = {
-            "size": label, "train_crystals": n_train, "steps": result.steps, "train_seconds": train_s,
-            "final_loss": result.last_loss,
-            "train": denoiser_errors(g.diffusion, g.normalizer, setup.batcher, setup.train_data, train_rows),
-            "held_out": (denoiser_errors(g.diffusion, g.normalizer, setup.batcher, held, held_rows)
-                         if held_rows is not None else None),
-            **null_slot_shares(g.diffusion, setup.batcher, setup.train_data, train_rows),
-            "samples": sample_statistics(StructureGenerator(g.diffusion, g.spec, g.normalizer, g.scaler),
-                                         setup.train_data, g.spec, samples, sample_steps),
-        }
+        rung = measure(g, cfg, label, result.steps, train_s, result.last_loss, samples, sample_steps, eval_rows)
         rungs.append(rung)
         (out / "ladder.json").write_text(json.dumps(rungs, indent=1))
         log.info("rung %s: %s", label, _summary_line(rung))
@@ -249,4 +288,5 @@ def write_report(rungs: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
-__all__ = ["denoiser_errors", "null_slot_shares", "run_ladder", "sample_statistics", "write_report"]
+__all__ = ["denoiser_errors", "measure", "measure_checkpoint", "null_slot_shares", "run_ladder", "sample_statistics",
+           "write_report"]

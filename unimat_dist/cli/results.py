@@ -5,6 +5,8 @@
         --num 10000 --energy-samples 500 --out results/perov5_small
     # the markdown table beside the published numbers, and the model-size ablation plot
     unimat results table results/*/result.json --out results/table.md --ablation results/ablation.png
+    # COV and position error of a run against its training hours (from its quality checks)
+    unimat results curve --run out/results/perov5_transformer_cpu --out results/cpu/perov5_transformer_cpu/curve.png
 """
 from __future__ import annotations
 
@@ -32,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--conditional", type=int, default=0,
                    help="test compositions for the conditional protocol against the AIRSS-like baseline (0: skip)")
     e.add_argument("--per-composition", type=int, default=10, help="conditioned samples / AIRSS structures each")
+    e.add_argument("--csp", action="store_true",
+                   help="also the CSP protocol: one exact-count sample per test crystal, match rate and RMSE")
+    e.add_argument("--limit-csp", type=int, default=None, help="CSP on the first N test crystals only")
     e.add_argument("--limit-reference", type=int, help="first N test crystals only (quick looks)")
     e.add_argument("--limit-train", type=int, help="first N training crystals for novelty (quick looks)")
     e.set_defaults(func=run_evaluate)
@@ -40,6 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--out", required=True, help="markdown file")
     t.add_argument("--ablation", help="PNG: validity and COV against parameter count (needs >= 2 model sizes)")
     t.set_defaults(func=run_table)
+    c = what.add_parser("curve", help="learning curve of a run: sample quality and position error vs training hours")
+    c.add_argument("--run", required=True, help="run directory (with metrics.jsonl)")
+    c.add_argument("--out", required=True, help="PNG")
+    c.add_argument("--title", default=None)
+    c.set_defaults(func=run_curve)
 
 
 def run_evaluate(args) -> int:
@@ -53,11 +63,23 @@ def run_evaluate(args) -> int:
         steps=args.steps, batch_size=args.batch_size, seed=args.seed, workers=args.workers,
         energy_samples=args.energy_samples, relax_steps=args.relax_steps, property_emd=args.property_emd,
         limit_reference=args.limit_reference, limit_train=args.limit_train, label=args.label,
-        conditional=args.conditional, per_composition=args.per_composition,
+        conditional=args.conditional, per_composition=args.per_composition, csp=args.csp, limit_csp=args.limit_csp,
     ))
     keys = ("struct_validity", "comp_validity", "cov_recall", "cov_precision", "emd_density", "emd_num_elements",
             "unique_fraction", "novelty")
     print(json.dumps({k: r["proxy"].get(k) for k in keys} | {"samples_per_s": r["sampling"]["samples_per_s"]}, indent=2))
+    return 0
+
+
+def run_curve(args) -> int:
+    from pathlib import Path
+
+    from unimat_dist.training.plots import plot_learning_curve
+
+    path = plot_learning_curve(Path(args.run) / "metrics.jsonl", Path(args.out), args.title)
+    if path is None:
+        raise ValueError(f"{args.run}/metrics.jsonl has no quality checks (train.quality_every) to plot")
+    print(f"wrote {path}")
     return 0
 
 

@@ -2,7 +2,8 @@
 
 1. statistics of the bundled data sets in UniMat terms (plots);
 2. ingest Perov-5 into WebDataset shards with Ray Data (file://);
-3. train the ``tiny`` U-Net with Ray Train + DeepSpeed ZeRO-2 on 2 local workers, streaming the shards;
+3. train the released recipe (atom-token transformer ``small`` with a composition prior) with Ray Train +
+   DeepSpeed ZeRO-2 on 2 local workers, streaming the shards;
 4. sample through the Ray Serve app over HTTP on 127.0.0.1 (unconditional and composition-conditioned);
 5. generate a candidate set with the Ray Data batch job (unconditional + 100 composition-conditioned);
 6. evaluate: CDVAE proxy metrics against the Perov-5 test split, next to random (AIRSS-like) structures
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @dataclass
 class QuickstartOptions:
     out: Path = Path("out/quickstart")
-    train_steps: int = 900  # optimizer steps of the tiny model (global batch 32)
+    train_steps: int = 900  # optimizer steps (global batch 32)
     workers: int = 2  # Ray Train workers
     unconditional: int = 200  # crystals generated without conditioning (proxy metrics)
     compositions: int = 20  # Perov-5 test compositions for conditioned generation
@@ -112,7 +113,7 @@ def stage_train(o: QuickstartOptions, r: Report, manifest: str) -> Path:
     summary = json.loads((run / "summary.json").read_text())
     r.metrics["train"] = summary
     r.add("## 3. Training (Ray Train + DeepSpeed ZeRO-2, 2 CPU workers)", "",
-          f"`tiny` U-Net ({_params(run)} parameters), {res.steps} steps at global batch {cfg.train.global_batch_size}, "
+          f"`{cfg.model.preset}` {cfg.model.arch} ({_params(run)} parameters), {res.steps} steps at global batch {cfg.train.global_batch_size}, "
           f"trained on the Perov-5 *val* split (the official train split is not bundled; departure from the "
           f"protocol), validated on the test split: loss {res.first_loss:.3f} -> {res.last_loss:.3f}, "
           f"validation loss of the EMA weights {_fmt(res.val_loss)}.", "",

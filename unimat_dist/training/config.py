@@ -82,7 +82,7 @@ class ModelConfig:
             raise ValueError(f"model.arch must be one of {ARCHS}, got {self.arch!r}")
         table = PRESETS if self.arch == "unet" else TRANSFORMER_PRESETS
         if self.preset not in table:
-            raise ValueError(f"unknown {self.arch} preset {self.preset!r}; known: {', '.join(table)}")
+            raise ValueError(f"unknown model preset {self.preset!r} for arch {self.arch}; known: {', '.join(table)}")
         self.unet() if self.arch == "unet" else self.transformer()  # validate the overrides now
 
     def transformer(self) -> TransformerConfig:

@@ -81,3 +81,51 @@ def plot_metrics(metrics_path: str | Path, out_path: str | Path, title: str | No
     fig.savefig(out_path, dpi=120)
     plt.close(fig)
     return out_path
+
+
+def plot_learning_curve(metrics_path: str | Path, out_path: str | Path, title: str | None = None) -> Path | None:
+    """COV-R/COV-P/validity of the quality checks and the position epsilon-MSE (training windows, validation)
+    against training hours (``train_seconds``: wall-clock time of the training steps); None without checks."""
+    metrics_path, out_path = Path(metrics_path), Path(out_path)
+    if not metrics_path.exists():
+        return None
+    quality, pos = [], []
+    for line in metrics_path.read_text().splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        if "quality/cov_recall" in rec and rec.get("train_seconds") is not None:
+            quality.append(rec)
+        if "loss_positions" in rec and rec.get("train_seconds") is not None:
+            pos.append((rec["train_seconds"] / 3600, rec["loss_positions"]))
+    if not quality:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
+    hours = [r["train_seconds"] / 3600 for r in quality]
+    for key, label in (("quality/cov_recall", "COV-R"), ("quality/cov_precision", "COV-P"),
+                       ("quality/struct_valid", "struct. valid")):
+        ax[0].plot(hours, [100 * r[key] for r in quality], "o-", markersize=3, label=label)
+    ax[0].set_xlabel("training hours (wall clock)")
+    ax[0].set_ylabel("% (samples of the EMA model vs a validation subset)")
+    ax[0].set_ylim(-2, 102)
+    ax[0].grid(True, alpha=0.3)
+    ax[0].legend(fontsize=8)
+    if pos:
+        xs, ys = zip(*pos)
+        ax[1].plot(xs, ys, "-", lw=1, label="train windows")
+    ax[1].set_yscale("log")
+    ax[1].set_xlabel("training hours (wall clock)")
+    ax[1].set_ylabel("position epsilon-MSE on atoms (1 = noise only)")
+    ax[1].grid(True, which="both", alpha=0.3)
+    ax[1].legend(fontsize=8)
+    fig.suptitle(title or metrics_path.parent.name)
+    fig.tight_layout()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=120)
+    plt.close(fig)
+    return out_path

@@ -1,0 +1,124 @@
+"""Sampling cost at equal quality: DDIM with k steps against DDPM with all T = 1000 steps, on a released model.
+
+    python -m bench sampling --checkpoint checkpoints/perov5_transformer_cpu.pt --dataset perov_5 --num 1000
+    python -m bench sampling --checkpoint checkpoints/carbon24_transformer_cpu.pt --dataset carbon_24
+
+For every sampler setting the same N unconditional crystals (same seed, so the same drawn compositions)
+are generated and scored with the CDVAE-exact proxy metrics against the data set's test split. The
+baseline is DDPM-1000 in the same process; the benchmark prints, per DDIM k, COV-R/COV-P/validity, the
+wall time and its speed-up over DDPM-1000, and names the smallest k whose COV-R and COV-P are both
+within 1 point of DDPM-1000's. Results: bench/results/sampling_<dataset>.json (+ .png).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--dataset", required=True, help="perov_5 | carbon_24 | mp_20 (test split is the reference)")
+    ap.add_argument("--num", type=int, default=1000)
+    ap.add_argument("--ks", default="5,10,20,50,100,200", help="DDIM step counts")
+    ap.add_argument("--ddpm-steps", type=int, default=1000)
+    ap.add_argument("--batch-size", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from unimat_dist.datasets import resolve_split
+    from unimat_dist.evaluation.proxy import proxy_evaluation
+    from unimat_dist.evaluation.structures_io import StructureRecord
+    from unimat_dist.sampling import load_generator
+
+    g = load_generator(args.checkpoint, device="cpu", precision="fp32")
+    test = str(resolve_split(args.dataset, "test").path)
+    settings = [("ddpm", args.ddpm_steps)] + [("ddim", int(k)) for k in args.ks.split(",")]
+    rows = []
+    for sampler, k in settings:
+        t0 = time.perf_counter()
+        out = g.sample(args.num, sampler=sampler, steps=k, seed=args.seed, batch_size=args.batch_size)
+        secs = time.perf_counter() - t0
+        recs = [StructureRecord(f"{sampler}{k}_{i}", s, error=None if s is not None else "nothing decoded")
+                for i, s in enumerate(out)]
+        m = proxy_evaluation(recs, test, args.dataset, uniqueness=False, novelty=False, progress=False,
+                             n_samples=args.num, workers=2).metrics
+        row = {"sampler": sampler, "steps": k, "seconds": secs, "struct_validity": m["struct_validity"],
+               "comp_validity": m["comp_validity"], "cov_recall": m["cov_recall"], "cov_precision": m["cov_precision"],
+               "emd_density": m.get("emd_density"), "emd_num_elements": m.get("emd_num_elements")}
+        rows.append(row)
+        print(f"{sampler}-{k:<5d} {secs:7.1f}s  struct {100 * row['struct_validity']:5.1f}%  comp "
+              f"{100 * row['comp_validity']:5.1f}%  COV-R {100 * row['cov_recall']:5.1f}%  COV-P "
+              f"{100 * row['cov_precision']:5.1f}%", flush=True)
+    base = rows[0]
+    for r in rows:
+        r["speedup_vs_ddpm"] = base["seconds"] / r["seconds"]
+    ok = [r for r in rows[1:] if r["cov_recall"] >= base["cov_recall"] - 0.01
+          and r["cov_precision"] >= base["cov_precision"] - 0.01]
+    best = min(ok, key=lambda r: r["steps"]) if ok else None
+    summary = {
+        "checkpoint": args.checkpoint, "dataset": args.dataset, "num": args.num, "threads": args.threads,
+        "machine": f"{torch.get_num_threads()} torch threads, CPU", "baseline": f"ddpm-{args.ddpm_steps}",
+        "rows": rows,
+        "smallest_ddim_within_1pt": None if best is None else {"steps": best["steps"],
+                                                               "speedup_vs_ddpm": best["speedup_vs_ddpm"]},
+    }
+    print(f"\nbaseline DDPM-{args.ddpm_steps}: COV-R {100 * base['cov_recall']:.1f}% COV-P "
+          f"{100 * base['cov_precision']:.1f}% in {base['seconds']:.1f}s")
+    if best:
+        print(f"smallest DDIM k within 1 point of it on both COVs: k = {best['steps']}, "
+              f"{best['speedup_vs_ddpm']:.1f}x faster")
+    else:
+        print("no DDIM setting is within 1 point of DDPM on both COVs")
+    out = Path(args.out) if args.out else HERE / "results" / f"sampling_{args.dataset}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=1))
+    _plot(summary, out.with_suffix(".png"))
+    print(f"wrote {out}")
+    return 0
+
+
+def _plot(summary, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summary["rows"]
+    base, ddim = rows[0], rows[1:]
+    ks = [r["steps"] for r in ddim]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label, c in (("cov_recall", "COV-R", "C0"), ("cov_precision", "COV-P", "C1"),
+                          ("struct_validity", "struct. valid", "C2")):
+        ax[0].plot(ks, [100 * r[key] for r in ddim], "o-", color=c, label=f"DDIM {label}")
+        ax[0].axhline(100 * base[key], color=c, ls="--", lw=1, label=f"{summary['baseline']} {label}")
+    ax[0].set_xscale("log")
+    ax[0].set_xlabel("DDIM steps k")
+    ax[0].set_ylabel("%")
+    ax[0].legend(fontsize=7)
+    ax[0].grid(True, alpha=0.3)
+    ax[1].plot(ks, [r["seconds"] for r in ddim], "o-", label="DDIM")
+    ax[1].axhline(base["seconds"], color="k", ls="--", label=summary["baseline"])
+    ax[1].set_xscale("log")
+    ax[1].set_yscale("log")
+    ax[1].set_xlabel("DDIM steps k")
+    ax[1].set_ylabel(f"seconds for {summary['num']} crystals")
+    ax[1].legend(fontsize=8)
+    ax[1].grid(True, alpha=0.3)
+    fig.suptitle(f"{summary['dataset']}: sampling cost at equal quality")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
