@@ -33,13 +33,19 @@ test: setup
 bench: setup
 	$(VENV)/bin/python -m bench
 
-# The CPU rows of the README's results table (about 1.5 h on 2 cores): tiny models on Perov-5 and
-# Carbon-24, a width ablation on Carbon-24, RESULTS_NUM unconditional samples each (the paper: 10,000;
-# `unimat results evaluate --num 10000` on a GPU machine).
+# The CPU rows of the README's results table (about 3.5 h on 2 cores): the released transformer models
+# (Perov-5 with the CSP protocol, Carbon-24), then the first release's tiny U-Nets and a width ablation on
+# Carbon-24, RESULTS_NUM unconditional samples each (the paper: 10,000; `--num 10000` on a GPU machine).
 RESULTS ?= results/cpu
 RESULTS_NUM ?= 1000
 UNIMAT = $(VENV)/bin/unimat
 results-cpu: setup
+	$(UNIMAT) train --config cluster/jobs/results/perov5_transformer_cpu.yaml
+	$(UNIMAT) train --config cluster/jobs/results/carbon24_transformer_cpu.yaml
+	$(UNIMAT) results evaluate --checkpoint out/results/perov5_transformer_cpu/checkpoints --dataset perov_5 \
+		--num $(RESULTS_NUM) --csp --label "transformer small (CPU, 1.6M)" --out $(RESULTS)/perov5_transformer_cpu
+	$(UNIMAT) results evaluate --checkpoint out/results/carbon24_transformer_cpu/checkpoints --dataset carbon_24 \
+		--num $(RESULTS_NUM) --label "transformer small (CPU, 1.6M)" --out $(RESULTS)/carbon24_transformer_cpu
 	$(UNIMAT) train --config cluster/jobs/results/carbon24_tiny_cpu.yaml
 	$(UNIMAT) train --config cluster/jobs/results/perov5_tiny_cpu.yaml
 	$(UNIMAT) train --config cluster/jobs/results/carbon24_tiny_cpu.yaml out_dir=out/results/carbon24_w16_cpu \

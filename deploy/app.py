@@ -157,7 +157,7 @@ class UniMatGenerator:
             # generator for validation and decoding only (its weights are dropped)
             self.g = open_generator(s.checkpoint, s.storage_options, device="cpu", precision="fp32")
             self.info = model_info(self.g)
-            self.g.diffusion.denoiser.to("meta")
+            self.g.drop_weights()
             self._engine = ProcessSampler(
                 {"checkpoint": self.g.meta.get("path") or s.checkpoint, "storage_options": s.storage_options,
                  "device": s.device, "precision": s.precision},

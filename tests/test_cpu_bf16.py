@@ -59,7 +59,8 @@ def test_bf16_noise_prediction_is_close_to_fp32(generators):
     with torch.no_grad():
         ex32, ey32 = fp32.diffusion.denoiser(x, y, t, cond)
         ex16, ey16 = bf16.diffusion.denoiser(x, y, t, cond)
-    assert ex16.dtype == torch.bfloat16
+    # the network runs in bf16; the transformer forms its position output in float32 (a complex rotation
+    # into each atom's phase frame), so only the closeness to fp32 is checked here
     for a, b_ in ((ex32, ex16), (ey32, ey16)):
         rel = (a - b_.float()).norm() / a.norm()
         assert rel.item() < 0.03, rel.item()

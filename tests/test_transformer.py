@@ -214,3 +214,18 @@ def test_serving_jobs_draw_one_composition_per_sample(trained):
     assert [len(o) for o in out] == [8, 3]
     alone = run_jobs(g, [prepare_job(g, GenerationJob(8, steps=10, seed=5))])[0]
     assert [s.composition for s in out[0]] == [s.composition for s in alone]
+
+
+def test_a_process_without_weights_still_draws_compositions(trained):
+    """The Serve app's front process drops the denoiser's weights (the loop runs in a child process) but
+    must keep the composition prior to prepare unconditional jobs."""
+    from unimat_dist.generation.jobs import GenerationJob, prepare_job
+    from unimat_dist.sampling import load_generator
+
+    *_, run_dir = trained
+    g = load_generator(str(run_dir / "checkpoints"), device="cpu")
+    g.drop_weights()
+    assert g.diffusion.denoiser.position_head.weight.is_meta
+    assert not any(p.is_meta for p in g.composition_prior.parameters())
+    job = prepare_job(g, GenerationJob(6, steps=5, seed=1))
+    assert len(job.condition) == 6 and bool(job.condition.exact.all())

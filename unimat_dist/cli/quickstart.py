@@ -14,7 +14,7 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quickstart", help="run the end-to-end main job on the bundled data")
     p.add_argument("--out", default="out/quickstart", help="report folder")
-    p.add_argument("--train-steps", type=int, default=900, help="optimizer steps of the tiny model")
+    p.add_argument("--train-steps", type=int, default=1600, help="optimizer steps (global batch 32)")
     p.add_argument("--unconditional", type=int, default=200, help="unconditional crystals to generate")
     p.add_argument("--compositions", type=int, default=20, help="test compositions for conditioned generation")
     p.add_argument("--seed", type=int, default=0)

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @dataclass
 class QuickstartOptions:
     out: Path = Path("out/quickstart")
-    train_steps: int = 900  # optimizer steps (global batch 32)
+    train_steps: int = 1600  # optimizer steps (global batch 32)
     workers: int = 2  # Ray Train workers
     unconditional: int = 200  # crystals generated without conditioning (proxy metrics)
     compositions: int = 20  # Perov-5 test compositions for conditioned generation

@@ -102,6 +102,18 @@ class StructureGenerator:
         """The model's prior over compositions (``CompositionModel``), or None (the U-Net)."""
         return self.diffusion.composition
 
+    def drop_weights(self) -> None:
+        """Free the denoiser's weights (moved to the meta device) and keep its composition prior: what a
+        process needs that only validates requests, draws their compositions and decodes results while the
+        denoising loop runs elsewhere (the Serve app's sampling process)."""
+        den = self.diffusion.denoiser
+        prior = getattr(den, "composition", None)
+        if prior is not None:
+            den.composition = None
+        den.to("meta")
+        if prior is not None:
+            den.composition = prior
+
     def draws_composition(self, request: SampleRequest) -> bool:
         """Whether this model draws the counts of ``request`` from its composition prior: no composition, or
         element types only, with a model that has a prior (composition first, docs/learning_core.md)."""
