@@ -120,6 +120,7 @@ def sample_statistics(generator, data, spec, num: int, steps: int, seed: int = 0
     from unimat_dist.evaluation.emd import emd
     from unimat_dist.representation import decode
     from unimat_dist.representation.codec import UniMatTensor
+    from unimat_dist.training.quality import shortest_distance
 
     def stats(structures):
         n, dmin, rho = [], [], []
@@ -128,12 +129,7 @@ def sample_statistics(generator, data, spec, num: int, steps: int, seed: int = 0
                 continue
             n.append(len(s))
             rho.append(float(s.density))
-            if len(s) > 1:
-                d = s.distance_matrix
-                np.fill_diagonal(d, np.inf)
-                dmin.append(float(d.min()))
-            else:
-                dmin.append(float(min(s.lattice.abc)))
+            dmin.append(shortest_distance(s))
         return n, dmin, rho
 
     out = generator.sample(num, sampler="ddim", steps=steps, seed=seed, batch_size=num)

@@ -14,6 +14,17 @@ from torch import nn
 from torch.nn import functional as F
 
 
+def adamw_groups(module: nn.Module, weight_decay: float, is_embedding) -> list[dict]:
+    """AdamW parameter groups of a denoiser: decay conv/linear weights (2+ dims) only, not norms, biases or
+    the parameters ``is_embedding(name)`` marks (embeddings, learned null values)."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 and not is_embedding(name) else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def num_groups(channels: int) -> int:
     """GroupNorm groups: the most groups (<= 32) that leave at least 4 channels per group."""
     for g in (32, 16, 8, 4, 2, 1):

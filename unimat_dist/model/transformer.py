@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .blocks import adamw_groups
 from .composition import CompositionModel
 from .conditioning import Condition
 from .config import TransformerConfig
@@ -212,13 +213,8 @@ class CrystalTransformer(nn.Module):
 
     def optim_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """AdamW groups: decay linear weights only, not norms, biases or embeddings."""
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            embedding = "_emb." in name and name.split(".")[0] in ("cell_emb", "row_emb", "group_emb")
-            (decay if p.dim() >= 2 and not embedding and not name.startswith("property_emb") else no_decay).append(p)
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return adamw_groups(self, weight_decay, lambda name: name.split(".")[0] in ("cell_emb", "row_emb", "group_emb")
+                            or name.startswith("property_emb"))
 
     def init_kwargs(self) -> dict[str, Any]:
         return {

@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .attention import SpatialSlotAttention
-from .blocks import Conv3x3, Downsample, ResBlock, Upsample, downsampled_size, group_norm
+from .blocks import Conv3x3, Downsample, ResBlock, Upsample, adamw_groups, downsampled_size, group_norm
 from .conditioning import Condition
 from .config import UNetConfig
 from .embeddings import PropertyEmbedding, TimestepEmbedding
@@ -153,13 +153,8 @@ class UniMatUNet(nn.Module):
 
     def optim_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """AdamW parameter groups: decay conv/linear weights only, not norms, biases or embeddings."""
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            is_embedding = name.endswith(("cell_emb", "slot_emb", "null")) or name.startswith("property_emb")
-            (decay if p.dim() >= 2 and not is_embedding else no_decay).append(p)
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return adamw_groups(self, weight_decay, lambda name: name.endswith(("cell_emb", "slot_emb", "null"))
+                            or name.startswith("property_emb"))
 
     def init_kwargs(self) -> dict[str, Any]:
         """Everything needed to rebuild this network (stored in checkpoints): ``UniMatUNet.from_kwargs``."""

@@ -28,7 +28,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def _shortest_distance(structure) -> float:
+def shortest_distance(structure) -> float:
+    """Shortest interatomic distance (A) under periodic boundaries; the shortest lattice vector for one atom."""
     if len(structure) == 1:
         return float(min(structure.lattice.abc))
     d = structure.distance_matrix
@@ -59,7 +60,7 @@ class QualityMonitor:
             s = decode(UniMatTensor(val_data.positions[i], val_data.mask[i], val_data.lattice[i]), spec)
             f = analyse_record(StructureRecord(str(val_data.ids[i]), s), niggli=True)
             if f.valid:
-                self.reference.append((f, _shortest_distance(s)))
+                self.reference.append((f, shortest_distance(s)))
         log.info("quality monitor: %d reference crystals fingerprinted in %.1fs", len(self.reference),
                  time.perf_counter() - t0)
 
@@ -84,7 +85,7 @@ class QualityMonitor:
             f = analyse_record(StructureRecord(f"q{i}", s))
             feats.append(f)
             if s is not None and f.constructed:
-                dists.append(_shortest_distance(s))
+                dists.append(shortest_distance(s))
         ref = [f for f, _ in self.reference]
         out: dict[str, Any] = {
             "quality/struct_valid": float(np.mean([f.struct_valid for f in feats])),
