@@ -2,7 +2,8 @@
 
 Ray binds its GCS, raylets and object store to the machine's network address unless told otherwise, and
 ignores ``--node-ip-address=127.0.0.1`` ("resolving" loopback to that address); what keeps a local Ray on
-loopback is ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` in the environment before it starts (NOTES-stack).
+loopback is ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (NOTES-stack), read when ``ray`` is imported: set here
+in the environment for the processes Ray starts and on the already imported constant for this one.
 A command that starts its own Ray (quickstart, serve, ingest, train, generate-batch) is a single-machine
 job: nothing else needs to reach its ports. To expose a local Ray anyway, set ``UNIMAT_RAY_BIND=network``.
 Joining an existing cluster (an explicit address or ``RAY_ADDRESS``) is unchanged.
@@ -42,7 +43,10 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, log_to_
         ray.init(address=address, log_to_driver=log_to_driver, **kwargs)
         return True
     if loopback_requested():
-        os.environ[_LOOPBACK_ENV] = "0"
+        os.environ[_LOOPBACK_ENV] = "0"  # for the processes Ray starts (they import ray afresh)
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False  # this process imported ray before the variable was set
     kwargs.setdefault("include_dashboard", False)
     # address="local": a new cluster, never an unrelated `ray start` cluster found on this machine
     ray.init(address="local", num_cpus=num_cpus, log_to_driver=log_to_driver, **kwargs)
