@@ -7,7 +7,9 @@
         --property heat_ref=-0.5 --guidance 1.0 --format extxyz --out out/srtio3
 
 Writes <out>/cif/sample_000000.cif ... (or <out>/samples.extxyz) and <out>/summary.json (request,
-timings, how many decoded, the composition of every sample).
+timings, how many decoded, the composition of every sample). ``--out`` must be new or empty: a folder that
+already holds crystals would mix two runs. ``--overwrite`` replaces a previous ``unimat sample`` result
+there, deleting only the files its summary.json lists; any other content is refused, never deleted.
 """
 from __future__ import annotations
 
@@ -32,7 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--format", choices=("cif", "extxyz"), default="cif")
-    p.add_argument("--out", default="out/samples", help="output folder")
+    p.add_argument("--out", default="out/samples", help="output folder (new or empty)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a previous `unimat sample` result in --out (only the files it lists are removed)")
     p.set_defaults(func=run)
 
 
@@ -67,6 +71,7 @@ def sample_to_folder(
     precision: str = "auto",
     fmt: str = "cif",
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Generate ``num`` crystals and write them plus summary.json into ``out``; returns the summary."""
     import json
@@ -77,6 +82,7 @@ def sample_to_folder(
     from unimat_dist.sampling import load_generator
     from unimat_dist.sampling.writers import write_structures
 
+    prepare_output(Path(out), overwrite)  # before minutes of sampling, not after
     t0 = time.perf_counter()
     g = load_generator(checkpoint, device=device, precision=precision)
     t_load = time.perf_counter() - t0
@@ -116,6 +122,62 @@ def sample_to_folder(
     return summary
 
 
+def _previous_outputs(out) -> list | None:
+    """The files a previous ``unimat sample`` wrote into ``out`` (from its summary.json), else None."""
+    import json
+    from pathlib import Path
+
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+        listed = [Path(f) for f in summary["output"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    root = out.resolve()
+    files = []
+    for f in listed:  # by name only (summary paths were relative to the cwd of that run), as this command names them
+        if f.name == "samples.extxyz":
+            files.append(root / f.name)
+        elif f.parent.name == "cif" and f.name.startswith("sample_") and f.suffix == ".cif" and "/" not in f.name:
+            files.append(root / "cif" / f.name)
+        else:
+            return None
+    return files
+
+
+def prepare_output(out, overwrite: bool) -> None:
+    """Refuse an ``--out`` that holds anything, unless it is a previous sample result and ``overwrite``."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    previous = _previous_outputs(out)
+    if previous is None:
+        raise ValueError(f"--out {out} is not empty ({len(entries)} entries, e.g. {entries[0]!r}) and holds no "
+                         "`unimat sample` result; choose a new or empty folder (nothing was written or deleted)")
+    if not overwrite:
+        raise ValueError(f"--out {out} already holds a `unimat sample` result ({len(previous)} files); new crystals "
+                         "would mix with them. Choose a new folder, or pass --overwrite to replace that result")
+    expected = {out.resolve() / "summary.json", *previous}
+    cif_dir = out.resolve() / "cif"
+    extra = [p for p in out.resolve().iterdir() if p not in expected and p != cif_dir]
+    extra += [p for p in cif_dir.iterdir() if p not in expected] if cif_dir.is_dir() else []
+    if extra:
+        raise ValueError(f"--out {out} holds files the previous `unimat sample` did not write (e.g. {extra[0].name!r}); "
+                         "refusing to overwrite there, choose a new folder")
+    for f in previous:
+        f.unlink(missing_ok=True)
+    if cif_dir.is_dir() and not any(cif_dir.iterdir()):
+        cif_dir.rmdir()
+    (out / "summary.json").unlink()
+    import logging
+
+    logging.getLogger("unimat.sample").info("--overwrite: removed the previous result's %d files from %s",
+                                            len(previous), out)
+
+
 def run(args) -> int:
     import logging
 
@@ -127,7 +189,7 @@ def run(args) -> int:
         args.checkpoint, args.num, args.out, composition=args.composition, exact_counts=not args.types_only,
         properties=parse_properties(args.property), guidance=args.guidance, sampler=args.sampler, steps=args.steps,
         eta=args.eta, seed=args.seed, batch_size=args.batch_size, device=args.device, precision=args.precision,
-        fmt=args.format,
+        fmt=args.format, overwrite=args.overwrite,
     )
     logging.getLogger("unimat.sample").info(
         "%d/%d decoded in %.1f s (%.2f structures/s) -> %s/summary.json",

@@ -78,13 +78,9 @@ def check_config(cfg: TrainConfig) -> None:
 
 
 def _ray_init(cfg: TrainConfig) -> None:
-    import ray
+    from unimat_dist.ray_local import init_ray
 
-    if ray.is_initialized():
-        return
-    address = cfg.distributed.ray_address or os.environ.get("RAY_ADDRESS")
-    log.info("connecting to Ray at %s", address or "a new local instance")
-    ray.init(address=address, log_to_driver=True)
+    init_ray(cfg.distributed.ray_address)  # a new local Ray binds 127.0.0.1 (ray_local)
 
 
 def run_ray_training(cfg: TrainConfig) -> TrainResult:

@@ -311,7 +311,9 @@ def run_quickstart(o: QuickstartOptions) -> Path:
     o.out.mkdir(parents=True, exist_ok=True)
     r = Report()
     t_all = time.time()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    from unimat_dist.ray_local import init_ray
+
+    init_ray("local", num_cpus=2, log_to_driver=False)  # bound to 127.0.0.1 (ray_local)
     try:
         stages = [
             ("stats", lambda: stage_stats(o, r)),
