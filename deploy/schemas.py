@@ -2,20 +2,35 @@
 
 Validation runs in three layers, each a 4xx with a message, never a 500:
 
-1. the body: too large -> 413, not JSON / not an object -> 400;
-2. the schema (``GenerateRequest``): wrong types, unknown fields, out-of-range numbers -> 422;
-3. the model and the service limits (``parse_generate_request`` then ``prepare_job``): too many samples,
-   too many steps, unknown element, element outside the model's system, too many atoms of one element,
-   unknown property -> 422.
+1. the body: too large -> 413, not sent in time -> 408 (``deploy/app.py``), not JSON / not an object /
+   a string that is not valid Unicode (a lone UTF-16 surrogate such as ``"\\ud800"``) -> 400;
+2. the values (``_check_values``): a number no 64-bit float or ``int64`` can hold (an integer of more than
+   ``MAX_INT_DIGITS`` digits, a float literal such as ``1e400`` that overflows to infinity) -> 422 naming
+   the field, before anything converts it (Python refuses to parse integers of > 4,300 digits, and
+   ``float(10**400)`` raises);
+3. the schema (``GenerateRequest``): wrong types, unknown fields, out-of-range numbers -> 422;
+4. the composition rule (``_check_composition``): every count, in a formula string or an object, must be
+   a number in (0, ``MAX_COUNT``]; ``"Sr0TiO3"`` and ``{"Sr": 0}`` get the same 422 (pymatgen would
+   silently drop the zero term of the string);
+5. the model and the service limits (``deploy/app.py`` then ``prepare_job``): too many samples, too many
+   steps, samples x steps over the compute budget, unknown element, element outside the model's system,
+   too many atoms of one element, unknown property, property target outside its range -> 422.
 """
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SEED_MAX = 2**63 - 1
+# The longest integer literal accepted anywhere in a request: SEED_MAX has 19 digits; anything longer is
+# out of every field's range, and refusing it before ``int()`` keeps a 5,000-digit literal from costing
+# quadratic conversion time (or Python's 4,300-digit ValueError).
+MAX_INT_DIGITS = 20
+MAX_COUNT = 1_000_000  # upper bound of one element's count in a composition (any model's L is far below)
 
 
 class ApiError(Exception):
@@ -136,6 +151,80 @@ def _messages(exc: ValidationError) -> tuple[str, str]:
     return first, "; ".join(by_field.values())
 
 
+class _OutOfRange:
+    """A JSON number no field can hold (kept as its literal text until ``_check_values`` names its field)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _parse_int(text: str) -> int | _OutOfRange:
+    return _OutOfRange(text) if len(text.lstrip("-")) > MAX_INT_DIGITS else int(text)
+
+
+def _parse_float(text: str) -> float | _OutOfRange:
+    value = float(text)  # never raises for a JSON number literal; overflows to +-inf
+    return value if math.isfinite(value) else _OutOfRange(text)
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-8:]} ({len(text)} characters)"
+
+
+def _check_values(value: Any, where: str = "") -> None:
+    """``ApiError`` for the first string that is not valid Unicode (400) or number out of range (422)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from a "\\udXXX" escape: no response could even echo it
+            raise ApiError(400, "malformed_json", f"{where or 'body'}: a string holds a lone UTF-16 surrogate "
+                                                  "(e.g. \\ud800); strings must be valid Unicode",
+                           where.split(".")[0] or None) from None
+    elif isinstance(value, _OutOfRange):
+        # the field as the schema layer names it: "composition" for any count, else the full path
+        field = "composition" if where.split(".")[0] == "composition" else where
+        raise ApiError(422, "invalid_request", f"{where}: the number {_short(value.text)} is out of range", field)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_values(key, where)
+            _check_values(item, f"{where}.{key}" if where else key)
+    elif isinstance(value, list):
+        for k, item in enumerate(value):
+            _check_values(item, f"{where}.{k}" if where else str(k))
+
+
+# pymatgen's formula grammar: an element symbol or a closing bracket of a group, then its amount
+_FORMULA_AMOUNT = re.compile(r"([A-Z][a-z]*|[)\]])\s*([-.\deE]+)")
+
+
+def _check_composition(comp: Union[str, dict[str, Union[int, float]], None]) -> None:
+    """One rule for the counts of a formula string and of an object: each in (0, MAX_COUNT]. (pymatgen
+    drops a zero term of a formula, so ``"Sr0TiO3"`` would silently become TiO3.)"""
+    if comp is None:
+        return
+    if isinstance(comp, str):
+        terms = []
+        for m in _FORMULA_AMOUNT.finditer(comp):
+            try:
+                terms.append((m.group(1), float(m.group(2))))
+            except ValueError:  # not a number: pymatgen's parser reports the formula
+                continue
+    else:
+        terms = list(comp.items())
+    for element, count in terms:
+        name = "a bracketed group" if element in ")]" else element
+        # "Sr0TiO3" (0.0) and {"Sr": 0} (0) read the same
+        shown = f"{int(count):,}" if math.isfinite(count) and count == int(count) else f"{count:g}"
+        if not count > 0:  # also NaN
+            raise ApiError(422, "invalid_request", f"composition: the count of {name} must be a positive number, "
+                                                   f"got {shown}; leave an element out instead", "composition")
+        if count > MAX_COUNT:
+            raise ApiError(422, "invalid_request", f"composition: the count of {name} ({shown}) exceeds the "
+                                                   f"limit of {MAX_COUNT:,}", "composition")
+
+
 def parse_generate_request(body: bytes, max_bytes: int) -> GenerateRequest:
     """Body bytes -> ``GenerateRequest``; ``ApiError`` 413 / 400 / 422 with a message naming the field."""
     if len(body) > max_bytes:
@@ -143,15 +232,18 @@ def parse_generate_request(body: bytes, max_bytes: int) -> GenerateRequest:
     if not body.strip():
         raise ApiError(400, "malformed_json", "request body is empty; send a JSON object")
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_int=_parse_int, parse_float=_parse_float)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
     except RecursionError:  # "[[[[...]]]]": well-formed but deeper than the parser's stack
         raise ApiError(400, "malformed_json", "request body is nested too deeply to parse") from None
     if not isinstance(data, dict):
         raise ApiError(400, "malformed_json", f"request body must be a JSON object, got {type(data).__name__}")
+    _check_values(data)
     try:
-        return GenerateRequest.model_validate(data)
+        request = GenerateRequest.model_validate(data)
     except ValidationError as exc:
         field, message = _messages(exc)
         raise ApiError(422, "invalid_request", message, None if field == "body" else field) from None
+    _check_composition(request.composition)
+    return request
