@@ -15,6 +15,20 @@ and its own random stream (``torch.Generator`` seeded with the job's seed, drawn
 ``RowGenerators``), so a job's crystals equal those of ``run_jobs([job])`` up to the float rounding of
 batched kernels, whatever it shares the device with (``tests/test_continuous_batching.py``).
 
+**Fair sharing of an evaluation** (issue 16). On a CPU an evaluation costs roughly in proportion to its
+rows (released Perov-5 model, 1 thread: 2.5 ms at 1 row, 5.2 ms at 8, 19 ms at 64), and every job in the
+loop pays for every row of every evaluation it is in. Without a limit, a one-crystal DDIM-20 request that
+joins a 64-crystal DDPM-1000 request runs each of its 20 steps at the 65-row price: admitted at once, but
+many times slower. So while jobs share the loop, a job advances at most ``share_rows(jobs)`` =
+max(``share_rows``, rows of the smallest job in the loop) of its rows per evaluation; a larger job's
+step is spread over consecutive evaluations (its rows are independent; its ancestral noise is drawn once,
+when its step starts, in the order ``sample`` draws it, so its crystals do not change). That is processor
+sharing in rows: every job gets the same rows per evaluation, the smallest one all of its rows, so a job
+of at most that many rows finishes in exactly its own step count of evaluations after admission, and a
+large job is never starved (it advances at every evaluation). The floor ``share_rows`` keeps a large
+job's evaluations from becoming too small to be efficient; a job alone in the loop is never split.
+``share_rows=None`` turns the limit off (every job advances all its rows at every evaluation).
+
 Plain torch and threads (no Ray): one worker thread owns the device; ``submit`` is thread-safe and
 ``generate`` is its asyncio form (the Ray Serve replica uses it).
 """
@@ -48,15 +62,24 @@ from .jobs import GenerationJob, job_condition
 
 log = logging.getLogger(__name__)
 
+# Rows per network evaluation a job is guaranteed while it shares the loop (see the module docstring).
+# 8 on a CPU: an 8-row evaluation costs ~2x a 1-row one (so a small job next to a large one runs at about
+# half its speed alone instead of 8x slower), while a large job's rows still cost ~2x less each than at
+# batch 1. On a GPU, where evaluations up to hundreds of rows cost about the same, use a larger value.
+DEFAULT_SHARE_ROWS = 8
+
+
 @dataclass
 class JobStats:
     """How one job ran: seconds from admission to its last step, and the most requests / rows that shared
-    one of its network evaluations (the job's "batch")."""
+    one of its network evaluations (the job's "batch"); ``evaluations`` counts the network evaluations it
+    took part in (``steps`` of them unless its steps were spread over several while it shared the loop)."""
 
     seconds: float = 0.0
     peak_requests: int = 0
     peak_rows: int = 0
     steps: int = 0
+    evaluations: int = 0
 
 
 Callback = Callable[[GeneratedBatch | None, JobStats, BaseException | None], None]
@@ -82,6 +105,9 @@ class _Active:
     allowed: torch.Tensor | None = None  # (n, L, H, W) bool
     exact: torch.Tensor | None = None  # (n, L, H, W) bool
     i: int = 0  # index of the next step in ``seq``
+    lo: int = 0  # rows [0, lo) have already taken step ``i`` (the step is spread over evaluations)
+    zx: torch.Tensor | None = None  # the ancestral draws of step ``i`` (drawn when it starts), or None
+    zy: torch.Tensor | None = None
     started: float = field(default_factory=time.perf_counter)
     stats: JobStats = field(default_factory=JobStats)
 
@@ -93,13 +119,17 @@ class _Active:
 class SamplerBase:
     """What the service needs of a running loop: ``submit``/``cancel`` and the asyncio ``generate`` on top
     (``ContinuousSampler`` in a thread, ``engine_process.ProcessSampler`` in a child process). Both take
-    the same limits and metric hooks (see ``ContinuousSampler``)."""
+    the same limits, sharing policy and metric hooks (see ``ContinuousSampler``)."""
 
     def __init__(self, max_requests: int, max_rows: int, on_admit: Callable[[int], None] | None,
-                 on_step: Callable[[int, int, float], None] | None) -> None:
+                 on_step: Callable[[int, int, float], None] | None, share_rows: int | None = DEFAULT_SHARE_ROWS
+                 ) -> None:
         if max_requests < 1 or max_rows < 1:
             raise ValueError(f"max_requests and max_rows must be >= 1, got {max_requests}, {max_rows}")
+        if share_rows is not None and int(share_rows) < 1:
+            raise ValueError(f"share_rows must be >= 1 or None, got {share_rows}")
         self.max_requests, self.max_rows = int(max_requests), int(max_rows)
+        self.share_rows = None if share_rows is None else int(share_rows)
         self.on_admit, self.on_step = on_admit, on_step
 
     @property
@@ -145,19 +175,23 @@ class ContinuousSampler(SamplerBase):
     ``max_requests`` bounds the jobs in the loop (1 = one request at a time, the unbatched baseline) and
     ``max_rows`` its rows (device memory); a job with more rows than ``max_rows`` runs alone. Jobs are
     admitted in arrival order; a job that does not fit waits (later, smaller jobs do not overtake it).
+    ``share_rows`` (default ``DEFAULT_SHARE_ROWS``; None = unlimited): while jobs share the loop, each
+    advances at most max(share_rows, rows of the smallest job) rows per evaluation (module docstring), so
+    one evaluation holds at most ``max_requests`` times that many rows.
     ``on_admit(num_jobs)`` is called for every group of jobs admitted together, ``on_step(rows, jobs,
     seconds)`` after every network evaluation (metrics).
     """
 
     def __init__(self, g: StructureGenerator, *, max_requests: int = 32, max_rows: int = 512,
-                 on_admit: Callable[[int], None] | None = None,
+                 share_rows: int | None = DEFAULT_SHARE_ROWS, on_admit: Callable[[int], None] | None = None,
                  on_step: Callable[[int, int, float], None] | None = None, name: str = "unimat-sampling") -> None:
-        super().__init__(max_requests, max_rows, on_admit, on_step)
+        super().__init__(max_requests, max_rows, on_admit, on_step, share_rows)
         self.g = g
         self._pending: deque[tuple[int, GenerationJob, Callback]] = deque()
         self._tickets = itertools.count()
         self._active: list[_Active] = []
-        self._batch: dict | None = None  # tensors of the current membership (rebuilt when it changes)
+        # tensors of the current evaluation's rows, rebuilt when they change; "plan" is their key
+        self._batch: dict | None = None
         self._cv = threading.Condition()
         self._closed = False
         self._cancelled: set[int] = set()  # tickets of jobs to drop at the next step boundary
@@ -284,26 +318,40 @@ class ContinuousSampler(SamplerBase):
         self._active.append(a)
         self._batch = None
 
-    def _membership(self) -> dict:
-        if self._batch is None:
-            act = self._active
-            cond = Condition.cat([a.cond for a in act])
-            w = torch.cat([a.w for a in act])
+    def _plan(self) -> list[tuple[_Active, int, int]]:
+        """The rows [lo, hi) of every active job that the next evaluation advances: all the rows left in its
+        step when it is alone (or without a share limit), else at most max(share_rows, rows of the smallest
+        job) of them -- equal shares, so every job advances at every evaluation (module docstring)."""
+        act = self._active
+        if self.share_rows is None or len(act) == 1:
+            return [(a, a.lo, a.n) for a in act]
+        share = max(self.share_rows, min(a.n for a in act))
+        return [(a, a.lo, min(a.n, a.lo + share)) for a in act]
+
+    def _membership(self, plan: list[tuple[_Active, int, int]]) -> dict:
+        """Condition, guidance and constraint tensors of the plan's rows (cached while the plan's rows stay
+        the same: jobs that are not split keep one plan from admission to their last step)."""
+        key = tuple((a.ticket, lo, hi) for a, lo, hi in plan)
+        if self._batch is None or self._batch["plan"] != key:
+            cond = Condition.cat([a.cond[lo:hi] for a, lo, hi in plan])
+            w = torch.cat([a.w[lo:hi] for a, lo, hi in plan])
             rows = guided_rows(cond, w)
             self._batch = {
-                "cond": cond, "w": w, "rows": rows, "paired": paired_condition(cond, rows) if rows.numel() else None,
-                "allowed": torch.cat([a.allowed for a in act]), "exact": torch.cat([a.exact for a in act]),
+                "plan": key, "cond": cond, "w": w, "rows": rows,
+                "paired": paired_condition(cond, rows) if rows.numel() else None,
+                "allowed": torch.cat([a.allowed[lo:hi] for a, lo, hi in plan]),
+                "exact": torch.cat([a.exact[lo:hi] for a, lo, hi in plan]),
             }
         return self._batch
 
     def _step(self) -> None:
-        """One network evaluation for every active row, each at its own timestep, and the update."""
+        """One network evaluation of the rows ``_plan`` picks, each at its job's timestep, and the update."""
         t0 = time.perf_counter()
-        act, m, device = self._active, self._membership(), self.g.device
-        x, y = torch.cat([a.x for a in act]), torch.cat([a.y for a in act])
+        plan, device = self._plan(), self.g.device
+        m = self._membership(plan)
+        x, y = torch.cat([a.x[lo:hi] for a, lo, hi in plan]), torch.cat([a.y[lo:hi] for a, lo, hi in plan])
         coef: dict[str, list[float]] = {k: [] for k in ("t", "sq1m", "sqa", "A", "B", "C", "sigma", "final")}
-        draws: list[bool] = []  # per job: an ancestral draw this step (sigma > 0)
-        for a in act:
+        for a, lo, hi in plan:
             t, s = a.seq[a.i], (a.seq[a.i + 1] if a.i + 1 < len(a.seq) else -1)
             a_t = float(self._abar[t])
             a_s = float(self._abar[s]) if s >= 0 else 1.0
@@ -311,9 +359,13 @@ class ContinuousSampler(SamplerBase):
             final = s < 0
             if final:  # the last step returns x_0 itself, as ``sample`` does
                 sigma = 0.0
-            draws.append(sigma > 0)
+            if lo == 0:  # the step starts: its ancestral draws for all the job's rows, in ``sample``'s order
+                a.zx = a.zy = None  # (the job's own stream: drawing them before the evaluation changes nothing)
+                if sigma > 0:
+                    a.zx = torch.randn(a.x.shape, device=device, generator=a.generator)
+                    a.zy = torch.randn(a.y.shape, device=device, generator=a.generator)
             for k, v in zip(coef, (t, (1 - a_t) ** 0.5, a_t**0.5, A, B, C, sigma, float(final))):
-                coef[k].extend([v] * a.n)
+                coef[k].extend([v] * (hi - lo))
         tt = torch.tensor(coef.pop("t"), dtype=torch.long, device=device)
         c = {k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in coef.items()}
 
@@ -322,6 +374,7 @@ class ContinuousSampler(SamplerBase):
 
         with torch.no_grad(), self._amp():
             ex, ey = guided_eps(self.g.diffusion.denoiser, x, y, tt, m["cond"], m["w"], m["rows"], m["paired"])
+        sizes = [hi - lo for _, lo, hi in plan]
         with torch.no_grad():
             x0 = self.g.diffusion.space.constrain((x - col(c["sq1m"], x) * ex) / col(c["sqa"], x), m["allowed"],
                                                   m["exact"])
@@ -330,27 +383,36 @@ class ContinuousSampler(SamplerBase):
             ey = (y - col(c["sqa"], y) * y0) / col(c["sq1m"], y)
             xn = col(c["A"], x) * x0 + col(c["B"], x) * ex + col(c["C"], x) * x
             yn = col(c["A"], y) * y0 + col(c["B"], y) * ey + col(c["C"], y) * y
-            if any(draws):
+            if any(a.zx is not None for a, _, _ in plan):
                 zx, zy = torch.zeros_like(x), torch.zeros_like(y)
                 start = 0
-                for a, draw in zip(act, draws):
-                    if draw:  # the job's own stream, in the order ``sample`` draws it
-                        zx[start:start + a.n] = torch.randn(a.x.shape, device=device, generator=a.generator)
-                        zy[start:start + a.n] = torch.randn(a.y.shape, device=device, generator=a.generator)
-                    start += a.n
+                for (a, lo, hi), size in zip(plan, sizes):
+                    if a.zx is not None:
+                        zx[start:start + size] = a.zx[lo:hi]
+                        zy[start:start + size] = a.zy[lo:hi]
+                    start += size
                 xn = xn + col(c["sigma"], x) * zx
                 yn = yn + col(c["sigma"], y) * zy
             final = c["final"].bool()
             xn = torch.where(col(final, x), x0, xn)
             yn = torch.where(col(final, y), y0, yn)
-        rows, jobs = x.shape[0], len(act)
+        rows, jobs = x.shape[0], len(plan)
         done, keep = [], []
-        for a, xa, ya in zip(act, xn.split([a.n for a in act]), yn.split([a.n for a in act])):
-            a.x, a.y = xa, ya
-            a.i += 1
-            a.stats.steps += 1
+        for (a, lo, hi), xa, ya in zip(plan, xn.split(sizes), yn.split(sizes)):
+            if lo == 0 and hi == a.n:
+                a.x, a.y = xa, ya
+            else:  # part of the job's rows: the others still hold their values before this step
+                a.x[lo:hi], a.y[lo:hi] = xa, ya
+            a.stats.evaluations += 1
             a.stats.peak_requests = max(a.stats.peak_requests, jobs)
             a.stats.peak_rows = max(a.stats.peak_rows, rows)
+            if hi < a.n:  # the step goes on at the next evaluation
+                a.lo = hi
+                keep.append(a)
+                continue
+            a.lo, a.zx, a.zy = 0, None, None
+            a.i += 1
+            a.stats.steps += 1
             (done if a.i >= len(a.seq) else keep).append(a)
         if done:
             self._active, self._batch = keep, None

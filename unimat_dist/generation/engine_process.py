@@ -41,7 +41,7 @@ import torch
 
 from unimat_dist.sampling import GeneratedBatch
 
-from .continuous import Callback, JobStats, SamplerBase
+from .continuous import DEFAULT_SHARE_ROWS, Callback, JobStats, SamplerBase
 from .jobs import GenerationJob
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,8 @@ def _batch_from_arrays(a: dict[str, np.ndarray] | None) -> GeneratedBatch | None
                           torch.from_numpy(a["y_model"]), torch.from_numpy(a["decode_mask"]))
 
 
-def _child_main(conn, source: dict[str, Any], max_requests: int, max_rows: int, torch_threads: int | None) -> None:
+def _child_main(conn, source: dict[str, Any], max_requests: int, max_rows: int, torch_threads: int | None,
+                share_rows: int | None = DEFAULT_SHARE_ROWS) -> None:
     """The child: load the model, run the loop, serve the pipe until ``close`` or the parent goes away."""
     from unimat_dist.generation.continuous import ContinuousSampler
     from unimat_dist.generation.model_source import open_generator
@@ -94,7 +95,7 @@ def _child_main(conn, source: dict[str, Any], max_requests: int, max_rows: int, 
         if torch_threads:
             torch.set_num_threads(int(torch_threads))
         g = open_generator(**source)
-        engine = ContinuousSampler(g, max_requests=max_requests, max_rows=max_rows,
+        engine = ContinuousSampler(g, max_requests=max_requests, max_rows=max_rows, share_rows=share_rows,
                                    on_admit=lambda n: send(("admit", n)),
                                    on_step=lambda rows, jobs, s: send(("step", rows, jobs, s)))
     except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
@@ -143,6 +144,7 @@ class ProcessSampler(SamplerBase):
     """A ``ContinuousSampler`` running in a child process (``spawn``), driven through the same interface:
     ``submit(job, callback) -> ticket``, ``cancel``, ``generate`` (asyncio), ``alive``, ``load``, ``close``.
 
+    ``share_rows``: the child loop's sharing policy (``ContinuousSampler``).
     ``source`` is ``open_generator``'s keyword arguments (``checkpoint``, ``storage_options``, ``device``,
     ``precision``) for the child; pass the resolved checkpoint file so both processes load the same
     weights. Callbacks (job results, ``on_admit``, ``on_step``) run on the parent's reader thread.
@@ -151,14 +153,16 @@ class ProcessSampler(SamplerBase):
     """
 
     def __init__(self, source: dict[str, Any], *, max_requests: int = 32, max_rows: int = 512,
-                 torch_threads: int | None = None, on_admit: Callable[[int], None] | None = None,
+                 share_rows: int | None = DEFAULT_SHARE_ROWS, torch_threads: int | None = None,
+                 on_admit: Callable[[int], None] | None = None,
                  on_step: Callable[[int, int, float], None] | None = None, start_timeout: float = 600.0,
                  name: str = "unimat-sampling") -> None:
-        super().__init__(max_requests, max_rows, on_admit, on_step)
+        super().__init__(max_requests, max_rows, on_admit, on_step, share_rows)
         ctx = multiprocessing.get_context("spawn")  # never fork a process holding threads / a CUDA context
         self._conn, child = ctx.Pipe(duplex=True)
         self._proc = ctx.Process(target=_child_main, name=name, daemon=True,
-                                 args=(child, dict(source), self.max_requests, self.max_rows, torch_threads))
+                                 args=(child, dict(source), self.max_requests, self.max_rows, torch_threads,
+                                       self.share_rows))
         t0 = time.perf_counter()
         self._proc.start()
         child.close()  # the child holds the only other end: its exit shows up here as EOF
