@@ -14,6 +14,11 @@ Endpoints (docs/generation.md has request/response examples):
     GET  /v1/stats      this replica's request/batch/loop counters (batch-size histogram)
     GET  /healthz       liveness; GET /openapi.json and /docs: the OpenAPI schema
 
+Every error is a JSON ``{"error": {"type", "message", "field"?}}``, counted in ``/v1/stats`` and the
+metrics: 400 (not JSON, invalid Unicode, a proxy-hint header), 408 (body not sent within ``body_timeout_s``),
+413 (body over ``max_request_bytes``), 422 (schema, limits, compute budget, the model's constraints),
+503 (sampling loop gone), and 500 (a bug: logged with its traceback, the message names only its class).
+
 One deployment, ``UniMatGenerator``: each replica loads the model once (``__init__``), ``generate``
 only parses and validates, ``_generate_batch`` (``@serve.batch``) receives the merged requests and
 hands them to the replica's ``ContinuousSampler`` (``unimat_dist/generation/continuous.py``): one
@@ -42,7 +47,7 @@ from ray import serve
 from unimat_dist import __version__
 
 from .metrics import ServiceMetrics
-from .schemas import ApiError, ErrorResponse, GenerateRequest, GenerateResponse, parse_generate_request
+from .schemas import MAX_COUNT, ApiError, ErrorResponse, GenerateRequest, GenerateResponse, parse_generate_request
 from .settings import ServeSettings, load_settings
 
 log = logging.getLogger("ray.serve")
@@ -53,7 +58,27 @@ api = FastAPI(
     description="Crystal structures from a UniMat diffusion model (arXiv 2311.09235), batched on Ray Serve.",
 )
 
-_ERRORS = {status: {"model": ErrorResponse} for status in (400, 413, 422, 500)}
+_ERRORS = {status: {"model": ErrorResponse} for status in (400, 408, 413, 422, 500, 503)}
+
+# Serve's proxy reads these request headers as per-request overrides meant for a load balancer in front
+# (ray.serve._private.http_util): "x-request-timeout-seconds: 0" turns the proxy's request timeout off and
+# "x-request-disconnect-disabled: ?1" keeps a request computing after its client is gone. From a client they
+# would let work outlive the client that asked for it, so /v1/generate refuses requests that carry them.
+_PROXY_HINT_HEADERS = ("x-request-timeout-seconds", "x-request-disconnect-disabled")
+
+
+def _internal_error(route: str, exc: BaseException) -> JSONResponse:
+    """The 500 of a bug: logged with its traceback, answered as JSON naming only the exception's class."""
+    log.error("unhandled error in %s", route, exc_info=exc)
+    return JSONResponse({"error": {"type": "internal", "message": f"internal error ({type(exc).__name__}); "
+                                                                  "the service logged it"}}, status_code=500)
+
+
+@api.exception_handler(Exception)
+async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+    """Last resort for an exception outside the routes' own guards (those also count it): JSON, not
+    Starlette's plain-text "Internal Server Error"."""
+    return _internal_error(request.url.path, exc)
 
 
 # Every helper the deployment uses is defined above it: Serve pickles the decorated class by value, with
@@ -122,18 +147,28 @@ def _max_ongoing_requests() -> int | None:
     return getattr(config, "max_ongoing_requests", None)
 
 
-async def _read_body(request: Request, max_bytes: int) -> bytes:
-    """The body, refusing (413) more than ``max_bytes`` without reading it all."""
+async def _read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes:
+    """The body, refusing (413) more than ``max_bytes`` without reading it all, and (408) a body that has
+    not fully arrived ``timeout_s`` seconds after the replica took the request: Serve's proxy assigns a
+    request to a replica slot on its headers, so without this bound an idle client holds a slot forever."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise ApiError(413, "request_too_large", f"request body is {declared} bytes; the limit is {max_bytes}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise ApiError(413, "request_too_large", f"request body exceeds the limit of {max_bytes} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+
+    async def read() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise ApiError(413, "request_too_large", f"request body exceeds the limit of {max_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        return await asyncio.wait_for(read(), timeout_s)
+    except TimeoutError:
+        raise ApiError(408, "request_timeout", f"the request body did not arrive within {timeout_s:g} s "
+                                               "(body_timeout_s)") from None
 
 
 @serve.deployment(name="UniMatGenerator", max_ongoing_requests=64, health_check_period_s=10, health_check_timeout_s=60)
@@ -170,6 +205,9 @@ class UniMatGenerator:
             self._engine = ContinuousSampler(self.g, max_requests=s.max_batch_size, max_rows=s.max_batch_samples,
                                              on_admit=self.metrics.batch, on_step=self.metrics.step)
         self.info["engine"] = s.engine
+        scaler = self.g.scaler  # the model's standardisation of each property: the accepted ranges follow it
+        self.property_ranges = {name: (m - s.max_property_sigma * sd, m + s.max_property_sigma * sd)
+                                for name, m, sd in zip(scaler.names, scaler.mean, scaler.std)}
         self._format_executor = ThreadPoolExecutor(2, thread_name_prefix="unimat-format")
         self._generate_batch.set_max_batch_size(s.max_batch_size)
         self._generate_batch.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
@@ -213,25 +251,52 @@ class UniMatGenerator:
             engine.close(timeout=5.0)
 
     # ------------------------------------------------------------------ routes
+    # Every route answers a bug of its own as a JSON 500 that is counted and logged (``_guarded``), so no
+    # exception reaches Serve's plain-text fallback.
+    def _guarded(self, route: str, exc: BaseException, t0: float) -> JSONResponse:
+        self.metrics.error("internal")
+        self.metrics.request(route, 500, time.perf_counter() - t0)
+        return _internal_error(route, exc)
+
     @api.get("/healthz")
     async def healthz(self):
-        if not self._engine.alive:
-            self.metrics.request("/healthz", 503)
-            return JSONResponse({"status": "sampling loop stopped", "model_step": self.info["step"]}, status_code=503)
-        self.metrics.request("/healthz", 200)
-        return {"status": "ok", "model_step": self.info["step"]}
+        t0 = time.perf_counter()
+        try:
+            if not self._engine.alive:
+                self.metrics.request("/healthz", 503)
+                return JSONResponse({"status": "sampling loop stopped", "model_step": self.info["step"]},
+                                    status_code=503)
+            self.metrics.request("/healthz", 200)
+            return {"status": "ok", "model_step": self.info["step"]}
+        except Exception as exc:  # noqa: BLE001 - answered as a counted JSON 500
+            return self._guarded("/healthz", exc, t0)
 
     @api.get("/v1/model")
-    async def model(self) -> dict[str, Any]:
-        s = self.settings
+    async def model(self):
+        t0 = time.perf_counter()
+        try:
+            body = self._model_body()
+        except Exception as exc:  # noqa: BLE001 - answered as a counted JSON 500
+            return self._guarded("/v1/model", exc, t0)
         self.metrics.request("/v1/model", 200)
+        return body
+
+    def _model_body(self) -> dict[str, Any]:
+        s = self.settings
         return {
             **self.info,
             "limits": {
                 "max_samples_per_request": s.max_samples_per_request,
                 "max_request_bytes": s.max_request_bytes,
+                "body_timeout_s": s.body_timeout_s,
                 "max_steps": min(s.max_steps, self.info["timesteps"]),
+                # compute budget: num_samples x steps of one request
+                "max_sample_steps": s.max_sample_steps,
                 "max_guidance": s.max_guidance,
+                "max_count_per_element": MAX_COUNT,
+                # accepted target per property, raw units: training mean +- max_property_sigma x std
+                "property_ranges": {k: list(v) for k, v in self.property_ranges.items()},
+                "max_property_sigma": s.max_property_sigma,
             },
             "defaults": {"sampler": "ddim", "steps_ddim": min(s.default_steps_ddim, self.info["timesteps"]),
                          "steps_ddpm": self.info["timesteps"], "format": s.default_format},
@@ -245,11 +310,15 @@ class UniMatGenerator:
         }
 
     @api.get("/v1/stats")
-    async def stats(self) -> dict[str, Any]:
-        ctx = serve.get_replica_context()
-        engine = {"kind": self.settings.engine, "alive": self._engine.alive, "pid": self._engine.pid,
-                  "load": list(self._engine.load)}
-        return {"replica": ctx.replica_tag if ctx else None, "engine": engine, **self.metrics.snapshot()}
+    async def stats(self):
+        t0 = time.perf_counter()
+        try:
+            ctx = serve.get_replica_context()
+            engine = {"kind": self.settings.engine, "alive": self._engine.alive, "pid": self._engine.pid,
+                      "load": list(self._engine.load)}
+            return {"replica": ctx.replica_tag if ctx else None, "engine": engine, **self.metrics.snapshot()}
+        except Exception as exc:  # noqa: BLE001 - answered as a counted JSON 500
+            return self._guarded("/v1/stats", exc, t0)
 
     @api.post(
         "/v1/generate",
@@ -263,12 +332,27 @@ class UniMatGenerator:
     async def generate(self, request: Request):
         t0 = time.perf_counter()
         try:
-            body = await _read_body(request, self.settings.max_request_bytes)
-            pending = self._validate(parse_generate_request(body, self.settings.max_request_bytes))
+            return await self._generate(request, t0)
+        except asyncio.CancelledError:  # the client is gone: nobody to answer (counted by _generate)
+            raise
+        except Exception as exc:  # noqa: BLE001 - answered as a counted JSON 500
+            return self._guarded("/v1/generate", exc, t0)
+
+    async def _generate(self, request: Request, t0: float):
+        s = self.settings
+        try:
+            hint = next((h for h in _PROXY_HINT_HEADERS if h in request.headers), None)
+            if hint is not None:
+                raise ApiError(400, "header_not_allowed", f"the {hint} header is reserved for a load balancer in "
+                                                          "front of the service; send the request without it")
+            body = await _read_body(request, s.max_request_bytes, s.body_timeout_s)
+            pending = self._validate(parse_generate_request(body, s.max_request_bytes))
         except ApiError as exc:
             self.metrics.error(exc.type)
             self.metrics.request("/v1/generate", exc.status, time.perf_counter() - t0)
-            return JSONResponse(exc.body(), status_code=exc.status)
+            # a 408 leaves the declared body unread: the connection cannot carry another request
+            headers = {"Connection": "close"} if exc.status == 408 else None
+            return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
         try:
             result = await self._generate_batch(pending)
         except asyncio.CancelledError:
@@ -314,6 +398,17 @@ class UniMatGenerator:
         if steps > min(s.max_steps, T):
             raise ApiError(422, "limit_exceeded", f"steps {steps} exceeds the limit of {min(s.max_steps, T)} "
                                                   f"(service max_steps {s.max_steps}, model T {T})", "steps")
+        if req.num_samples * steps > s.max_sample_steps:
+            raise ApiError(422, "limit_exceeded",
+                           f"num_samples x steps = {req.num_samples} x {steps} = {req.num_samples * steps:,} sample-steps "
+                           f"exceeds this service's compute budget of {s.max_sample_steps:,} per request "
+                           "(max_sample_steps); ask for fewer samples or steps")
+        for name, value in (req.properties or {}).items():
+            lo, hi = self.property_ranges.get(name, (-float("inf"), float("inf")))  # unknown: prepare_job names it
+            if not lo <= value <= hi:
+                raise ApiError(422, "limit_exceeded",
+                               f"properties.{name}: {value:g} is outside [{lo:.6g}, {hi:.6g}], the range this model "
+                               f"accepts (its training mean +- {s.max_property_sigma:g} std)", f"properties.{name}")
         if req.guidance > s.max_guidance:
             raise ApiError(422, "limit_exceeded", f"guidance {req.guidance} exceeds the limit of {s.max_guidance}",
                            "guidance")

@@ -32,20 +32,35 @@ class ServeSettings:
     batch_wait_timeout_s: float = 0.0
     max_batch_samples: int = 512  # rows (samples) in the running loop; bounds device memory
 
-    # per-request limits (violations are HTTP 413/422 with a message)
+    # per-request limits (violations are HTTP 408/413/422 with a message)
     max_samples_per_request: int = 64  # num_samples upper bound
     max_request_bytes: int = 65536  # request body size limit, bytes
+    # seconds a request's whole body may take to arrive once the replica has taken it: Serve's proxy hands a
+    # request to a replica (one of its max_ongoing_requests slots) when the headers arrive, so a client that
+    # declares a body and never sends it would hold that slot forever; past this the client gets a 408
+    body_timeout_s: float = 10.0
     max_steps: int = 1000  # denoising steps upper bound (also capped by the model's T)
+    # compute budget of one request, in sample-steps (num_samples x steps, one network evaluation of one row
+    # each): 64 x 100 = the largest request at the default DDIM steps. The limits above alone allow 64 x 1000
+    # DDPM steps (~285 s of CPU on 2 cores for the released Perov-5 model); over the budget -> 422
+    max_sample_steps: int = 6400
+    # property targets must lie within mean +- max_property_sigma x std of the model's training data (the
+    # model's own standardisation, reported per property by GET /v1/model); far outside it the standardised
+    # value overflows float32 and the samples are NaN, and already a few sigma out the model extrapolates
+    max_property_sigma: float = 10.0
     max_guidance: float = 20.0  # classifier-free guidance weight upper bound
     default_steps_ddim: int = 100  # steps when a DDIM request gives none (capped by T)
     default_format: Literal["cif", "json"] = "cif"
 
     def __post_init__(self) -> None:
         positive = ("max_batch_size", "max_batch_samples", "max_samples_per_request", "max_request_bytes", "max_steps",
-                    "default_steps_ddim")
+                    "default_steps_ddim", "max_sample_steps")
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("body_timeout_s", "max_property_sigma"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.batch_wait_timeout_s < 0:
             raise ValueError(f"batch_wait_timeout_s must be >= 0, got {self.batch_wait_timeout_s}")
         if self.max_samples_per_request > self.max_batch_samples:
