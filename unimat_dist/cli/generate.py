@@ -1,13 +1,15 @@
 """``unimat serve`` (start the generation service) and ``unimat generate`` (its command-line client).
 
-    unimat serve --checkpoint out/train_tiny_cpu                         # http://127.0.0.1:8000, Ctrl-C stops
+    unimat serve --checkpoint out/train_tiny_cpu                         # http://127.0.0.1:8000, Ctrl-C / SIGTERM stop
+    unimat serve --checkpoint checkpoints/perov5_transformer_cpu.pt --max-sample-steps 12800 --body-timeout 5
     unimat serve --checkpoint s3://bucket/run/inference.pt --port 8080 --max-batch-size 64 --num-replicas 2
     unimat generate --url http://127.0.0.1:8000 --num 8 --composition SrTiO3 --steps 50 --out out/srtio3
     unimat generate --url http://127.0.0.1:8000 --num 4 --property heat_ref=-0.5 --guidance 1.0 --format json
     unimat generate --url http://127.0.0.1:8000 --info                  # model, limits, batching settings
 
 ``unimat generate`` writes ``<out>/<id>_<k>.cif`` (or ``<out>/<id>.json``) plus ``<out>/<id>.response.json``
-and prints one summary line. For production, deploy with ``serve deploy deploy/serve_config.yaml``
+and prints one summary line; ``<id>`` is the response's id reduced to letters, digits, ``-`` and ``_``
+(a server's answer never names a path outside ``--out``). For production, deploy with ``serve deploy deploy/serve_config.yaml``
 or the KubeRay manifest (docs/generation.md).
 """
 from __future__ import annotations
@@ -27,6 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--gpus-per-replica", type=float, default=0.0)
     s.add_argument("--ray-address", default=None, help="connect to this Ray cluster (default: start a local one)")
     s.add_argument("--num-cpus", type=int, default=None, help="CPUs of a new local Ray cluster")
+    s.add_argument("--max-sample-steps", type=int, default=None, metavar="N",
+                   help="compute budget of one request, num_samples x steps (default 6400)")
+    s.add_argument("--body-timeout", type=float, default=None, metavar="SECONDS",
+                   help="seconds a request body may take to arrive before a 408 (default 10)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="service setting (deploy/settings.py), repeatable: max_batch_size=64, torch_threads=4, ...")
     s.set_defaults(func=run_serve)
@@ -57,6 +63,11 @@ def _settings(args) -> dict:
         if not sep or not key:
             raise ValueError(f"--set {item!r} must look like KEY=VALUE")
         out[key.strip()] = value
+    # the dedicated flags win over --set of the same setting
+    if getattr(args, "max_sample_steps", None) is not None:
+        out["max_sample_steps"] = args.max_sample_steps
+    if getattr(args, "body_timeout", None) is not None:
+        out["body_timeout_s"] = args.body_timeout
     return out
 
 
@@ -68,19 +79,14 @@ def start_service(settings: dict, *, host: str = "127.0.0.1", port: int = 8000, 
     Serve keeps its first ``http_options`` for the life of the Ray cluster: on a cluster where Serve
     already runs, ``host``/``port`` are those of the running proxy.
     """
-    import ray
     from ray import serve
 
     from deploy.app import application
+    from unimat_dist.ray_local import init_ray
 
-    import os
-
-    if not ray.is_initialized():
-        address = ray_address or os.environ.get("RAY_ADDRESS")
-        if address:
-            ray.init(address=address)
-        else:  # "local": a new cluster, never an unrelated `ray start` cluster found on this machine
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+    # joins ray_address / RAY_ADDRESS, else starts a new local Ray bound to 127.0.0.1 (never an unrelated
+    # `ray start` cluster found on this machine); a no-op where Ray already runs in this process
+    init_ray(ray_address, num_cpus=num_cpus)
     serve.start(http_options={"host": host, "port": port})
     app = application(settings, num_replicas=num_replicas,
                       ray_actor_options={"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica})
@@ -88,24 +94,52 @@ def start_service(settings: dict, *, host: str = "127.0.0.1", port: int = 8000, 
     return f"http://{host}:{port}{route_prefix.rstrip('/')}"
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it unwinds like Ctrl-C."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
+
+
 def run_serve(args) -> int:
+    """Serve until Ctrl-C or SIGTERM (what Kubernetes and systemd send), then shut Serve and Ray down.
+
+    Without its own SIGTERM handler the process would die with Ray's (``sys.exit`` from ``ray.init``)
+    and leave the local Ray's daemons to atexit; here both signals take the same path: Serve's
+    applications are deleted, then ``ray.shutdown()`` stops the raylet, GCS and agents this process
+    started (joining a cluster, it only disconnects).
+    """
     import logging
+    import signal
     import time
 
+    import ray
     from ray import serve
 
-    url = start_service(_settings(args), host=args.host, port=args.port, route_prefix=args.route_prefix,
-                        num_replicas=args.num_replicas, cpus_per_replica=args.cpus_per_replica,
-                        gpus_per_replica=args.gpus_per_replica, ray_address=args.ray_address, num_cpus=args.num_cpus)
     log = logging.getLogger("unimat.serve")
-    log.info("serving %s at %s (POST /v1/generate, GET /v1/model, /healthz, /docs); Ctrl-C stops", args.checkpoint, url)
+    signal.signal(signal.SIGTERM, _raise_terminated)  # also while starting: a pod can be stopped at any time
     try:
+        settings = _settings(args)
+        url = start_service(settings, host=args.host, port=args.port, route_prefix=args.route_prefix,
+                            num_replicas=args.num_replicas, cpus_per_replica=args.cpus_per_replica,
+                            gpus_per_replica=args.gpus_per_replica, ray_address=args.ray_address,
+                            num_cpus=args.num_cpus)
+        signal.signal(signal.SIGTERM, _raise_terminated)  # ray.init installed its own (sys.exit) meanwhile
+        log.info("serving %s at %s (POST /v1/generate, GET /v1/model, /healthz, /docs); Ctrl-C or SIGTERM stops",
+                 args.checkpoint, url)
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
-        log.info("shutting down")
+    except KeyboardInterrupt as stop:
+        log.info("%s: shutting down", "SIGTERM" if isinstance(stop, _Terminated) else "interrupted")
     finally:
-        serve.shutdown()
+        # a second SIGTERM (a supervisor repeating itself) must not cut the shutdown short; SIGKILL still can
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if ray.is_initialized():
+            try:
+                serve.shutdown()
+            finally:
+                ray.shutdown()
     return 0
 
 
@@ -136,26 +170,51 @@ def run_generate(args) -> int:
     return 0
 
 
+def safe_name(text, default: str = "response", limit: int = 12) -> str:
+    """A file-name stem from text a server sent: letters, digits, ``-`` and ``_`` only (no separators,
+    dots, NUL or drive letters), at most ``limit`` characters, ``default`` when nothing is left."""
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9_-]", "", str(text) if text is not None else "")[:limit]
+    return stem or default
+
+
 def write_response(response: dict, out: str) -> list:
     """Write a ``/v1/generate`` response: one CIF per decoded crystal (or one JSON of all), plus the
-    response itself; returns the paths."""
+    response itself; returns the paths.
+
+    The response comes from a server, which may be hostile: every name that becomes a path is reduced by
+    ``safe_name`` (the crystal number is this client's own count), and each path is checked to lie in
+    ``out`` before anything is written.
+    """
     import json
     from pathlib import Path
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rid = response["id"][:12]
+    root = out_dir.resolve()
+
+    def inside(name: str) -> Path:
+        path = out_dir / name
+        if path.resolve().parent != root:  # defence in depth: safe_name already rules this out
+            raise ValueError(f"refusing to write {name!r} outside {out_dir}")
+        return path
+
+    rid = safe_name(response.get("id"))
+    structures = response.get("structures") or []
     files = []
-    if response["format"] == "cif":
-        for s in response["structures"]:
-            if s.get("cif"):
-                path = out_dir / f"{rid}_{s['index']:04d}.cif"
-                path.write_text(s["cif"])
+    if response.get("format") == "cif":
+        for k, s in enumerate(structures):
+            cif = s.get("cif") if isinstance(s, dict) else None
+            if isinstance(cif, str) and cif:
+                path = inside(f"{rid}_{k:04d}.cif")
+                path.write_text(cif)
                 files.append(path)
     else:
-        path = out_dir / f"{rid}.json"
-        path.write_text(json.dumps([s.get("structure") for s in response["structures"]], indent=1))
+        path = inside(f"{rid}.json")
+        path.write_text(json.dumps([s.get("structure") if isinstance(s, dict) else None for s in structures],
+                                   indent=1))
         files.append(path)
-    meta = out_dir / f"{rid}.response.json"
+    meta = inside(f"{rid}.response.json")
     meta.write_text(json.dumps(response, indent=1))
     return files + [meta]
