@@ -16,6 +16,9 @@ class SourceConfig:
     id_column: str = "material_id"  # cdvae-csv: column holding the record id
     limit: Optional[int] = None  # records per source file (CSV rows, or files of a folder); null = all
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for a cloud source
+    # structure-dir (local folder): follow symlinks that point outside the source folder; false = skip and
+    # count them in the summary (a link could otherwise pull any readable file into the data set)
+    follow_links: bool = False
 
 
 @dataclass
@@ -39,7 +42,10 @@ class OutputConfig:
     records_per_unit: int = 4096  # input records per work unit (task); each unit writes >= 1 shard per split
     max_shard_bytes: int = 256 * 1024 * 1024  # bytes; a unit starts a new shard before exceeding it
     max_shard_samples: Optional[int] = None  # samples per shard; null = no limit besides records_per_unit
-    overwrite: bool = False  # delete an existing dataset at uri first (else resume / refuse a different job)
+    # delete the files a previous ingest job wrote at uri first (only those: recognised by its _job.json and
+    # the names the job writes; any other file stays); refused where no ingest job owns uri
+    overwrite: bool = False
+    allow_nonempty: bool = False  # write into a folder that already holds other files (never touched)
 
 
 @dataclass
@@ -47,6 +53,12 @@ class ValidateConfig:
     cif_parser: Literal["fast", "pymatgen"] = "fast"  # fast: P1 reader with pymatgen fallback
     min_distance: float = 0.5  # Angstrom; closer atom pairs are quarantined (0 disables)
     max_atoms: Optional[int] = None  # atoms per structure; null = no limit besides L per element
+    # bytes (decompressed) of one structure file, archive member or CSV row; larger ones are quarantined as
+    # too_large after reading at most this much (streamed), so memory never depends on what a file claims
+    max_record_bytes: int = 16 * 1024 * 1024
+    lattice_length_range: list[float] = field(default_factory=lambda: [1.0, 200.0])  # Angstrom, inclusive
+    lattice_angle_range: list[float] = field(default_factory=lambda: [1.0, 179.0])  # degrees, inclusive
+    volume_per_atom_range: list[float] = field(default_factory=lambda: [1.0, 500.0])  # Angstrom^3, inclusive
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 import numpy as np
 
@@ -122,3 +122,55 @@ def skip_to(stream: BinaryIO, offset: int) -> None:
         if not chunk:
             raise ValueError(f"stream ended before offset {offset}")
         left -= len(chunk)
+
+
+class OverLong(int):
+    """Stands for a row longer than the cap (its length in bytes); the row itself was never held."""
+
+
+def iter_row_bytes(stream: BinaryIO, nbytes: int, max_row_bytes: int) -> Iterator[bytes | OverLong]:
+    """The rows of ``nbytes`` bytes of a CSV stream, by the same rule as ``index_csv`` (a newline outside
+    quotes ends a row, blank lines are not rows), each as its raw bytes with the terminator.
+
+    Rows are cut here rather than by ``csv`` so one bad row stays one bad record: a row over
+    ``max_row_bytes`` is skipped while streaming (memory stays ~ one block + the cap) and yielded as
+    ``OverLong(length)``; decoding and field splitting happen per row in the caller.
+    """
+    left = nbytes
+    pending: list[bytes] = []
+    pending_len = 0
+    overlong = False
+    in_quote = False
+    while left > 0:
+        block = stream.read(min(left, 1 << 20))
+        if not block:
+            break
+        left -= len(block)
+        arr = np.frombuffer(block, dtype=np.uint8)
+        parity = (np.cumsum(arr == _QUOTE, dtype=np.uint8) & 1).astype(bool) ^ in_quote
+        ends = np.flatnonzero((arr == _NL) & ~parity)
+        in_quote = bool(parity[-1])
+        start = 0
+        for e in ends.tolist():
+            size = pending_len + e + 1 - start
+            if overlong or size > max_row_bytes:
+                yield OverLong(size)
+            else:
+                row = b"".join(pending) + block[start : e + 1] if pending else block[start : e + 1]
+                if row not in (b"\n", b"\r\n"):
+                    yield row
+            pending, pending_len, overlong = [], 0, False
+            start = e + 1
+        if start < len(block):
+            pending_len += len(block) - start
+            if overlong or pending_len > max_row_bytes:
+                pending, overlong = [], True  # keep counting, stop holding
+            else:
+                pending.append(block[start:])
+    if pending_len:
+        if overlong:
+            yield OverLong(pending_len)
+        else:
+            tail = b"".join(pending)
+            if tail.strip(b"\r\n \t"):  # a last row without a trailing newline
+                yield tail

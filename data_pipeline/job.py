@@ -14,13 +14,19 @@ Output layout (``output.uri``):
 Re-running the same job on the same output resumes: committed units are skipped, the others are
 redone (their shards are byte-identical), and the manifest is rebuilt from all unit records. A job
 with a different fingerprint (other source, spec, split policy, shard sizes, ...) is refused unless
-``output.overwrite`` is set.
+``output.overwrite`` is set, which deletes only the files an ingest job writes (``LAYOUT``); a non-empty
+folder that no ingest job owns is refused (``output.allow_nonempty`` to write next to other files), and so
+is an output overlapping the source (rules: ``unimat_dist.output_guard``).
+
+Every record read is written or quarantined with a reason: ``counts.read == counts.written +
+counts.quarantined`` in the manifest, checked before it is written.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -32,21 +38,14 @@ import numpy as np
 from unimat_dist.config import to_dict
 from unimat_dist.data.manifest import FORMAT, MANIFEST_NAME, SCHEMA_VERSION, SPLITS
 from unimat_dist.data.sample_format import ARRAY_NAMES, META_MEMBER, ARRAYS_MEMBER
-from unimat_dist.data.storage import (
-    exists,
-    join_uri,
-    list_files,
-    read_bytes,
-    remove_tree,
-    sweep_temp_files,
-    write_bytes_atomic,
-)
+from unimat_dist.data.storage import join_uri, list_files, read_bytes, sweep_temp_files, write_bytes_atomic
+from unimat_dist.output_guard import OutputLayout, claim_output
 from unimat_dist.representation import LatticeStats, Normalizer, UniMatSpec
 
 from .config import IngestConfig
 from .readers import SourcePlan, WorkUnit, plan_source
 from .splits import check_fractions
-from .unit_worker import UNITS_DIR, JobContext, process_unit, unit_name
+from .unit_worker import QUARANTINE_DIR, UNITS_DIR, JobContext, process_unit, unit_name
 
 log = logging.getLogger("unimat.ingest")
 
@@ -69,6 +68,7 @@ class IngestSummary:
     bytes: int
     seconds: float
     parsers: dict[str, int] = field(default_factory=dict)
+    not_read: dict[str, int] = field(default_factory=dict)  # links_skipped, hidden_skipped: files never opened
 
     def lines(self) -> list[str]:
         rate = self.read / self.seconds if self.seconds > 0 else float("nan")
@@ -81,6 +81,12 @@ class IngestSummary:
             f"  quarantined {self.quarantined:>10,}",
         ]
         out += [f"    {reason:<28} {n:>8,}" for reason, n in self.quarantined_by_reason.items()]
+        out.append(f"  check       read {self.read:,} = written {self.written:,} + quarantined {self.quarantined:,}")
+        if self.not_read.get("links_skipped"):
+            out.append(f"  skipped     {self.not_read['links_skipped']:>10,}   symlinks leaving the source folder (not "
+                       "followed; source.follow_links)")
+        if self.not_read.get("hidden_skipped"):
+            out.append(f"  skipped     {self.not_read['hidden_skipped']:>10,}   hidden files / __MACOSX (not read)")
         out.append(f"  parsers     " + ", ".join(f"{k} {v:,}" for k, v in self.parsers.items()))
         out.append(f"  manifest    {self.manifest_uri}")
         return out
@@ -226,7 +232,12 @@ def build_manifest(
         "written": sum(r["counts"]["written"] for r in records),
         "quarantined": sum(reasons.values()),
         "quarantined_by_reason": dict(sorted(reasons.items())),
+        # files of the source never opened (their records are not in "read"): see the summary
+        "not_read": {k: int(plan.description.get(k, 0)) for k in ("links_skipped", "hidden_skipped")},
     }
+    if counts["read"] != counts["written"] + counts["quarantined"]:  # a record lost silently is a bug, not data
+        raise RuntimeError(f"record accounting broken: read {counts['read']} != written {counts['written']} + "
+                           f"quarantined {counts['quarantined']}")
     from unimat_dist import __version__
 
     return {
@@ -284,24 +295,40 @@ def _committed_units(output: str, opts: dict, units: list[WorkUnit], fp: str) ->
     return done
 
 
-def _claim_output(output: str, opts: dict, fp: str, cfg: IngestConfig) -> None:
-    job_uri = join_uri(output, JOB_FILE)
-    if cfg.output.overwrite:
-        log.info("output.overwrite: deleting %s", output)
-        remove_tree(output, opts)
-    elif exists(job_uri, opts):
-        other = json.loads(read_bytes(job_uri, opts))
-        if other.get("fingerprint") != fp:
-            raise ValueError(
-                f"{output} holds the output of a different ingest job (fingerprint {other.get('fingerprint')}, this job "
-                f"{fp}); choose another output or pass --overwrite"
-            )
+SPLIT_RE = "(" + "|".join(SPLITS) + ")"
+LAYOUT = OutputLayout(
+    kind="ingest",
+    job_file=JOB_FILE,
+    files=(
+        re.escape(MANIFEST_NAME),
+        re.escape(JOB_FILE),
+        rf"{SPLIT_RE}/u\d{{6}}-\d+\.tar",
+        rf"{QUARANTINE_DIR}/u\d{{6}}\.jsonl",
+        rf"{UNITS_DIR}/u\d{{6}}\.json",
+    ),
+    dirs=(*SPLITS, QUARANTINE_DIR, UNITS_DIR),
+)
+
+
+def source_uris(cfg: IngestConfig, plan: SourcePlan) -> list[str]:
+    """Every file or folder the job reads (the output may overlap none of them)."""
+    uris = [cfg.source.uri] + [f.get("uri") for f in plan.description.get("files", [])]
+    return [u for u in dict.fromkeys(uris) if u]
+
+
+def _claim_output(output: str, opts: dict, fp: str, cfg: IngestConfig, plan: SourcePlan) -> None:
+    """The shared output rule (``unimat_dist.output_guard``): resume our job, refuse anything else."""
+    state = claim_output(output, opts, LAYOUT, fp, to_dict(cfg), overwrite=cfg.output.overwrite,
+                         allow_nonempty=cfg.output.allow_nonempty, inputs=source_uris(cfg, plan))
+    if state == "resume":
         log.info("resuming the job in %s", output)
-        return
-    elif exists(join_uri(output, MANIFEST_NAME), opts):
-        raise ValueError(f"{output} already holds a dataset from an unknown job; choose another output or pass --overwrite")
-    body = {"fingerprint": fp, "started_at": datetime.now(timezone.utc).isoformat(), "config": to_dict(cfg)}
-    write_bytes_atomic(job_uri, json.dumps(body, sort_keys=True, indent=1).encode(), opts)
+
+
+def _range(pair, name: str) -> tuple[float, float]:
+    lo, hi = (float(v) for v in pair)
+    if not 0 <= lo <= hi:
+        raise ValueError(f"{name} must be [low, high] with 0 <= low <= high, got {pair}")
+    return lo, hi
 
 
 def make_context(cfg: IngestConfig, spec: UniMatSpec, mode: str, fp: str) -> JobContext:
@@ -318,6 +345,10 @@ def make_context(cfg: IngestConfig, spec: UniMatSpec, mode: str, fp: str) -> Job
         cif_parser=cfg.validate.cif_parser,
         min_distance=cfg.validate.min_distance,
         max_atoms=cfg.validate.max_atoms,
+        max_record_bytes=cfg.validate.max_record_bytes,
+        lattice_length_range=_range(cfg.validate.lattice_length_range, "validate.lattice_length_range"),
+        lattice_angle_range=_range(cfg.validate.lattice_angle_range, "validate.lattice_angle_range"),
+        volume_per_atom_range=_range(cfg.validate.volume_per_atom_range, "validate.volume_per_atom_range"),
         max_shard_bytes=cfg.output.max_shard_bytes,
         max_shard_samples=cfg.output.max_shard_samples,
         scratch_dir=cfg.run.scratch_dir,
@@ -352,13 +383,16 @@ def run_ingest(cfg: IngestConfig, runner: UnitRunner | None = None) -> IngestSum
     spec = resolve_spec(cfg)
     check_fractions(cfg.split.fractions)
     log.info("planning %s source %s", cfg.source.format, cfg.source.uri or cfg.source.dataset)
-    plan = plan_source(cfg.source, cfg.output.records_per_unit, cfg.source.storage_options or None)
+    if cfg.validate.max_record_bytes < 1024:
+        raise ValueError("validate.max_record_bytes must be >= 1024")
+    plan = plan_source(cfg.source, cfg.output.records_per_unit, cfg.source.storage_options or None,
+                       cfg.validate.max_record_bytes)
     mode = resolve_split_mode(cfg, plan)
     fp = fingerprint(cfg, spec, mode, plan)
     total_rows = sum(int(f.get("rows", f.get("count", 0)) or 0) for f in plan.description.get("files", []))
     log.info("%s | %d work units, ~%s records | split mode %s | job %s", spec.describe(), len(plan.units),
              f"{total_rows:,}", mode, fp)
-    _claim_output(output, opts, fp, cfg)
+    _claim_output(output, opts, fp, cfg, plan)
     done = _committed_units(output, opts, plan.units, fp)
     pending = [u for u in plan.units if u.index not in done]
     if done:
@@ -396,6 +430,7 @@ def run_ingest(cfg: IngestConfig, runner: UnitRunner | None = None) -> IngestSum
         bytes=sum(s["bytes"] for s in manifest["shards"]),
         seconds=time.perf_counter() - t0,
         parsers=dict(sorted(parsers.items())),
+        not_read=manifest["counts"]["not_read"],
     )
     for line in summary.lines():
         log.info(line)

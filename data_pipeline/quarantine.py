@@ -23,6 +23,10 @@ REASONS: dict[str, str] = {
     "not_periodic": "no 3D periodic cell (e.g. a molecule in an extxyz file)",
     "missing_structure": "listed in the summary CSV but absent from the CIF archive",
     "unsupported_file": "a file in a structure folder whose format is not recognised",
+    "lattice_out_of_range": "lattice lengths, angles or volume per atom outside validate's physical ranges",
+    "too_large": "a file, archive member or CSV row larger than validate.max_record_bytes (decompressed)",
+    "unsafe_path": "an archive member name with '..', an absolute path or a drive (never read)",
+    "duplicate_id": "a record id seen earlier in the source; the first occurrence is the one kept",
     "encode_error": "the UniMat encoder rejected the structure for another reason",
 }
 

@@ -7,13 +7,12 @@ task whose worker dies (Ray Data's default for tasks). The unit is the unit of d
 the scheduling, a unit writes the same shards.
 
 Cluster: ``run.address`` or ``RAY_ADDRESS`` (set by ``ray job submit``) connects to a running cluster;
-otherwise a local one is started with ``run.num_cpus`` CPUs and shut down afterwards.
+otherwise a local one is started with ``run.num_cpus`` CPUs, bound to 127.0.0.1, and shut down afterwards.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 from typing import Any, Iterator
 
 from .config import RunConfig
@@ -24,18 +23,16 @@ log = logging.getLogger("unimat.ingest")
 
 
 def _start_ray(run: RunConfig) -> bool:
-    """Connect to or start Ray; True if this call started it (and must shut it down)."""
+    """Connect to or start Ray (a new local one bound to 127.0.0.1: ``unimat_dist.ray_local``); True if
+    this call started it (and must shut it down)."""
     import ray
 
-    if ray.is_initialized():
-        return False
-    address = run.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(num_cpus=run.num_cpus, include_dashboard=False, log_to_driver=True)
-    log.info("Ray: %s CPUs available", ray.cluster_resources().get("CPU"))
-    return True
+    from unimat_dist.ray_local import init_ray
+
+    started = init_ray(run.address, num_cpus=run.num_cpus)
+    if started:
+        log.info("Ray: %s CPUs available", ray.cluster_resources().get("CPU"))
+    return started
 
 
 def run_on_ray(units: list[WorkUnit], ctx: JobContext, run: RunConfig) -> Iterator[dict[str, Any]]:

@@ -7,13 +7,13 @@ Every failure is a ``Rejected`` with a reason, never a bare exception.
 from __future__ import annotations
 
 import warnings
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 
 from unimat_dist.representation.periodic_table import Z_OF
 
-from .fast_cif import NotFastPath, parse_p1_cif
+from .fast_cif import NotFastPath, check_listed_sites, parse_p1_cif
 from .quarantine import Rejected
 from .records import RawRecord
 
@@ -67,13 +67,20 @@ def atoms_arrays(atoms) -> Arrays:
     return z, frac, np.asarray(atoms.cell.cellpar(), dtype=np.float64)
 
 
-def record_arrays(record: RawRecord, cif_parser: CifParserChoice = "fast") -> tuple[Arrays, str]:
-    """(arrays, parser used: "fast" | "pymatgen" | "arrays") of a record, or ``Rejected``."""
+def record_arrays(record: RawRecord, cif_parser: CifParserChoice = "fast",
+                  check: Callable[[np.ndarray], None] | None = None) -> tuple[Arrays, str]:
+    """(arrays, parser used: "fast" | "pymatgen" | "arrays") of a record, or ``Rejected``.
+
+    ``check(z)`` runs on the atomic numbers as early as each path knows them (the CIF's listed sites
+    before either parser builds anything quadratic; an ASE frame's atoms; pymatgen's result).
+    """
     if record.kind == "rejected":
         assert record.rejected is not None
         raise record.rejected
     if record.kind == "arrays":
         assert record.arrays is not None
+        if check is not None:
+            check(record.arrays[0])
         return record.arrays, "arrays"
     text = record.text or ""
     if not text.strip():
@@ -81,9 +88,11 @@ def record_arrays(record: RawRecord, cif_parser: CifParserChoice = "fast") -> tu
     if record.kind == "cif":
         if cif_parser == "fast":
             try:
-                return parse_p1_cif(text), "fast"
+                return parse_p1_cif(text, check), "fast"
             except NotFastPath:
                 pass
+        elif check is not None:  # the fast reader's scan only: the cheap listed-site check before pymatgen
+            check_listed_sites(text, check)
         return cif_arrays_pymatgen(text), "pymatgen"
     if record.kind == "poscar":
         return poscar_arrays(text), "pymatgen"

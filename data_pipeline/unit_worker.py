@@ -33,7 +33,7 @@ from .quarantine import Rejected, quarantine_entry
 from .readers import WorkUnit, iter_unit_records
 from .splits import formulas, split_of
 from .structure_parse import record_arrays
-from .validate import validate_arrays
+from .validate import check_counts, validate_arrays
 
 UNITS_DIR = "_units"
 QUARANTINE_DIR = "quarantine"
@@ -56,6 +56,10 @@ class JobContext:
     cif_parser: str = "fast"
     min_distance: float = 0.5
     max_atoms: int | None = None
+    max_record_bytes: int = 16 * 1024 * 1024
+    lattice_length_range: tuple[float, float] = (1.0, 200.0)
+    lattice_angle_range: tuple[float, float] = (1.0, 179.0)
+    volume_per_atom_range: tuple[float, float] = (1.0, 500.0)
     max_shard_bytes: int = 256 * 1024 * 1024
     max_shard_samples: int | None = None
     scratch_dir: str | None = None
@@ -132,6 +136,9 @@ def process_unit(unit: WorkUnit, ctx: JobContext) -> dict[str, Any]:
     names: set[str] = set()
     read = 0
 
+    def check(z: np.ndarray) -> None:  # the O(N) limits, run by the parsers before anything O(N^2)
+        check_counts(z, spec, ctx.max_atoms)
+
     def finish(split: str) -> None:
         writer, part = writers.pop(split)
         info = writer.close()
@@ -155,11 +162,13 @@ def process_unit(unit: WorkUnit, ctx: JobContext) -> dict[str, Any]:
         return w
 
     try:
-        for seq, rec in enumerate(iter_unit_records(unit, source, ctx.source_options, ctx.scratch_dir)):
+        records = iter_unit_records(unit, source, ctx.source_options, ctx.scratch_dir, ctx.max_record_bytes)
+        for seq, rec in enumerate(records):
             read += 1
             try:
-                (z, frac, params), parser = record_arrays(rec, ctx.cif_parser)  # type: ignore[arg-type]
-                validate_arrays(z, frac, params, spec, ctx.min_distance, ctx.max_atoms)
+                (z, frac, params), parser = record_arrays(rec, ctx.cif_parser, check)  # type: ignore[arg-type]
+                validate_arrays(z, frac, params, spec, ctx.min_distance, ctx.max_atoms, tuple(ctx.lattice_length_range),
+                                tuple(ctx.lattice_angle_range), tuple(ctx.volume_per_atom_range))
                 try:
                     tensor = encode_arrays(z, frac, params, spec, record=rec.id)
                 except ValueError as exc:

@@ -98,8 +98,12 @@ class ZipIndex:
             p = start + n + m + k
         return cls(keys, offsets, csizes, crcs, methods)
 
-    def read(self, fh: BinaryIO, name: str) -> bytes | None:
-        """The member's uncompressed bytes, or None if the archive has no such member."""
+    def read(self, fh: BinaryIO, name: str, max_bytes: int | None = None) -> bytes | None:
+        """The member's uncompressed bytes, or None if the archive has no such member.
+
+        With ``max_bytes``, decompression streams and stops past the cap (``TooLarge``): a 600 KB
+        member can inflate to 600 MB, and neither its header's sizes nor its ratio are to be trusted.
+        """
         key = np.uint64(_key(name))
         i = int(np.searchsorted(self.keys, key))
         if i >= self.keys.size or self.keys[i] != key:
@@ -110,15 +114,53 @@ class ZipIndex:
         if sig != 0x04034B50 or header[_LOCAL.size : _LOCAL.size + n].decode("utf-8", errors="surrogateescape") != name:
             raise ValueError(f"zip member {name!r}: local header does not match the central directory")
         fh.seek(int(self.offsets[i]) + _LOCAL.size + n + m)
-        data = fh.read(int(self.csizes[i]))
+        csize = int(self.csizes[i])
+        cap = max_bytes if max_bytes is not None else 1 << 62
         method = int(self.methods[i])
-        if method == 8:
-            data = zlib.decompress(data, -15)
-        elif method != 0:
+        if method == 0:
+            if csize > cap:
+                raise TooLarge(name, csize, cap)
+            data = fh.read(csize)
+        elif method == 8:
+            data = _inflate_capped(fh, csize, cap, name)
+        else:
             raise ValueError(f"zip member {name!r}: compression method {method} is not supported")
         if zlib.crc32(data) != int(self.crcs[i]):
             raise ValueError(f"zip member {name!r}: CRC mismatch (corrupt archive)")
         return data
+
+
+class TooLarge(ValueError):
+    """A member whose uncompressed size exceeds the reader's cap (found while streaming)."""
+
+    def __init__(self, name: str, size: int, cap: int) -> None:
+        super().__init__(f"zip member {name!r}: more than {cap:,} bytes uncompressed (cap), read {size:,}")
+        self.name, self.size, self.cap = name, size, cap
+
+
+def _inflate_capped(fh: BinaryIO, csize: int, cap: int, name: str) -> bytes:
+    d = zlib.decompressobj(-15)
+    parts: list[bytes] = []
+    total = 0
+    left = csize
+    while left > 0:
+        chunk = fh.read(min(left, 1 << 20))
+        if not chunk:
+            raise ValueError(f"zip member {name!r}: truncated")
+        left -= len(chunk)
+        while chunk:
+            out = d.decompress(chunk, cap + 1 - total)  # never more than one byte past the cap
+            total += len(out)
+            parts.append(out)
+            if total > cap:
+                raise TooLarge(name, total, cap)
+            chunk = d.unconsumed_tail
+    out = d.flush()
+    total += len(out)
+    if total > cap:
+        raise TooLarge(name, total, cap)
+    parts.append(out)
+    return b"".join(parts)
 
 
 def _zip64_extra(extra: bytes, csize: int, usize: int, offset: int) -> tuple[int, int]:

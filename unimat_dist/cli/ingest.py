@@ -33,7 +33,13 @@ def register(subparsers) -> None:
     p.add_argument("--executor", choices=["ray", "local"])
     p.add_argument("--num-cpus", type=int, help="CPUs of a new local Ray cluster")
     p.add_argument("--ray-address", help="connect to this Ray cluster (default: RAY_ADDRESS or local)")
-    p.add_argument("--overwrite", action="store_true", help="delete an existing dataset at --output first")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the files of an earlier ingest job at --output first (only those)")
+    p.add_argument("--allow-nonempty-output", action="store_true",
+                   help="write into a folder holding other files (they are never modified)")
+    p.add_argument("--follow-links", action="store_true",
+                   help="structure-dir: follow symlinks that leave the source folder (default: skip, counted)")
+    p.add_argument("--max-record-mb", type=float, help="cap on one file/member/CSV row, decompressed (MB)")
     p.add_argument("overrides", nargs="*", help="section.key=value config overrides")
     p.set_defaults(func=main)
 
@@ -78,6 +84,12 @@ def build_config(args: argparse.Namespace):
     put("run.address", args.ray_address)
     if args.overwrite:
         put("output.overwrite", "true")
+    if args.allow_nonempty_output:
+        put("output.allow_nonempty", "true")
+    if args.follow_links:
+        put("source.follow_links", "true")
+    if args.max_record_mb is not None:
+        put("validate.max_record_bytes", int(args.max_record_mb * 1024 * 1024))
     return load_config(IngestConfig, args.config, flags + list(args.overrides or []))
 
 
