@@ -117,19 +117,26 @@ def run_serve(args) -> int:
     import ray
     from ray import serve
 
-    log = logging.getLogger("unimat.serve")
+    from unimat_dist.ray_local import init_ray
+
+    log = logging.getLogger(__name__)  # under unimat_dist: the CLI's log configuration shows it
     signal.signal(signal.SIGTERM, _raise_terminated)  # also while starting: a pod can be stopped at any time
     try:
         settings = _settings(args)
+        init_ray(args.ray_address, num_cpus=args.num_cpus)
+        # ray.init replaced the handler with its own (sys.exit) and Ray's C++ failure handler, which on
+        # SIGTERM prints a stack and can end the process with SIGABRT half-way through the shutdown
+        signal.signal(signal.SIGTERM, _raise_terminated)
         url = start_service(settings, host=args.host, port=args.port, route_prefix=args.route_prefix,
                             num_replicas=args.num_replicas, cpus_per_replica=args.cpus_per_replica,
                             gpus_per_replica=args.gpus_per_replica, ray_address=args.ray_address,
                             num_cpus=args.num_cpus)
-        signal.signal(signal.SIGTERM, _raise_terminated)  # ray.init installed its own (sys.exit) meanwhile
         log.info("serving %s at %s (POST /v1/generate, GET /v1/model, /healthz, /docs); Ctrl-C or SIGTERM stops",
                  args.checkpoint, url)
         while True:
-            time.sleep(3600)
+            # short sleeps: a signal that the kernel delivers to one of Ray's threads only sets a flag, which
+            # the main thread acts on when it next runs Python code
+            time.sleep(1.0)
     except KeyboardInterrupt as stop:
         log.info("%s: shutting down", "SIGTERM" if isinstance(stop, _Terminated) else "interrupted")
     finally:
