@@ -180,15 +180,15 @@ def claim_output(
         return "overwritten"
     if job_present:
         theirs = owner.get("job") if owner else None
-        what = f"a {theirs} job" if theirs else "something that is not a unimat job file"
+        what = f"{_a(theirs)} job" if theirs else "something that is not a unimat job file"
         raise OutputRefused(
-            f"{output}/{layout.job_file} belongs to {what}, not to a {layout.kind} job: refusing to "
+            f"{output}/{layout.job_file} belongs to {what}, not to {_a(layout.kind)} job: refusing to "
             f"{'delete anything there' if overwrite else 'write there'}; choose another output")
     if files or links:
         if overwrite:
             raise OutputRefused(
                 f"{output} is not empty and holds no {layout.kind} job file ({layout.job_file}), so nothing in it is "
-                f"known to be ours: {flag} deletes only what a {layout.kind} job wrote and will not touch it; choose "
+                f"known to be ours: {flag} deletes only what {_a(layout.kind)} job wrote and will not touch it; choose "
                 "another output (or an empty folder)")
         if not allow_nonempty:
             shown = ", ".join((files + links)[:5]) + (" ..." if len(files) + len(links) > 5 else "")
@@ -203,6 +203,10 @@ def claim_output(
                 "refusing to replace them (output.allow_nonempty keeps other files, never overwrites them)")
     _write_job_file(output, opts, layout, fingerprint, config)
     return "claimed"
+
+
+def _a(kind: str) -> str:
+    return ("an " if kind[:1] in "aeiou" else "a ") + kind
 
 
 def _write_job_file(output: str, opts: dict, layout: OutputLayout, fingerprint: str, config: dict[str, Any]) -> None:

@@ -51,7 +51,10 @@ class OutputConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)  # endpoint_url, key, secret, token, ...
     format: Literal["cif", "extxyz"] = "cif"  # cif: one multi-block CIF per shard; extxyz: one extxyz per shard
     requests_per_shard: int = 16  # requests per work unit (one shard + one commit record each)
-    overwrite: bool = False  # delete an existing output first (else resume / refuse a different job)
+    # delete the files a previous generate-batch job wrote at uri first (only those: recognised by its _job.json
+    # and the names the job writes; any other file stays); refused where no generate-batch job owns uri
+    overwrite: bool = False
+    allow_nonempty: bool = False  # write into a folder that already holds other files (never touched)
 
 
 @dataclass

@@ -14,28 +14,25 @@ Output layout (``output.uri``; file path, file://, s3:// or gs://):
 Rerunning the same job resumes: units with a commit record are skipped, so their request ids are never
 redone, and the others run (an interrupted unit rewrites its shard with the same seeds). A different
 job on the same output (other checkpoint, requests, sampler settings, format or shard size) is refused
-unless ``output.overwrite`` is set.
+unless ``output.overwrite`` is set, which deletes only the files a generate-batch job writes (``LAYOUT``);
+a non-empty folder that no generate-batch job owns is refused (``output.allow_nonempty`` to write next to
+other files), and so is an output overlapping the checkpoint or the request list
+(rules: ``unimat_dist.output_guard``).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
 from unimat_dist.config import load_config, to_dict
-from unimat_dist.data.storage import (
-    exists,
-    join_uri,
-    list_files,
-    read_bytes,
-    remove_tree,
-    sweep_temp_files,
-    write_bytes_atomic,
-)
+from unimat_dist.data.storage import exists, join_uri, list_files, read_bytes, sweep_temp_files, write_bytes_atomic
+from unimat_dist.output_guard import OutputLayout, claim_output
 
 from .config import GenerateBatchConfig
 from .requests import BatchRequest, plan_requests, requests_digest
@@ -117,28 +114,37 @@ def fingerprint(cfg: GenerateBatchConfig, checkpoint: str, requests: list[BatchR
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 
+LAYOUT = OutputLayout(
+    kind="generate-batch",
+    job_file=JOB_FILE,
+    files=(
+        re.escape(MANIFEST_NAME),
+        re.escape(JOB_FILE),
+        rf"{SHARDS_DIR}/part-\d{{6}}\.(cif|extxyz)",
+        rf"{UNITS_DIR}/part-\d{{6}}\.json",
+    ),
+    dirs=(SHARDS_DIR, UNITS_DIR),
+)
+
+
 def _claim_output(output: str, opts: dict, fp: str, cfg: GenerateBatchConfig) -> None:
+    """The shared output rule (``unimat_dist.output_guard``): resume our job, refuse anything else."""
     job_uri = join_uri(output, JOB_FILE)
-    if cfg.output.overwrite:
-        log.info("output.overwrite: deleting %s", output)
-        remove_tree(output, opts)
-    elif exists(job_uri, opts):
-        other = json.loads(read_bytes(job_uri, opts))
-        if other.get("fingerprint") != fp:
+    hint = ""
+    if exists(job_uri, opts):  # explain the usual cause of a changed fingerprint
+        try:
+            other = json.loads(read_bytes(job_uri, opts))
             theirs = (other.get("config") or {}).get("model", {}).get("checkpoint")
+        except (ValueError, AttributeError):
+            theirs = None
+        if theirs and theirs != cfg.model.checkpoint:
             hint = (f"; it used checkpoint {theirs} and this job resolves to {cfg.model.checkpoint} (a run directory "
-                    "resolves to its newest step: set model.checkpoint to the file to resume)"
-                    if theirs and theirs != cfg.model.checkpoint else "")
-            raise ValueError(f"{output} holds the output of a different generation job (fingerprint "
-                             f"{other.get('fingerprint')}, this job {fp}){hint}; choose another output or set "
-                             "output.overwrite")
+                    "resolves to its newest step: set model.checkpoint to the file to resume)")
+    state = claim_output(output, opts, LAYOUT, fp, to_dict(cfg), overwrite=cfg.output.overwrite,
+                         allow_nonempty=cfg.output.allow_nonempty,
+                         inputs=[cfg.model.checkpoint, cfg.requests.uri], hint=hint)
+    if state == "resume":
         log.info("resuming the job in %s", output)
-        return
-    elif exists(join_uri(output, MANIFEST_NAME), opts):
-        raise ValueError(f"{output} already holds generated structures of an unknown job; choose another output or "
-                         "set output.overwrite")
-    body = {"fingerprint": fp, "started_at": datetime.now(timezone.utc).isoformat(), "config": to_dict(cfg)}
-    write_bytes_atomic(job_uri, json.dumps(body, sort_keys=True, indent=1).encode(), opts)
 
 
 def committed_units(output: str, opts: dict, units: list[WorkUnit], fp: str) -> dict[int, dict[str, Any]]:

@@ -7,14 +7,13 @@ commit themselves from inside the actor, so the driver only collects records for
 manifest; Ray Data retries a unit whose actor dies (the retry rewrites the same shard).
 
 Cluster: ``run.address`` or ``RAY_ADDRESS`` (``ray job submit``) connects to a running cluster;
-otherwise a local one is started with ``run.num_cpus`` CPUs and shut down afterwards.
+otherwise a local one is started with ``run.num_cpus`` CPUs, bound to 127.0.0.1, and shut down afterwards.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
-import os
 from dataclasses import asdict
 from typing import Any, Iterator
 
@@ -44,18 +43,16 @@ class UnitGenerator:
 
 
 def _start_ray(cfg: GenerateBatchConfig) -> bool:
-    """Connect to or start Ray; True if this call started it (and must shut it down)."""
+    """Connect to or start Ray (a new local one bound to 127.0.0.1: ``unimat_dist.ray_local``); True if
+    this call started it (and must shut it down)."""
     import ray
 
-    if ray.is_initialized():
-        return False
-    address = cfg.run.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:  # "local": a new cluster, never an unrelated `ray start` cluster found on this machine
-        ray.init(address="local", num_cpus=cfg.run.num_cpus, include_dashboard=False, log_to_driver=True)
-    log.info("Ray: %s CPUs, %s GPUs", ray.cluster_resources().get("CPU"), ray.cluster_resources().get("GPU", 0))
-    return True
+    from unimat_dist.ray_local import init_ray
+
+    started = init_ray(cfg.run.address, num_cpus=cfg.run.num_cpus)
+    if started:
+        log.info("Ray: %s CPUs, %s GPUs", ray.cluster_resources().get("CPU"), ray.cluster_resources().get("GPU", 0))
+    return started
 
 
 def run_on_ray(units: list[WorkUnit], ctx: JobContext, cfg: GenerateBatchConfig) -> Iterator[dict[str, Any]]:

@@ -20,7 +20,10 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", help="override model.checkpoint")
     p.add_argument("--output", help="override output.uri")
     p.add_argument("--executor", choices=["ray", "local"], help="override run.executor")
-    p.add_argument("--overwrite", action="store_true", help="delete an existing output first")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the files of an earlier generate-batch job at --output first (only those)")
+    p.add_argument("--allow-nonempty-output", action="store_true",
+                   help="write into a folder holding other files (they are never modified)")
     p.add_argument("overrides", nargs="*", help="section.key=value config overrides")
     p.set_defaults(func=main)
 
@@ -35,5 +38,7 @@ def main(args: argparse.Namespace) -> int:
             flags.append(f"{key}={value}")
     if args.overwrite:
         flags.append("output.overwrite=true")
+    if args.allow_nonempty_output:
+        flags.append("output.allow_nonempty=true")
     run_generate_batch(load_batch_config(args.config, flags + list(args.overrides)))
     return 0
