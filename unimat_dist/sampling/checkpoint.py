@@ -18,16 +18,22 @@ It is ``torch.save`` of a plain dict (loadable with ``torch.load(..., weights_on
     step              optimizer steps trained
     unimat_dist_version, created (ISO time)
 
-Paths may be local or fsspec URIs (file://, s3://, gs://, memory://).
+Paths may be local or fsspec URIs (file://, s3://, gs://, memory://). Every file is written with a
+``<file>.sha256`` sidecar and loaded only after its bytes match it, through the weights-only
+unpickler (``unimat_dist.safe_io``): an altered file is refused, a file that would run code is never
+unpickled. Files from before sidecars existed (the first released checkpoints) load with a warning.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import io
+import json
 import os
 from typing import Any
 
 import torch
+
+from unimat_dist import safe_io
 
 FORMAT = "unimat-dist/inference"
 FORMAT_VERSION = 2  # 2: transformer denoisers, circle positions (version 1 files still load)
@@ -67,45 +73,56 @@ def inference_payload(
     }
 
 
-def _is_local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://")
-
-
-def _local(uri: str) -> str:
-    return uri[len("file://"):] if uri.startswith("file://") else uri
-
-
-def save_torch(obj: Any, uri: str) -> None:
-    """torch.save to a local path (atomically, via a temporary file) or an fsspec URI."""
-    if _is_local(uri):
-        path = _local(uri)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-        return
-    import fsspec
-
+def save_torch(obj: Any, uri: str, *, sidecar: bool = True) -> str:
+    """torch.save to a local path (atomically, via a temporary file) or an fsspec URI; returns the sha256
+    of the bytes written. With ``sidecar`` the digest also goes to ``<file>.sha256``; without, the caller
+    records it (training step directories keep their digests in ``COMPLETE``)."""
     buf = io.BytesIO()
     torch.save(obj, buf)
-    with fsspec.open(uri, "wb") as fh:
-        fh.write(buf.getvalue())
+    data = buf.getvalue()
+    if sidecar:
+        return safe_io.write_with_sidecar(uri, data)
+    safe_io.write_file(uri, data)
+    return safe_io.sha256_bytes(data)
+
+
+def recorded_sha256(uri: str) -> tuple[str | None, bool]:
+    """(sha256 recorded for a checkpoint file or None, whether one must exist).
+
+    Looked up in the file's ``.sha256`` sidecar, then in the ``COMPLETE`` record of a training step
+    directory it sits in. A step directory (``COMPLETE`` with digests) or a distributed checkpoint
+    (``meta.json`` with ``"checksums"``) written by this version requires a digest for its files, so
+    deleting a sidecar cannot turn the check into a warning.
+    """
+    side = safe_io.read_file(uri + safe_io.SIDECAR_SUFFIX)
+    if side is not None:
+        return safe_io.parse_sidecar(side.decode("utf-8", "replace"), uri + safe_io.SIDECAR_SUFFIX), True
+    folder, _, name = uri.rstrip("/").rpartition("/")
+    if not folder:
+        folder, name = os.path.dirname(os.path.abspath(uri)), os.path.basename(uri)
+    for record in ("COMPLETE", "meta.json"):
+        raw = safe_io.read_file(f"{folder}/{record}")
+        try:
+            data = json.loads(raw) if raw is not None else None
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and data.get("checksums"):
+            digest = data.get("sha256", {}).get(name) if isinstance(data.get("sha256"), dict) else None
+            return (safe_io.parse_sidecar(digest, f"{folder}/{record}") if digest else None), True
+    return None, False
 
 
 def load_torch(uri: str, map_location: str | torch.device = "cpu") -> Any:
-    """torch.load (weights_only) from a local path or an fsspec URI."""
-    if _is_local(uri):
-        if not os.path.exists(_local(uri)):
-            raise FileNotFoundError(f"checkpoint not found: {uri}")
-        return torch.load(_local(uri), map_location=map_location, weights_only=True)
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(uri)
-    if not fs.exists(path):
+    """torch.load from a local path or an fsspec URI, never running code from the file: the bytes are
+    checked against the recorded sha256 (``recorded_sha256``; none recorded for a file from before
+    checksums: a warning), then unpickled with ``weights_only=True``. Raises ``IntegrityError`` or
+    ``UnsafeFileError`` (both ``ValueError``) naming the file."""
+    data = safe_io.read_file(uri)
+    if data is None:
         raise FileNotFoundError(f"checkpoint not found: {uri}")
-    with fs.open(path, "rb") as fh:
-        data = fh.read()
-    return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    expected, required = recorded_sha256(uri)
+    safe_io.check_digest(data, expected, uri, required=required)
+    return safe_io.torch_loads(data, uri, map_location)
 
 
 def resolve_inference_path(uri: str) -> str:
@@ -130,8 +147,9 @@ def resolve_inference_path(uri: str) -> str:
     raise FileNotFoundError(f"no {INFERENCE_FILE} in {uri} or in a checkpoint below it")
 
 
-def save_inference_checkpoint(payload: dict[str, Any], uri: str) -> None:
-    save_torch(payload, uri)
+def save_inference_checkpoint(payload: dict[str, Any], uri: str, *, sidecar: bool = True) -> str:
+    """Write an inference checkpoint; returns its sha256 (also in ``<uri>.sha256`` with ``sidecar``)."""
+    return save_torch(payload, uri, sidecar=sidecar)
 
 
 def load_inference_checkpoint(uri: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:

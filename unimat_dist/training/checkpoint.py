@@ -2,15 +2,22 @@
 
     <checkpoint_dir>/step_00001000/train_state.pt   {part name: part.state_dict()} (torch.save, weights_only-safe)
     <checkpoint_dir>/step_00001000/inference.pt     the inference checkpoint (unimat_dist.sampling.checkpoint)
-    <checkpoint_dir>/step_00001000/COMPLETE         written last: a directory without it is ignored
+    <checkpoint_dir>/step_00001000/COMPLETE         written last: a directory without it is ignored;
+                                                    JSON {"step", "checksums": true, "sha256": {file: digest}}
 
 Parts are anything with ``state_dict``/``load_state_dict`` (torchtitan style): model+optimizer
 (the engine), EMA, train state, data position, batcher RNG, global RNGs. The directory may be a local
 path or an fsspec URI. The distributed trainer replaces the engine part with DeepSpeed's own
 checkpoint files inside the same step directory.
+
+Integrity: ``COMPLETE`` records the sha256 of both files; loading refuses a file whose bytes differ
+(``unimat_dist.safe_io.IntegrityError``) and unpickles only tensors and plain data (``weights_only``;
+``UnsafeFileError`` otherwise). Step directories from before this (``COMPLETE`` holding just the step)
+still load, with a warning that they are unverified.
 """
 from __future__ import annotations
 
+import json
 import logging
 import random
 import re
@@ -89,11 +96,14 @@ class CheckpointManager:
 
     def save(self, step: int, parts: dict[str, Stateful], inference: dict[str, Any] | None = None) -> str:
         d = self.step_dir(step)
-        save_torch({name: part.state_dict() for name, part in parts.items()}, f"{d}/{STATE_FILE}")
+        # The digests go into COMPLETE (written last) rather than sidecar files: one record says both
+        # that the directory is whole and what its bytes are.
+        sums = {STATE_FILE: save_torch({name: part.state_dict() for name, part in parts.items()},
+                                       f"{d}/{STATE_FILE}", sidecar=False)}
         if inference is not None:
-            save_inference_checkpoint(inference, f"{d}/{INFERENCE_FILE}")
+            sums[INFERENCE_FILE] = save_inference_checkpoint(inference, f"{d}/{INFERENCE_FILE}", sidecar=False)
         with self.fs.open(f"{self.fs._strip_protocol(d)}/{COMPLETE_FILE}", "w") as fh:
-            fh.write(f"{step}\n")
+            fh.write(json.dumps({"step": step, "checksums": True, "sha256": sums}, sort_keys=True) + "\n")
         self._prune()
         return d
 

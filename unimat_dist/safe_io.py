@@ -1,0 +1,225 @@
+"""Reading files that someone else could have written, without running their code, and checking their bytes.
+
+Checkpoints, DeepSpeed states and caches live in shared storage (a bucket, a cache folder): whoever can
+write there must not be able to run code in the processes that read them, and a file altered after it
+was written (bit rot, a partial copy, tampering) must be refused before its contents are used.
+
+* ``torch_loads(data, where)`` unpickles ``torch.save`` bytes with ``weights_only=True``: only tensors,
+  plain containers and an explicit allow-list of classes can be built (``DEEPSPEED_SAFE_GLOBALS`` for
+  DeepSpeed's optimizer states). Anything else - a ``__reduce__`` payload included - raises
+  ``UnsafeFileError`` naming the file, before any of it runs.
+* sha256 sidecars: ``<file>.sha256`` holds ``"<hex digest>  <file name>"`` (the format of ``sha256sum``,
+  so ``sha256sum -c model.pt.sha256`` checks a downloaded file by hand). ``write_with_sidecar`` writes
+  both; ``read_verified`` reads a file once, hashes exactly those bytes and returns them, so what is
+  verified is what is parsed (no window in which the file can be swapped between check and load).
+* A file without a sidecar (written before checksums existed) still loads, with a logged warning, unless
+  the caller knows one must exist (``required=True``: checkpoint directories record that they were
+  written with checksums, so deleting a sidecar does not downgrade the check to a warning).
+
+What this does not do: a writer who can replace a file *and* its sidecar (or a shard *and* the
+manifest) passes the checksum; checksums detect corruption and partial tampering, not a forger with
+full write access. That needs signatures with a key kept outside the storage.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import pickle
+from typing import Any, Iterable, Mapping
+
+log = logging.getLogger(__name__)
+
+SIDECAR_SUFFIX = ".sha256"
+CHECKSUMS_FORMAT = "unimat-dist/checksums"
+
+
+class UnsafeFileError(ValueError):
+    """A file would need to construct arbitrary Python objects (run code) to load; it was not loaded."""
+
+
+class IntegrityError(ValueError):
+    """A file's bytes differ from its recorded sha256, or a required checksum is missing."""
+
+
+# ------------------------------------------------------------------ safe unpickling
+def _deepspeed_globals() -> list:
+    """The non-tensor classes DeepSpeed (0.1x) pickles into its ZeRO optimizer states. All are plain
+    data holders (an IntEnum, a dataclass, a loss-scale record): building them runs no user code."""
+    out = []
+    try:
+        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+
+        out += [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+    except ImportError:  # no DeepSpeed installed: nothing of it to allow
+        pass
+    return out
+
+
+def deepspeed_safe_globals() -> list:
+    return _deepspeed_globals()
+
+
+def torch_loads(data: bytes, where: str, map_location: Any = "cpu", safe_globals: Iterable = ()) -> Any:
+    """``torch.load(weights_only=True)`` of in-memory bytes; ``UnsafeFileError`` naming ``where`` when the
+    file needs anything beyond tensors, plain containers and ``safe_globals``."""
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(list(safe_globals)):
+            return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message is long and advises weights_only=False; keep only the part that says what was refused.
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "unsupported" in ln.lower() or "global" in ln.lower()), lines[-1])
+        raise UnsafeFileError(
+            f"{where}: refused to load: it contains Python objects other than tensors and plain data "
+            f"({detail}). Loading it would run code from the file; it was not loaded. If you wrote this file "
+            "yourself with another tool, re-save its tensors with torch.save of a plain dict."
+        ) from None
+
+
+# ------------------------------------------------------------------ sha256
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(block), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sidecar_text(digest: str, name: str) -> str:
+    return f"{digest}  {name}\n"
+
+
+def parse_sidecar(text: str, where: str) -> str:
+    digest = text.strip().split()[0] if text.strip() else ""
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower()):
+        raise IntegrityError(f"{where}: malformed sha256 sidecar {text[:80]!r}")
+    return digest.lower()
+
+
+def check_digest(data: bytes, expected: str | None, where: str, *, required: bool = False) -> None:
+    """Raise ``IntegrityError`` if ``data`` does not hash to ``expected``; warn (or raise if ``required``)
+    when there is nothing to compare with."""
+    if expected is None:
+        if required:
+            raise IntegrityError(f"{where}: no sha256 recorded for it, but its checkpoint was written with "
+                                 "checksums (the checksum was removed?); refusing to load it")
+        log.warning("%s: no sha256 sidecar (written before checksums were recorded); loading it UNVERIFIED", where)
+        return
+    actual = sha256_bytes(data)
+    if actual != expected:
+        raise IntegrityError(f"{where}: sha256 {actual} does not match the recorded {expected}: the file was "
+                             "altered or corrupted after it was written; refusing to load it")
+
+
+# ------------------------------------------------------------------ files (local paths or fsspec URIs)
+def _is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def _local(uri: str) -> str:
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def read_file(uri: str) -> bytes | None:
+    """The bytes of a file, or None if it does not exist."""
+    if _is_local(uri):
+        try:
+            with open(_local(uri), "rb") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            return None
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(uri)
+    try:
+        with fs.open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return None
+
+
+def write_file(uri: str, data: bytes) -> None:
+    """Write a file whole: locally through a temporary sibling + rename, remotely in one PUT."""
+    if _is_local(uri):
+        path = _local(uri)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+        return
+    import fsspec
+
+    with fsspec.open(uri, "wb") as fh:
+        fh.write(data)
+
+
+def write_with_sidecar(uri: str, data: bytes) -> str:
+    """Write ``data`` to ``uri`` and its sha256 to ``uri + ".sha256"`` (after the file: a reader never
+    finds a sidecar describing bytes that are not there yet). Returns the digest."""
+    digest = sha256_bytes(data)
+    write_file(uri, data)
+    write_file(uri + SIDECAR_SUFFIX, sidecar_text(digest, uri.rstrip("/").rsplit("/", 1)[-1]).encode())
+    return digest
+
+
+def read_verified(uri: str, *, required: bool = False) -> bytes:
+    """The bytes of ``uri`` after checking them against ``uri + ".sha256"`` (see ``check_digest``)."""
+    data = read_file(uri)
+    if data is None:
+        raise FileNotFoundError(f"not found: {uri}")
+    side = read_file(uri + SIDECAR_SUFFIX)
+    expected = parse_sidecar(side.decode("utf-8", "replace"), uri + SIDECAR_SUFFIX) if side is not None else None
+    check_digest(data, expected, uri, required=required)
+    return data
+
+
+# ------------------------------------------------------------------ checksum lists (one JSON for many files)
+def write_checksums(path: str, root: str, files: Iterable[str]) -> dict[str, str]:
+    """Write ``{"format", "files": {path relative to root: sha256}}`` to the local file ``path``."""
+    sums = {os.path.relpath(f, root).replace(os.sep, "/"): sha256_file(f) for f in sorted(files)}
+    with open(path, "w") as fh:
+        json.dump({"format": CHECKSUMS_FORMAT, "files": sums}, fh, indent=1, sort_keys=True)
+    return sums
+
+
+def read_checksums(path: str) -> dict[str, str]:
+    with open(path) as fh:
+        try:
+            data = json.load(fh)
+        except json.JSONDecodeError as exc:
+            raise IntegrityError(f"{path}: checksum list is not valid JSON ({exc})") from None
+    if not isinstance(data, Mapping) or data.get("format") != CHECKSUMS_FORMAT or not isinstance(data.get("files"), Mapping):
+        raise IntegrityError(f"{path}: not a {CHECKSUMS_FORMAT} file")
+    return {str(k): parse_sidecar(str(v), f"{path}[{k}]") for k, v in data["files"].items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m unimat_dist.safe_io FILE...``: write (or refresh) the ``.sha256`` sidecar of existing
+    files, e.g. checkpoints made before sidecars existed. Only the sidecars are written; the files are not."""
+    import sys
+
+    paths = sys.argv[1:] if argv is None else argv
+    if not paths:
+        print("usage: python -m unimat_dist.safe_io FILE...", file=sys.stderr)
+        return 2
+    for p in paths:
+        digest = sha256_file(p)
+        write_file(p + SIDECAR_SUFFIX, sidecar_text(digest, os.path.basename(p)).encode())
+        print(f"{digest}  {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
