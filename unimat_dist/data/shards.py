@@ -29,11 +29,18 @@ num_workers, batch_size, shuffle_buffer, drop_last, even_batches). ``start_batch
 sequence from batch k on: the same batches in the same order as an uninterrupted epoch after its
 first k batches (skipped samples are read but not decoded). A checkpoint needs only (epoch, k).
 
-Every shard read to its end is checked against the manifest's sha256 (``verify_checksums``).
+Integrity (``verify_checksums``, default on): every shard is read whole and checked against the size and
+sha256 in the manifest *before* its first sample is yielded; a mismatch raises ``ShardIntegrityError``
+naming the shard, and training stops. A tampered shard is not skipped: the per-rank batch plan is
+computed from the manifest, so a rank that skipped one would run fewer steps than its peers (a hang in
+the next collective), and a silently smaller data set is a result nobody asked for.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import shutil
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -117,19 +124,25 @@ class StreamReader:
 
     def samples(self, plan: StreamPlan) -> Iterator[dict[str, bytes]]:
         for uri, info in zip(plan.shard_uris, plan.shards):
-            fs, path = filesystem(uri, self.storage_options)
-            with fs.open(path, "rb") as raw:
-                stream = HashingReader(raw)
-                n = 0
-                for _key, members in iter_tar_samples(stream, where=uri):
-                    n += 1
-                    yield members
-                if n != info.samples:
-                    raise OSError(f"{uri}: holds {n} samples, the manifest says {info.samples}")
-                if self.verify_checksums:
-                    stream.drain()
-                    if stream.sha256.hexdigest() != info.sha256:
-                        raise OSError(f"{uri}: sha256 mismatch with the manifest (corrupt or replaced shard)")
+            if not self.verify_checksums:
+                fs, path = filesystem(uri, self.storage_options)
+                with fs.open(path, "rb") as raw:
+                    yield from self._members(raw, uri, info)
+                continue
+            # Verify the whole shard before its first sample is yielded: a consumer may stop early (a
+            # batch window, a shuffle buffer, a validation limit), so a check at the end of the shard
+            # would let tampered samples reach the model first - or never run at all.
+            with verified_shard(uri, info, self.storage_options) as local:
+                yield from self._members(local, uri, info)
+
+    @staticmethod
+    def _members(stream, uri: str, info: ShardInfo) -> Iterator[dict[str, bytes]]:
+        n = 0
+        for _key, members in iter_tar_samples(stream, where=uri):
+            n += 1
+            yield members
+        if n != info.samples:
+            raise OSError(f"{uri}: holds {n} samples, the manifest says {info.samples}")
 
     def shuffled(self, plan: StreamPlan) -> Iterator[dict[str, bytes]]:
         rng = np.random.default_rng(list(plan.seed))
@@ -182,6 +195,33 @@ class StreamReader:
                 return
         if items and b >= plan.first_batch and b < plan.end_batch:
             yield self.collate(items)
+
+
+class ShardIntegrityError(OSError):
+    """A shard's bytes differ from the sha256 the manifest recorded at ingest."""
+
+
+SPOOL_BYTES = 64 << 20  # shards up to this size are verified in memory, bigger ones in a temporary file
+
+
+@contextlib.contextmanager
+def verified_shard(uri: str, info: ShardInfo, storage_options: dict[str, Any] | None = None):
+    """A readable copy of a shard whose size and sha256 match the manifest (``ShardIntegrityError``
+    naming the shard otherwise). The copy is private (memory or an unlinked temporary file), so the bytes
+    parsed are exactly the bytes checked."""
+    fs, path = filesystem(uri, storage_options)
+    with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool, fs.open(path, "rb") as raw:
+        stream = HashingReader(raw)
+        shutil.copyfileobj(stream, spool, 1 << 20)
+        if stream.nbytes != info.bytes or stream.sha256.hexdigest() != info.sha256:
+            raise ShardIntegrityError(
+                f"{uri}: shard refused, sha256 mismatch: {stream.sha256.hexdigest()} ({stream.nbytes} bytes) does not match the "
+                f"manifest's {info.sha256} ({info.bytes} bytes); the shard was altered or corrupted after ingest. "
+                "Training stops rather than skip it (skipping would change every rank's batch plan); restore the "
+                "shard or re-ingest the data set"
+            )
+        spool.seek(0)
+        yield spool
 
 
 def round_robin(iterators: list[Iterator]) -> Iterator:
