@@ -10,12 +10,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHES = {
     "ingest": "ingest_throughput.py",
+    "ingest-hostile": "bench_ingest_hostile.py",
     "model": "bench_model.py",
     "distributed": "bench_distributed.py",
     "serve": "bench_serve.py",
     "eval": "eval_baselines.py",
     "sampling": "bench_sampling_quality.py",
     "scaling": "bench_scaling.py",
+    "fairness": "bench_fairness.py",
+    "soak": "bench_soak.py",
 }
 
 if __name__ == "__main__":

@@ -1,0 +1,255 @@
+"""Responsiveness of small requests while a maximal legal request runs (issue 16), on 127.0.0.1.
+
+    python bench/bench_fairness.py                           # ~5 min on 2 CPU cores
+    python bench/bench_fairness.py --seconds 10 --skip-serve # the engine A/B only
+    python -m bench fairness --out bench/results/fairness_cpu.json
+
+The small request is what an interactive client sends: 1 crystal, exact composition, DDIM-20. The large one
+is the largest request the service accepts: ``--big-samples`` (64, the service's ``max_samples_per_request``)
+crystals with DDPM at the most steps the service allows (its advertised ``max_steps`` and compute budget
+``max_sample_steps``, confirmed by asking). One closed-loop client sends small requests back to back for
+``--seconds``, first alone ("alone"), then while a second client keeps one large request running at all
+times ("with big"); the figure of merit is p99(with big) / p99(alone), both measured in this process.
+
+1. **Engine A/B** (the running loop without HTTP: a real ``ProcessSampler`` child loading the checkpoint):
+   ``share_rows=None`` (every job advances all its rows at every evaluation: the loop before issue 16)
+   against ``share_rows=--share-rows`` (default: the engine's default). Also reported: how long the large
+   requests took, i.e. what the fairness costs the large request.
+2. **Served** (real Ray Serve, ``deploy.app.application`` with the service's defaults, one replica, one CPU,
+   1 torch thread): the same two windows over HTTP, so request parsing, decoding and the proxy are in.
+
+Clients and server share the machine's cores, and the machine may be shared with other jobs: the load
+average is recorded with every window.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on 127.0.0.1 (NOTES-stack)
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from bench_serve import free_port, percentile  # noqa: E402
+
+SMALL = {"num_samples": 1, "composition": "SrTiO3", "sampler": "ddim", "steps": 20}
+
+
+def summary(lat: list[float]) -> dict:
+    return {"requests": len(lat), "p50_s": percentile(lat, 50), "p99_s": percentile(lat, 99),
+            "max_s": max(lat) if lat else float("nan"), "mean_s": statistics.fmean(lat) if lat else float("nan"),
+            "load_average": os.getloadavg()[0]}
+
+
+def windows(small_once, big_once, seconds: float, warmup: float) -> dict:
+    """Small requests back to back for ``seconds`` alone, then for ``seconds`` with ``big_once`` looping on
+    another thread (``warmup`` seconds after it starts, so the first large request is already in the loop).
+    ``small_once()`` / ``big_once(deadline)`` return a latency in seconds (None: failed/abandoned)."""
+    out = {}
+    for name in ("alone", "with_big"):
+        stop, big_lat, big_failed = threading.Event(), [], [0]
+        window_end = [float("inf")]
+        thread = None
+        if name == "with_big":
+            def big_loop() -> None:
+                while not stop.is_set():
+                    s = big_once(window_end[0])
+                    if s is None:
+                        big_failed[0] += 1
+                    else:
+                        big_lat.append(s)
+            thread = threading.Thread(target=big_loop, daemon=True)
+            thread.start()
+            time.sleep(warmup)
+        lat, failed = [], 0
+        window_end[0] = time.perf_counter() + seconds
+        while time.perf_counter() < window_end[0]:
+            s = small_once()
+            if s is None:
+                failed += 1
+            else:
+                lat.append(s)
+        stop.set()
+        if thread is not None:
+            thread.join(600)
+        out[name] = {**summary(lat), "failed": failed}
+        if name == "with_big":
+            out[name]["big"] = {"completed": len(big_lat), "abandoned_or_failed": big_failed[0],
+                                "mean_s": statistics.fmean(big_lat) if big_lat else None}
+    out["p99_ratio"] = out["with_big"]["p99_s"] / out["alone"]["p99_s"]
+    out["p50_ratio"] = out["with_big"]["p50_s"] / out["alone"]["p50_s"]
+    return out
+
+
+# ------------------------------------------------------------------ the engine, without HTTP
+def engine_run(checkpoint: str, share_rows: int | None, big: dict, seconds: float, warmup: float) -> dict:
+    from unimat_dist.generation import GenerationJob, open_generator, prepare_job
+    from unimat_dist.generation.engine_process import ProcessSampler
+    from unimat_dist.sampling import SampleRequest
+
+    g = open_generator(checkpoint, device="cpu")  # for prepare_job (conditions) only
+    engine = ProcessSampler({"checkpoint": checkpoint, "device": "cpu"}, max_requests=32, max_rows=512,
+                            share_rows=share_rows, torch_threads=1)
+    seeds = iter(range(10**9))
+
+    def job(spec: dict) -> GenerationJob:
+        return prepare_job(g, GenerationJob(spec["num_samples"], SampleRequest(spec["composition"]), spec["sampler"],
+                                            spec["steps"], 0.0, next(seeds)))
+
+    def once(spec: dict, deadline: float = float("inf")) -> float | None:
+        done, err = threading.Event(), []
+        t0 = time.perf_counter()
+        ticket = engine.submit(job(spec), lambda b, s, e: (err.append(e), done.set()))
+        while not done.wait(0.05):
+            if time.perf_counter() > deadline + 1.0:  # the window is over: withdraw it (as a gone client would)
+                engine.cancel(ticket)
+                done.wait(600)
+                return None
+        return None if err[0] is not None else time.perf_counter() - t0
+
+    try:
+        for _ in range(3):
+            once(SMALL)  # warm-up
+        return windows(lambda: once(SMALL), lambda deadline: once(big, deadline), seconds, warmup)
+    finally:
+        engine.close(timeout=30)
+
+
+# ------------------------------------------------------------------ the service, over HTTP
+def largest_legal(url: str, big_samples: int) -> tuple[dict, list]:
+    """The largest DDPM request of ``big_samples`` crystals the service accepts: the steps its ``GET /v1/model``
+    limits allow (``max_steps``, and ``max_sample_steps`` // crystals where the service has a compute budget),
+    confirmed by asking; halved while the answer is still a 422 (nothing is generated for a refused request)."""
+    import requests
+
+    limits = requests.get(url.rsplit("/v1/", 1)[0] + "/v1/model", timeout=30).json().get("limits", {})
+    steps = min(1000, int(limits.get("max_steps", 1000)))
+    if limits.get("max_sample_steps"):
+        steps = min(steps, int(limits["max_sample_steps"]) // big_samples)
+    tried = []
+    while steps >= 1:
+        body = {"num_samples": big_samples, "composition": "SrTiO3", "sampler": "ddpm", "steps": steps, "seed": 0,
+                "format": "json"}
+        # a short client timeout: an accepted request is abandoned at once (the service cancels its job)
+        try:
+            r = requests.post(url, json=body, timeout=2)
+            tried.append((steps, r.status_code))
+            if r.status_code == 422:
+                steps //= 2
+                continue
+        except requests.exceptions.Timeout:
+            tried.append((steps, "accepted"))
+        return body, tried
+    raise RuntimeError(f"the service refuses every DDPM request of {big_samples} crystals: {tried}")
+
+
+def serve_run(checkpoint: str, big_samples: int, seconds: float, warmup: float) -> dict:
+    import ray
+    import requests
+    from ray import serve
+
+    from deploy.app import application
+
+    port = free_port()
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(application({"checkpoint": checkpoint, "torch_threads": 1, "device": "cpu"},
+                              ray_actor_options={"num_cpus": 1}), name="fairness", route_prefix="/")
+        url = f"http://127.0.0.1:{port}/v1/generate"
+        big, tried = largest_legal(url, big_samples)
+        time.sleep(2.0)  # the abandoned probe leaves the loop
+        print(f"[serve] largest legal request: {big['num_samples']} x DDPM-{big['steps']} (tried {tried})", flush=True)
+        small_session, big_session = requests.Session(), requests.Session()
+        seeds = iter(range(1, 10**9))
+
+        def small_once() -> float | None:
+            t0 = time.perf_counter()
+            try:
+                r = small_session.post(url, json={**SMALL, "seed": next(seeds), "format": "json"}, timeout=120)
+                return time.perf_counter() - t0 if r.status_code == 200 else None
+            except requests.RequestException:
+                return None
+
+        def big_once(deadline: float) -> float | None:
+            t0 = time.perf_counter()
+            try:  # abandoned when the window ends: the client's disconnect withdraws the job
+                r = big_session.post(url, json={**big, "seed": next(seeds)},
+                                     timeout=max(1.0, min(600.0, deadline + 1.0 - t0)))
+                return time.perf_counter() - t0 if r.status_code == 200 else None
+            except requests.RequestException:
+                big_session.close()
+                return None
+
+        for _ in range(3):
+            small_once()
+        out = windows(small_once, big_once, seconds, warmup)
+        out["big_request"] = {k: big[k] for k in ("num_samples", "sampler", "steps")}
+        out["probe"] = tried
+        return out
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def main() -> int:
+    from unimat_dist.generation.continuous import DEFAULT_SHARE_ROWS
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "perov5_transformer_cpu.pt"))
+    ap.add_argument("--seconds", type=float, default=20.0, help="timed window of each condition")
+    ap.add_argument("--warmup", type=float, default=2.0, help="seconds between starting the large request and timing")
+    ap.add_argument("--big-samples", type=int, default=64, help="crystals of the large request")
+    ap.add_argument("--big-steps", type=int, default=None,
+                    help="DDPM steps of the large request in the engine A/B (default: what the service accepts, "
+                         "or 1000 with --skip-serve)")
+    ap.add_argument("--share-rows", type=int, default=DEFAULT_SHARE_ROWS, help="the policy under test")
+    ap.add_argument("--skip-serve", action="store_true", help="the engine A/B only")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "fairness_cpu.json"))
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    results: dict = {"checkpoint": args.checkpoint, "small_request": SMALL, "seconds": args.seconds,
+                     "share_rows": args.share_rows, "cpu_count": os.cpu_count(), "load_average_start": os.getloadavg()}
+    big_steps = args.big_steps
+    if not args.skip_serve:
+        results["serve"] = serve_run(args.checkpoint, args.big_samples, args.seconds, args.warmup)
+        big_steps = big_steps or results["serve"]["big_request"]["steps"]
+        s = results["serve"]
+        print(f"[serve] small p99 alone {s['alone']['p99_s']:.3f} s, with big {s['with_big']['p99_s']:.3f} s -> "
+              f"{s['p99_ratio']:.2f}x (p50 {s['p50_ratio']:.2f}x); load {os.getloadavg()[0]:.1f}", flush=True)
+    big = {"num_samples": args.big_samples, "composition": "SrTiO3", "sampler": "ddpm", "steps": big_steps or 1000}
+    results["engine"] = {"big_request": {k: big[k] for k in ("num_samples", "sampler", "steps")}}
+    for label, share in (("unlimited", None), (f"share_rows={args.share_rows}", args.share_rows)):
+        r = engine_run(args.checkpoint, share, big, args.seconds, args.warmup)
+        results["engine"][label] = r
+        print(f"[engine {label}] small p99 alone {r['alone']['p99_s']:.3f} s, with {big['num_samples']} x "
+              f"DDPM-{big['steps']} running {r['with_big']['p99_s']:.3f} s -> {r['p99_ratio']:.2f}x "
+              f"(p50 {r['p50_ratio']:.2f}x); large requests {r['with_big']['big']}; load {os.getloadavg()[0]:.1f}",
+              flush=True)
+    e = results["engine"]
+    before, after = e["unlimited"], e[f"share_rows={args.share_rows}"]
+    results["engine"]["p99_with_big_before_over_after"] = before["with_big"]["p99_s"] / after["with_big"]["p99_s"]
+    print(f"summary: small-request p99 with a maximal request running / alone: engine before {before['p99_ratio']:.2f}x"
+          f", after {after['p99_ratio']:.2f}x" + (f", served (after) {results['serve']['p99_ratio']:.2f}x"
+                                                   if "serve" in results else "")
+          + f"; machine: {os.cpu_count()} CPUs, load average {os.getloadavg()}", flush=True)
+    results["load_average_end"] = os.getloadavg()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
