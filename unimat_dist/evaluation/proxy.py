@@ -139,22 +139,31 @@ def proxy_evaluation(
 def _reference_property(ref, ref_info, property_fn, property_name, use_cache) -> list:
     """Property values of the reference set, cached next to its fingerprints (keyed by file + property)."""
     import hashlib
-    import pickle
+    import json
 
-    from .feature_cache import cache_root
+    from .feature_cache import cache_root, dump_json, refuse_pickle
 
     structs = [r.structure for r in ref if r.structure is not None]
     if not (use_cache and ref_info.get("sha256")):
         return property_fn(structs)
     key = hashlib.sha256(f"{ref_info['cache_file']}|{property_name}|{len(structs)}".encode()).hexdigest()[:32]
-    path = cache_root() / "properties" / f"{key}.pkl"
+    # JSON, never pickle: the cache folder may be shared (see feature_cache); a float list needs no more.
+    path = cache_root() / "properties" / f"{key}.json"
+    refuse_pickle(path.with_suffix(".pkl"))
     if path.exists():
-        with open(path, "rb") as fh:
-            return pickle.load(fh)
+        try:
+            values = json.loads(path.read_text())
+            if isinstance(values, list) and len(values) == len(structs) and all(
+                    v is None or isinstance(v, (int, float)) for v in values):
+                return values
+            raise ValueError("not a list of one number per structure")
+        except ValueError as exc:
+            log.warning("%s: ignoring unreadable property cache (%s); recomputing", path, exc)
     values = property_fn(structs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as fh:
-        pickle.dump(values, fh)
+    try:
+        dump_json(list(values), path)
+    except (TypeError, ValueError) as exc:
+        log.warning("%s: not cached (%s)", path, exc)
     return values
 
 
