@@ -8,7 +8,12 @@ cluster collects them (see docs/generation.md). Names, as exported:
 
 =============================================  =========  ==========================================
 ``ray_unimat_serve_requests_total``            counter    HTTP requests by ``route`` and ``status``
-``ray_unimat_serve_errors_total``              counter    failed requests by error ``type``
+``ray_unimat_serve_errors_total``              counter    failed requests by error ``type`` (400
+                                                          malformed_json, header_not_allowed; 408
+                                                          request_timeout; 413 request_too_large; 422
+                                                          invalid_request, limit_exceeded,
+                                                          model_constraint; 503 unavailable; 500
+                                                          internal; cancelled)
 ``ray_unimat_serve_request_latency_seconds``   histogram  receipt to response of ``POST /v1/generate``
 ``ray_unimat_serve_batch_requests``            histogram  requests admitted together into the running loop
 ``ray_unimat_serve_step_requests``             histogram  requests sharing one network evaluation (the
