@@ -35,8 +35,9 @@ def hostile_server():
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802 - http.server's naming
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            body = json.dumps(self.server.next).encode()
-            self.send_response(200)
+            nxt = self.server.next
+            body = nxt if isinstance(nxt, bytes) else json.dumps(nxt).encode()
+            self.send_response(getattr(self.server, "status", 200))
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -90,3 +91,21 @@ def test_safe_name_and_the_path_check(tmp_path):
     files = write_response(_response("../../../../x"), str(tmp_path / "o"))
     assert [p.name for p in files] == ["x_0000.cif", "x_0001.cif", "x.response.json"]
     assert all(p.parent == tmp_path / "o" for p in files)
+
+
+def test_oversized_or_malformed_responses_are_service_errors(hostile_server):
+    from unimat_dist.generation.client import GenerationClient, ServiceError
+
+    client = GenerationClient(f"http://127.0.0.1:{hostile_server.server_address[1]}", timeout=10,
+                              max_response_bytes=1000)
+    for body, message in ((json.dumps({"id": "x" * 2000}).encode(), "the response exceeds max_response_bytes=1000 bytes"),
+                          (b"[1, 2]", "the response is not a JSON object: b'[1, 2]'"),
+                          (b"not json", "the response is not a JSON object: b'not json'")):
+        hostile_server.next = body
+        with pytest.raises(ServiceError) as exc:
+            client.generate(num_samples=1)
+        assert exc.value.status == 200 and exc.value.type == "bad_response" and exc.value.message == message
+    hostile_server.status, hostile_server.next = 500, {"error": "not an object"}
+    with pytest.raises(ServiceError) as exc:
+        client.generate(num_samples=1)
+    assert exc.value.status == 500 and exc.value.type == "http_error"
