@@ -400,9 +400,9 @@ class UniMatGenerator:
                                                   f"(service max_steps {s.max_steps}, model T {T})", "steps")
         if req.num_samples * steps > s.max_sample_steps:
             raise ApiError(422, "limit_exceeded",
-                           f"num_samples x steps = {req.num_samples} x {steps} = {req.num_samples * steps:,} sample-steps "
-                           f"exceeds this service's compute budget of {s.max_sample_steps:,} per request "
-                           "(max_sample_steps); ask for fewer samples or steps")
+                           f"num_samples x steps = {req.num_samples} x {steps} = {req.num_samples * steps:,} "
+                           f"sample-steps exceeds this service's compute budget of {s.max_sample_steps:,} per "
+                           "request (max_sample_steps); ask for fewer samples or steps")
         for name, value in (req.properties or {}).items():
             lo, hi = self.property_ranges.get(name, (-float("inf"), float("inf")))  # unknown: prepare_job names it
             if not lo <= value <= hi:

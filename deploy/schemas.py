@@ -239,7 +239,10 @@ def parse_generate_request(body: bytes, max_bytes: int) -> GenerateRequest:
         raise ApiError(400, "malformed_json", "request body is nested too deeply to parse") from None
     if not isinstance(data, dict):
         raise ApiError(400, "malformed_json", f"request body must be a JSON object, got {type(data).__name__}")
-    _check_values(data)
+    try:
+        _check_values(data)
+    except RecursionError:  # as deep as the parser could go, with less stack left in a server than here
+        raise ApiError(400, "malformed_json", "request body is nested too deeply to parse") from None
     try:
         request = GenerateRequest.model_validate(data)
     except ValidationError as exc:

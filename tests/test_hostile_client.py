@@ -98,7 +98,8 @@ def test_oversized_or_malformed_responses_are_service_errors(hostile_server):
 
     client = GenerationClient(f"http://127.0.0.1:{hostile_server.server_address[1]}", timeout=10,
                               max_response_bytes=1000)
-    for body, message in ((json.dumps({"id": "x" * 2000}).encode(), "the response exceeds max_response_bytes=1000 bytes"),
+    too_big = json.dumps({"id": "x" * 2000}).encode()
+    for body, message in ((too_big, "the response exceeds max_response_bytes=1000 bytes"),
                           (b"[1, 2]", "the response is not a JSON object: b'[1, 2]'"),
                           (b"not json", "the response is not a JSON object: b'not json'")):
         hostile_server.next = body

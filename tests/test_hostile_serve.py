@@ -76,7 +76,8 @@ def service(checkpoint):
     try:
         settings = {"checkpoint": str(checkpoint), "torch_threads": 1, "engine": "thread", "max_batch_size": 32,
                     "max_samples_per_request": 8, "max_batch_samples": 64, "body_timeout_s": BODY_TIMEOUT_S,
-                    "max_sample_steps": BUDGET, "max_property_sigma": SIGMA, "max_request_bytes": 8192}  # > a 5,000-digit literal
+                    "max_sample_steps": BUDGET, "max_property_sigma": SIGMA,
+                    "max_request_bytes": 8192}  # more than a 5,000-digit literal
         url = start_service(settings, host="127.0.0.1", port=http_port, name="hostile", cpus_per_replica=1)
         yield Service(url, http_port, f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
@@ -200,8 +201,9 @@ def test_hostile_inputs_are_4xx_json_errors_and_counted(service):
         assert _error(service.post(body), status, type_, field) == message, body[:60]
     # a Serve proxy override from a client: refused before any work
     r = service.post({"num_samples": 1}, headers={"x-request-disconnect-disabled": "?1"})
-    assert _error(r, 400, "header_not_allowed") == ("the x-request-disconnect-disabled header is reserved for a "
-                                                    "load balancer in front of the service; send the request without it")
+    assert _error(r, 400, "header_not_allowed") == (
+        "the x-request-disconnect-disabled header is reserved for a load balancer in front of the service; "
+        "send the request without it")
     r = service.post({"num_samples": 1}, headers={"x-request-timeout-seconds": "0"})
     assert "x-request-timeout-seconds" in _error(r, 400, "header_not_allowed")
     # within the limits: at the budget exactly, and a property target inside its range

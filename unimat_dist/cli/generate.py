@@ -9,7 +9,8 @@
 
 ``unimat generate`` writes ``<out>/<id>_<k>.cif`` (or ``<out>/<id>.json``) plus ``<out>/<id>.response.json``
 and prints one summary line; ``<id>`` is the response's id reduced to letters, digits, ``-`` and ``_``
-(a server's answer never names a path outside ``--out``). For production, deploy with ``serve deploy deploy/serve_config.yaml``
+(a server's answer never names a path outside ``--out``).
+For production, deploy with ``serve deploy deploy/serve_config.yaml``
 or the KubeRay manifest (docs/generation.md).
 """
 from __future__ import annotations
