@@ -98,17 +98,22 @@ def _error(r, status: int, type_: str, field=None) -> str:
 def test_idle_bodies_cost_one_slot_for_a_bounded_time_never_the_service(service):
     """64 sockets send the headers of a POST with Content-Length and nothing else: together they hold every
     max_ongoing_requests slot, each for body_timeout_s, then get a 408 JSON; /healthz and a small
-    /v1/generate sent meanwhile answer within a few seconds."""
+    /v1/generate sent meanwhile (with 16 more sockets holding half-sent headers) answer within a few seconds."""
     before = service.get("/v1/stats").json()
     head = (f"POST /v1/generate HTTP/1.1\r\nHost: 127.0.0.1:{service.port}\r\nContent-Type: application/json\r\n"
             "Content-Length: 200\r\n\r\n").encode()
-    idle = []
+    idle, partial = [], []
     try:
         t0 = time.perf_counter()
         for _ in range(IDLE_CLIENTS):
             s = socket.create_connection(("127.0.0.1", service.port), timeout=30)
             s.sendall(head)
             idle.append(s)
+        # classic slowloris: headers never finished; these stay in the proxy (no replica slot) meanwhile
+        for _ in range(16):
+            s = socket.create_connection(("127.0.0.1", service.port), timeout=30)
+            s.sendall(head[:40])
+            partial.append(s)
         time.sleep(0.5)  # the proxy hands them to the replica
         with ThreadPoolExecutor(2) as pool:
             def timed(call):
@@ -137,7 +142,7 @@ def test_idle_bodies_cost_one_slot_for_a_bounded_time_never_the_service(service)
         elapsed = time.perf_counter() - t0
         assert elapsed < BODY_TIMEOUT_S + 25, elapsed
     finally:
-        for s in idle:
+        for s in idle + partial:
             s.close()
     stats = service.get("/v1/stats").json()
     assert stats["requests"]["/v1/generate 408"] - before["requests"].get("/v1/generate 408", 0) == IDLE_CLIENTS
@@ -270,7 +275,8 @@ def test_unimat_serve_stops_on_sigterm_with_its_local_ray(tmp_path):
     port = free_port()
     cmd = [str(Path(sys.executable).parent / "unimat"), "serve", "--checkpoint",
            str(ROOT / "checkpoints" / "perov5_transformer_cpu.pt"), "--port", str(port), "--num-cpus", "1",
-           "--cpus-per-replica", "0.5", "--set", "engine=thread", "--set", "torch_threads=1"]
+           "--cpus-per-replica", "0.5", "--set", "engine=thread", "--set", "torch_threads=1",
+           "--max-sample-steps", "1234", "--body-timeout", "3.5"]
     log_path = tmp_path / "serve.log"
     log_file = log_path.open("wb")  # a file, not a pipe: Ray's logs would fill a pipe nobody reads yet
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT)
@@ -289,6 +295,8 @@ def test_unimat_serve_stops_on_sigterm_with_its_local_ray(tmp_path):
                 break
             time.sleep(1)
         assert up, log()[-3000:]
+        limits = requests.get(f"http://127.0.0.1:{port}/v1/model", timeout=30).json()["limits"]
+        assert limits["max_sample_steps"] == 1234 and limits["body_timeout_s"] == 3.5  # the flags
         ray_procs = [p for p in psutil.Process(proc.pid).children(recursive=True)]
         names = {p.name() for p in ray_procs}
         assert {"raylet", "gcs_server"} <= names, names
