@@ -1,6 +1,6 @@
 """Responsiveness of small requests while a maximal legal request runs (issue 16), on 127.0.0.1.
 
-    python bench/bench_fairness.py                           # ~5 min on 2 CPU cores
+    python bench/bench_fairness.py                           # ~6 min on 2 CPU cores
     python bench/bench_fairness.py --seconds 10 --skip-serve # the engine A/B only
     python -m bench fairness --out bench/results/fairness_cpu.json
 
@@ -61,7 +61,7 @@ def windows(small_once, big_once, seconds: float, warmup: float) -> dict:
         thread = None
         if name == "with_big":
             def big_loop() -> None:
-                while not stop.is_set():
+                while not stop.is_set() and time.perf_counter() < window_end[0]:
                     s = big_once(window_end[0])
                     if s is None:
                         big_failed[0] += 1
@@ -81,10 +81,10 @@ def windows(small_once, big_once, seconds: float, warmup: float) -> dict:
         stop.set()
         if thread is not None:
             thread.join(600)
-        out[name] = {**summary(lat), "failed": failed}
+        out[name] = {**summary(lat), "failed": failed, "latencies": lat}
         if name == "with_big":
             out[name]["big"] = {"completed": len(big_lat), "abandoned_or_failed": big_failed[0],
-                                "mean_s": statistics.fmean(big_lat) if big_lat else None}
+                                "mean_s": statistics.fmean(big_lat) if big_lat else None, "latencies": big_lat}
     out["p99_ratio"] = out["with_big"]["p99_s"] / out["alone"]["p99_s"]
     out["p50_ratio"] = out["with_big"]["p50_s"] / out["alone"]["p50_s"]
     return out
@@ -194,6 +194,9 @@ def serve_run(checkpoint: str, big_samples: int, seconds: float, warmup: float) 
             small_once()
         out = windows(small_once, big_once, seconds, warmup)
         out["big_request"] = {k: big[k] for k in ("num_samples", "sampler", "steps")}
+        for name in ("alone", "with_big"):
+            out[name].pop("latencies")
+        out["with_big"]["big"].pop("latencies")
         out["probe"] = tried
         return out
     finally:
@@ -213,6 +216,7 @@ def main() -> int:
                     help="DDPM steps of the large request in the engine A/B (default: what the service accepts, "
                          "or 1000 with --skip-serve)")
     ap.add_argument("--share-rows", type=int, default=DEFAULT_SHARE_ROWS, help="the policy under test")
+    ap.add_argument("--rounds", type=int, default=2, help="engine A/B rounds (policies alternate; pooled)")
     ap.add_argument("--skip-serve", action="store_true", help="the engine A/B only")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "fairness_cpu.json"))
     args = ap.parse_args()
@@ -230,17 +234,34 @@ def main() -> int:
         print(f"[serve] small p99 alone {s['alone']['p99_s']:.3f} s, with big {s['with_big']['p99_s']:.3f} s -> "
               f"{s['p99_ratio']:.2f}x (p50 {s['p50_ratio']:.2f}x); load {os.getloadavg()[0]:.1f}", flush=True)
     big = {"num_samples": args.big_samples, "composition": "SrTiO3", "sampler": "ddpm", "steps": big_steps or 1000}
-    results["engine"] = {"big_request": {k: big[k] for k in ("num_samples", "sampler", "steps")}}
-    for label, share in (("unlimited", None), (f"share_rows={args.share_rows}", args.share_rows)):
-        r = engine_run(args.checkpoint, share, big, args.seconds, args.warmup)
-        results["engine"][label] = r
-        print(f"[engine {label}] small p99 alone {r['alone']['p99_s']:.3f} s, with {big['num_samples']} x "
-              f"DDPM-{big['steps']} running {r['with_big']['p99_s']:.3f} s -> {r['p99_ratio']:.2f}x "
-              f"(p50 {r['p50_ratio']:.2f}x); large requests {r['with_big']['big']}; load {os.getloadavg()[0]:.1f}",
-              flush=True)
-    e = results["engine"]
-    before, after = e["unlimited"], e[f"share_rows={args.share_rows}"]
+    results["engine"] = {"big_request": {k: big[k] for k in ("num_samples", "sampler", "steps")}, "rounds": []}
+    policies = {"unlimited": None, f"share_rows={args.share_rows}": args.share_rows}
+    pooled = {label: {"alone": [], "with_big": [], "big": []} for label in policies}
+    for k in range(args.rounds):
+        for label, share in policies.items():  # alternating, so drifting background load hits both policies
+            r = engine_run(args.checkpoint, share, big, args.seconds, args.warmup)
+            pooled[label]["alone"] += r["alone"].pop("latencies")
+            pooled[label]["with_big"] += r["with_big"].pop("latencies")
+            pooled[label]["big"] += r["with_big"]["big"].pop("latencies")
+            results["engine"]["rounds"].append({"round": k, "policy": label, **r})
+            print(f"[engine {label}, round {k}] small p99 alone {r['alone']['p99_s']:.3f} s, with {big['num_samples']}"
+                  f" x DDPM-{big['steps']} running {r['with_big']['p99_s']:.3f} s -> {r['p99_ratio']:.2f}x "
+                  f"(p50 {r['p50_ratio']:.2f}x); large requests {r['with_big']['big']}; load {os.getloadavg()[0]:.1f}",
+                  flush=True)
+    for label, lat in pooled.items():  # all rounds together: more requests behind each p99
+        alone, with_big = summary(lat["alone"]), summary(lat["with_big"])
+        results["engine"][label] = {
+            "alone": alone, "with_big": with_big, "p99_ratio": with_big["p99_s"] / alone["p99_s"],
+            "p50_ratio": with_big["p50_s"] / alone["p50_s"],
+            "big_completed": len(lat["big"]), "big_mean_s": statistics.fmean(lat["big"]) if lat["big"] else None}
+    before, after = results["engine"]["unlimited"], results["engine"][f"share_rows={args.share_rows}"]
     results["engine"]["p99_with_big_before_over_after"] = before["with_big"]["p99_s"] / after["with_big"]["p99_s"]
+    for label in policies:
+        r = results["engine"][label]
+        print(f"[engine {label}, {args.rounds} rounds pooled] small p50/p99 alone {r['alone']['p50_s']:.3f}/"
+              f"{r['alone']['p99_s']:.3f} s, with the large request running {r['with_big']['p50_s']:.3f}/"
+              f"{r['with_big']['p99_s']:.3f} s -> p99 {r['p99_ratio']:.2f}x, p50 {r['p50_ratio']:.2f}x; large requests "
+              f"completed {r['big_completed']}, mean {r['big_mean_s'] or float('nan'):.1f} s", flush=True)
     print(f"summary: small-request p99 with a maximal request running / alone: engine before {before['p99_ratio']:.2f}x"
           f", after {after['p99_ratio']:.2f}x" + (f", served (after) {results['serve']['p99_ratio']:.2f}x"
                                                    if "serve" in results else "")

@@ -153,3 +153,44 @@ def test_the_sampling_process_applies_the_share(g, tmp_path):
     assert big[2] is None and small[2] is None
     assert small[1].peak_requests == 2 and small[1].peak_rows == 1 + 4 and small[1].evaluations == SMALL_STEPS
     assert big[1].steps == 50 and big[1].peak_rows == 48
+
+
+def test_a_job_cancelled_in_the_middle_of_a_split_step_leaves_cleanly(g):
+    """Cancelled while its step is half done (some rows advanced, the rest not): it leaves at the next
+    boundary and the job beside it finishes with the crystals it gets alone."""
+    results: dict = {}
+    done = threading.Event()
+    evals: list[int] = []
+    tickets: dict[str, int] = {}
+    big_submitted = threading.Event()
+    engine: ContinuousSampler | None = None
+
+    def small():
+        return make_job(g, 1, "SrTiO3", seed=41, steps=8)
+
+    def on_step(rows, jobs, seconds):
+        evals.append(rows)
+        if len(evals) == 1:  # after the big job's first (whole, alone) step: the small one joins
+            assert big_submitted.wait(60)  # (its ticket is known)
+            tickets["small"] = engine.submit(small(), cb("small"))
+        if len(evals) == 4:  # 3 shared evaluations: 3 x 2 of the big job's 12 rows have taken step 2
+            engine.cancel(tickets["big"])
+
+    def cb(name):
+        def f(batch, stats, error):
+            results[name] = (batch, stats, error)
+            if len(results) == 2:
+                done.set()
+        return f
+
+    engine = ContinuousSampler(g, max_requests=8, max_rows=64, share_rows=2, on_step=on_step)
+    try:
+        tickets["big"] = engine.submit(make_job(g, 12, None, seed=42, sampler="ddpm", steps=40), cb("big"))
+        big_submitted.set()
+        assert done.wait(120)
+    finally:
+        engine.close()
+    assert type(results["big"][2]).__name__ == "JobCancelled" and results["big"][1].steps == 1
+    assert results["small"][2] is None and results["small"][1].evaluations == 8
+    assert evals == [12, 3, 3, 3] + [1] * 5
+    assert_same_crystals(g, results["small"][0], run_jobs(g, [small()])[0])
