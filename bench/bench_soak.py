@@ -11,11 +11,12 @@ settings) on the released Perov-5 checkpoint. Then, for ``--duration`` seconds:
 * ``--clients`` (>= 32) closed-loop clients, each drawing its next request from a fixed mix (seeded per
   client): small good requests (1 crystal, DDIM-20: their latency is the responsiveness figure), medium
   good ones (2-4 crystals, exact counts / element types / unconditional, DDIM or DDPM, CIF or JSON), and
-  hostile ones: idle connections that declare a 1,000-byte ``Content-Length``, send the first 17 bytes and
-  then nothing (held up to ``--idle-hold`` seconds), malformed JSON, an empty body, huge numbers (``1e400``,
-  a 5,000-digit integer, ``1e308`` seeds and property targets, NaN/Infinity), lone surrogates (escaped and
-  as raw bytes) and invalid UTF-8, a body over the size limit, deep nesting, unknown fields, wrong types,
-  over-budget requests (64 x DDPM-1000, 65 crystals, 100,000 steps), wrong methods and paths;
+  hostile ones: idle connections that declare a 1,000-byte ``Content-Length`` and send none of the body, or
+  its first 17 bytes, then nothing (held up to ``--idle-hold`` seconds), malformed JSON, an empty body,
+  huge numbers (``1e400``, a 5,000-digit integer, ``1e308`` seeds and property targets, NaN/Infinity),
+  lone surrogates (escaped and as raw bytes) and invalid UTF-8, a body over the size limit, deep nesting,
+  unknown fields, wrong types, over-budget requests (64 x DDPM-1000, 65 crystals, 100,000 steps), wrong
+  methods and paths;
 * one more client keeps the largest legal request running (64 crystals, DDPM at the most steps the
   service accepts, found by asking first), one at a time, for the whole soak;
 * a health poller sends ``GET /healthz`` every ``--health-every`` seconds.
@@ -24,9 +25,11 @@ Reported (JSON + a short markdown, ``--out`` without extension): every status pe
 5xx answers (target 0) and of client-side failures (connection reset, timeout), whether /healthz answered
 200 throughout and its worst latency, p50/p99 latency of the small requests (and the same small request
 alone, before the soak, as the baseline), and the resident memory of the replica process and of its
-sampling process before, at the peak, and after. Everything stops at the deadline: clients start nothing
-after it and every request has a client timeout, so the run is bounded by duration + ``--idle-hold`` +
-the largest request's time + start-up.
+sampling process before, at the peak, and after. Slow good requests (over max(5 s, 10x the alone p99)) are
+matched against the completions of the largest request: one that finished within 1 s of it most likely
+waited for it (e.g. handed over in the same ``@serve.batch`` call) rather than for the device. Everything
+stops at the deadline: clients start nothing after it and every request has a client timeout, so the run
+is bounded by duration + ``--idle-hold`` + the largest request's time + start-up.
 """
 from __future__ import annotations
 
@@ -127,13 +130,14 @@ def post_raw(port: int, path: str, body: bytes, timeout: float, method: str = "P
         conn.close()
 
 
-def idle_body(port: int, hold: float) -> tuple[str, float]:
-    """Declare a 1,000-byte body, send 17 bytes of it and stop: (what the server did -- its status, a close
-    without an answer, or nothing -- and the seconds until it did it or we gave up)."""
+def idle_body(port: int, hold: float, partial: bool) -> tuple[str, float]:
+    """Declare a 1,000-byte body and send none of it (``partial``: its first 17 bytes), then nothing: (what
+    the server did -- its status, a close without an answer, or nothing -- and the seconds until it did it
+    or we gave up)."""
     t0 = time.perf_counter()
     with socket.create_connection((HOST, port), timeout=hold) as s:
         s.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: 1000\r\n\r\n{\"num_samples\": 1")
+                  b"Content-Length: 1000\r\n\r\n" + (b'{"num_samples": 1' if partial else b""))
         try:
             data = s.recv(4096)
         except socket.timeout:
@@ -215,7 +219,9 @@ def soak(port: int, args, big: dict) -> dict:
                     scenario = "hostile:" + rng.choice(sorted(bodies))
                     status = post_raw(port, "/v1/generate", bodies[scenario[8:]], args.timeout)
                 elif scenario == "idle_body":
-                    outcome = idle_body(port, args.idle_hold)
+                    partial = rng.random() < 0.5
+                    scenario = "idle_body:" + ("partial" if partial else "none")
+                    outcome = idle_body(port, args.idle_hold, partial)
                     with lock:
                         idle_outcomes.append(outcome)
                     status = outcome[0]
@@ -376,7 +382,7 @@ def markdown(r: dict) -> str:
         f"{s['slow_good_requests']['finished_within_1s_of_a_largest_request']} | 0 |",
         f"| largest legal requests completed (mean s) | {m['ok']} "
         f"({m['mean_s']:.1f} s) | |" if m["mean_s"] else "| largest legal requests completed | 0 | |",
-        f"| idle connections (declared body never sent): outcomes | {json.dumps(s['idle_connections']['outcomes'])}"
+        f"| idle connections (declared body not sent): outcomes | {json.dumps(s['idle_connections']['outcomes'])}"
         f" | 408 |",
         f"| RSS replica MB: before / peak / after | {rss['before'].get('replica', float('nan')):.0f} / "
         f"{s['rss_peak_mb'].get('replica', float('nan')):.0f} / {rss['after'].get('replica', float('nan')):.0f} | |",
