@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import pickle
+import re
 from typing import Any, Iterable, Mapping
 
 log = logging.getLogger(__name__)
@@ -73,13 +74,13 @@ def torch_loads(data: bytes, where: str, map_location: Any = "cpu", safe_globals
         with torch.serialization.safe_globals(list(safe_globals)):
             return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        # torch's message is long and advises weights_only=False; keep only the part that says what was refused.
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        detail = next((ln for ln in lines if "unsupported" in ln.lower() or "global" in ln.lower()), lines[-1])
+        # torch's message is long and advises weights_only=False; keep only what was refused, and keep the
+        # message short so that it survives truncation (Ray shows the tail of a worker's error).
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f"it references {found.group(1)}" if found else str(exc).strip().splitlines()[-1][:200]
         raise UnsafeFileError(
-            f"{where}: refused to load: it contains Python objects other than tensors and plain data "
-            f"({detail}). Loading it would run code from the file; it was not loaded. If you wrote this file "
-            "yourself with another tool, re-save its tensors with torch.save of a plain dict."
+            f"{where}: refused to load: {what}, and unpickling would call it (only tensors and plain data "
+            f"are accepted; nothing from the file ran). File: {where}"
         ) from None
 
 

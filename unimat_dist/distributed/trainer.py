@@ -12,7 +12,14 @@ What changes against the local loop, and nothing else:
   ``ray.train.report(checkpoint=...)``; Ray merges the ranks' files into one checkpoint in the run's
   storage (see ``checkpointing.py`` for the layout and resuming on another world size);
 * rank 0 exports Prometheus metrics and keeps ``metrics.jsonl`` (carried inside each checkpoint so the
-  loss curve continues after a restart).
+  loss curve continues after a restart);
+* integrity: every rank lists the sha256 of each file it wrote in ``sha256_rank_<r>.json`` and rank 0
+  marks ``meta.json`` with ``"checksums": 1``. A resume first copies the checkpoint into a private
+  folder through ``verified_copy`` - every file checked against those lists, every ``.pt`` file parsed
+  with the weights-only unpickler (DeepSpeed's few plain-data classes allowed) - and then lets
+  DeepSpeed (and ``ds_to_universal``) read only that copy, through a weights-only checkpoint engine.
+  A checkpoint in shared storage therefore cannot run code on the workers, and an altered one is
+  refused with an error naming the file. Checkpoints from before this load with a warning.
 """
 from __future__ import annotations
 
@@ -30,6 +37,7 @@ from typing import Any, Iterator
 
 import torch
 
+from unimat_dist import safe_io
 from unimat_dist.sampling.checkpoint import INFERENCE_FILE, inference_payload, save_inference_checkpoint
 from unimat_dist.training.data import iter_batches
 from unimat_dist.training.ema import EMA
@@ -40,6 +48,78 @@ from .metrics import TrainMetrics
 from .sharded_ema import ShardedEMA
 
 log = logging.getLogger(__name__)
+
+CHECKSUMS_PREFIX = "sha256_rank_"
+
+
+def checksums_file(rank: int) -> str:
+    return f"{CHECKSUMS_PREFIX}{rank:05d}.json"
+
+
+def verified_copy(ckpt_dir: str | Path, dest: str | Path) -> dict[str, Any]:
+    """Copy a distributed checkpoint into ``dest`` (a folder only this process writes), verifying every
+    file on the way, and return its meta.json. Raises ``safe_io.IntegrityError`` for a file whose bytes
+    differ from the rank's checksum list (or a missing list/entry when the checkpoint was written with
+    checksums) and ``safe_io.UnsafeFileError`` for a ``.pt`` file that needs more than tensors and
+    plain data; both name the file. What is parsed later is the verified copy, never the storage, so a
+    file swapped after the check is never read."""
+    src, dst = Path(ckpt_dir), Path(dest)
+    files = sorted(p for p in src.rglob("*") if p.is_file())
+    lists = [p for p in files if p.parent == src and p.name.startswith(CHECKSUMS_PREFIX)]
+    recorded: dict[str, str] = {}
+    for lst in lists:
+        for rel, digest in safe_io.read_checksums(str(lst)).items():
+            if recorded.setdefault(rel, digest) != digest:
+                raise safe_io.IntegrityError(f"{lst}: lists {rel} with another sha256 than another rank's list")
+    meta_bytes = (src / ck.META_FILE).read_bytes() if (src / ck.META_FILE).exists() else None
+    if meta_bytes is None:
+        raise ValueError(f"{ckpt_dir} is not a unimat distributed checkpoint (no {ck.META_FILE})")
+    safe_io.check_digest(meta_bytes, recorded.get(ck.META_FILE), str(src / ck.META_FILE), required=bool(lists))
+    meta = json.loads(meta_bytes)
+    # Checksums are required once the checkpoint says it has them (or any list is there): removing the
+    # lists or an entry must not turn verification into a warning.
+    required = bool(lists) or bool(meta.get("checksums"))
+    if required:
+        missing = [checksums_file(r) for r in range(int(meta["world_size"])) if not (src / checksums_file(r)).exists()]
+        if missing:
+            raise safe_io.IntegrityError(f"{ckpt_dir}: checksum list(s) {missing} missing; refusing to resume from it")
+    unverified = []
+    ds_globals = safe_io.deepspeed_safe_globals()
+    for f in files:
+        rel = f.relative_to(src).as_posix()
+        if f in lists:
+            continue
+        data = f.read_bytes()
+        needed = required and (f.suffix == ".pt" or rel in (ck.META_FILE, ck.METRICS_FILE))
+        if rel not in recorded and not needed:
+            unverified.append(rel)  # e.g. files Ray adds, or everything of a pre-checksum checkpoint
+        else:
+            safe_io.check_digest(data, recorded.get(rel), str(f), required=True)
+        if f.suffix == ".pt":
+            safe_io.torch_loads(data, str(f), "cpu", ds_globals)  # raises before anything unpickles it for real
+        out = dst / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(data)
+    if unverified and not required:
+        log.warning("%s was written without checksums: %d file(s) loaded UNVERIFIED (parsed weights-only)", ckpt_dir,
+                    len(unverified))
+    return meta
+
+
+class _WeightsOnlyCheckpointEngine:
+    """DeepSpeed's checkpoint engine with ``load`` through the weights-only unpickler (DeepSpeed's own
+    calls ``torch.load(weights_only=False)``): even a file that reached DeepSpeed unchecked cannot run code."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def load(self, path: str, map_location=None):
+        with open(path, "rb") as fh:
+            data = fh.read()
+        return safe_io.torch_loads(data, str(path), map_location, safe_io.deepspeed_safe_globals())
 
 
 class TimedSource:
@@ -207,6 +287,7 @@ class DistributedTrainer(Trainer):
             self.engine.ds.save_checkpoint(str(tmp / ck.DS_DIR), tag=ck.DS_TAG, client_state={"step": step})
             state = {name: part.state_dict() for name, part in self.parts().items()}
             torch.save(state, tmp / ck.rank_file(self.rank))
+            # (verified_copy proves on resume that this holds only tensors and plain data)
             payload = self.inference_payload()
             metrics = {"step": step}
             if self.is_main:
@@ -219,12 +300,17 @@ class DistributedTrainer(Trainer):
                     "zero_stage": self.engine.zero_stage,
                     "run_name": self.run_name,
                     "resumes": self.resumes,
+                    "checksums": 1,  # every rank's files are listed in sha256_rank_<r>.json
                 }
                 (tmp / ck.META_FILE).write_text(json.dumps(meta, indent=1))
                 if self.run_dir is not None and (self.run_dir / ck.METRICS_FILE).exists():
                     shutil.copy(self.run_dir / ck.METRICS_FILE, tmp / ck.METRICS_FILE)
                 if self.history:
                     metrics["loss"] = float(self.history[-1]["loss"])
+            # Last: the sha256 of every file this rank wrote (Ray merges the ranks' folders; the lists
+            # have distinct names and together cover the checkpoint).
+            safe_io.write_checksums(str(tmp / checksums_file(self.rank)), str(tmp),
+                                    [p for p in tmp.rglob("*") if p.is_file()])
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -237,19 +323,27 @@ class DistributedTrainer(Trainer):
         load a universal checkpoint when it is created)."""
 
     def resume_from(self, ckpt_dir: str, meta: dict[str, Any], universal: tuple[str, str] | None) -> None:
+        """Resume from ``ckpt_dir``, which must be a ``verified_copy`` (its files are read as they are)."""
         ckpt = Path(ckpt_dir)
+        ds = self.engine.ds
         if universal is None:
-            self.engine.ds.load_checkpoint(str(ckpt / ck.DS_DIR), tag=ck.DS_TAG)
+            saved_engine = ds.checkpoint_engine
+            ds.checkpoint_engine = _WeightsOnlyCheckpointEngine(saved_engine)
+            try:
+                ds.load_checkpoint(str(ckpt / ck.DS_DIR), tag=ck.DS_TAG)
+            finally:
+                ds.checkpoint_engine = saved_engine
         else:
-            self.engine.ds.load_checkpoint(universal[0], tag=universal[1])
+            # ds_to_universal's output, converted in this node's private folder from the verified copy
+            ds.load_checkpoint(universal[0], tag=universal[1])
         same_world = meta["world_size"] == self.world_size
         own = ckpt / ck.rank_file(self.rank)
         if same_world:
-            state = torch.load(own, map_location="cpu", weights_only=False)
+            state = safe_io.torch_loads(own.read_bytes(), str(own))
             for name, part in self.parts().items():
                 part.load_state_dict(state[name])
         else:
-            state0 = torch.load(ckpt / ck.rank_file(0), map_location="cpu", weights_only=False)
+            state0 = safe_io.torch_loads((ckpt / ck.rank_file(0)).read_bytes(), str(ckpt / ck.rank_file(0)))
             self.state.load_state_dict(state0["train_state"])
             if isinstance(self.ema, EMA):
                 self.ema.load_state_dict(state0["ema"])

@@ -33,7 +33,7 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
     from .deepspeed_engine import DeepSpeedEngine, deepspeed_config, resolve_precision
     from .metrics import TrainMetrics
     from .sharded_ema import ShardedEMA
-    from .trainer import DistributedTrainer
+    from .trainer import DistributedTrainer, verified_copy
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = from_dict(TrainConfig, payload["config"])
@@ -58,13 +58,19 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
     elif (checkpoint := ray.train.get_checkpoint()) is not None:
         ckpt_ctx = checkpoint.as_directory()
         ckpt_dir = ckpt_ctx.__enter__()
+    verified = None
     try:
-        meta = ck.read_meta(ckpt_dir) if ckpt_dir else None
+        meta = None
+        if ckpt_dir is not None:
+            # Everything below (DeepSpeed, ds_to_universal, the loop state) reads this rank's verified
+            # private copy, never the shared storage: see trainer.verified_copy.
+            verified = tempfile.mkdtemp(prefix=f"unimat-verified-r{rank}-")
+            meta = verified_copy(ckpt_dir, verified)
         universal = None
         if meta is not None and meta["world_size"] != world:
-            out = ck.universal_dir(ckpt_dir)
+            out = ck.universal_dir(ckpt_dir)  # keyed by the original checkpoint: shared by the node's ranks
             if ctx.get_local_rank() == 0:
-                universal = ck.convert_to_universal(ckpt_dir, out)
+                universal = ck.convert_to_universal(verified, out)
             dist.barrier()
             universal = universal or (str(out), f"{ck.DS_TAG}_universal")
 
@@ -105,8 +111,10 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
             world_size=world,
         )
         if ckpt_dir is not None:
-            trainer.resume_from(ckpt_dir, meta, universal)
+            trainer.resume_from(verified, meta, universal)
     finally:
+        if verified is not None:
+            shutil.rmtree(verified, ignore_errors=True)
         if ckpt_ctx is not None:
             ckpt_ctx.__exit__(None, None, None)
         if ckpt_tmp is not None:
