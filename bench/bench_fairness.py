@@ -13,7 +13,7 @@ times ("with big"); the figure of merit is p99(with big) / p99(alone), both meas
 
 1. **Engine A/B** (the running loop without HTTP: a real ``ProcessSampler`` child loading the checkpoint):
    ``share_rows=None`` (every job advances all its rows at every evaluation: the loop before issue 16)
-   against ``share_rows=--share-rows`` (default: the engine's default). Also reported: how long the large
+   against ``share_rows=--share-rows`` (default: the engine's default on a CPU, 8). Also reported: how long the large
    requests took, i.e. what the fairness costs the large request.
 2. **Served** (real Ray Serve, ``deploy.app.application`` with the service's defaults, one replica, one CPU,
    1 torch thread): the same two windows over HTTP, so request parsing, decoding and the proxy are in.
@@ -205,7 +205,7 @@ def serve_run(checkpoint: str, big_samples: int, seconds: float, warmup: float) 
 
 
 def main() -> int:
-    from unimat_dist.generation.continuous import DEFAULT_SHARE_ROWS
+    from unimat_dist.generation.continuous import SHARE_ROWS_AUTO
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "perov5_transformer_cpu.pt"))
@@ -215,7 +215,8 @@ def main() -> int:
     ap.add_argument("--big-steps", type=int, default=None,
                     help="DDPM steps of the large request in the engine A/B (default: what the service accepts, "
                          "or 1000 with --skip-serve)")
-    ap.add_argument("--share-rows", type=int, default=DEFAULT_SHARE_ROWS, help="the policy under test")
+    ap.add_argument("--share-rows", type=int, default=SHARE_ROWS_AUTO["cpu"],
+                    help="the policy under test (default: the engine's CPU default)")
     ap.add_argument("--rounds", type=int, default=2, help="engine A/B rounds (policies alternate; pooled)")
     ap.add_argument("--skip-serve", action="store_true", help="the engine A/B only")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "fairness_cpu.json"))

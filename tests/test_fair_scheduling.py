@@ -15,7 +15,7 @@ import torch
 from generation_fixtures import assert_same_crystals, make_job, perturbed_tiny_generator
 
 from unimat_dist.generation import run_jobs
-from unimat_dist.generation.continuous import DEFAULT_SHARE_ROWS, ContinuousSampler
+from unimat_dist.generation.continuous import SHARE_ROWS_AUTO, ContinuousSampler
 
 torch.set_num_threads(1)
 
@@ -101,7 +101,6 @@ def test_without_a_share_limit_the_small_job_pays_for_every_row_of_the_big_one(g
 def test_the_share_is_the_smallest_job_with_a_floor(g):
     """Jobs of similar size are not split (share = the smallest job's rows), and the floor keeps a big job's
     slices from shrinking to a small job's size."""
-    assert DEFAULT_SHARE_ROWS >= 1
     seen: list[tuple[int, int]] = []
     engine = ContinuousSampler(g, max_requests=8, max_rows=64, share_rows=2,
                                on_step=lambda rows, jobs, s: seen.append((rows, jobs)))
@@ -127,9 +126,13 @@ def test_the_share_is_the_smallest_job_with_a_floor(g):
         assert_same_crystals(g, batch, run_jobs(g, [job])[0])
 
 
-def test_share_rows_is_checked(g):
-    with pytest.raises(ValueError, match="share_rows"):
-        ContinuousSampler(g, share_rows=0)
+def test_share_rows_is_checked_and_auto_follows_the_device(g):
+    for bad in (0, -1, 2.5, "8"):
+        with pytest.raises(ValueError, match="share_rows"):
+            ContinuousSampler(g, share_rows=bad)
+    engine = ContinuousSampler(g)
+    engine.close()
+    assert engine.share_rows == SHARE_ROWS_AUTO["cpu"] == 8
 
 
 def test_the_sampling_process_applies_the_share(g, tmp_path):
@@ -152,7 +155,7 @@ def test_the_sampling_process_applies_the_share(g, tmp_path):
         engine.close()
     assert big[2] is None and small[2] is None
     assert small[1].peak_requests == 2 and small[1].peak_rows == 1 + 4 and small[1].evaluations == SMALL_STEPS
-    assert big[1].steps == 50 and big[1].peak_rows == 48
+    assert big[1].steps == 50 and big[1].peak_rows == 48 and engine.info["share_rows"] == 4
 
 
 def test_a_job_cancelled_in_the_middle_of_a_split_step_leaves_cleanly(g):

@@ -27,7 +27,8 @@ sharing in rows: every job gets the same rows per evaluation, the smallest one a
 of at most that many rows finishes in exactly its own step count of evaluations after admission, and a
 large job is never starved (it advances at every evaluation). The floor ``share_rows`` keeps a large
 job's evaluations from becoming too small to be efficient; a job alone in the loop is never split.
-``share_rows=None`` turns the limit off (every job advances all its rows at every evaluation).
+``share_rows=None`` turns the limit off (every job advances all its rows at every evaluation); "auto"
+(the default) picks the floor by the device (``SHARE_ROWS_AUTO``).
 
 Plain torch and threads (no Ray): one worker thread owns the device; ``submit`` is thread-safe and
 ``generate`` is its asyncio form (the Ray Serve replica uses it).
@@ -62,11 +63,21 @@ from .jobs import GenerationJob, job_condition
 
 log = logging.getLogger(__name__)
 
-# Rows per network evaluation a job is guaranteed while it shares the loop (see the module docstring).
-# 8 on a CPU: an 8-row evaluation costs ~2x a 1-row one (so a small job next to a large one runs at about
-# half its speed alone instead of 8x slower), while a large job's rows still cost ~2x less each than at
-# batch 1. On a GPU, where evaluations up to hundreds of rows cost about the same, use a larger value.
-DEFAULT_SHARE_ROWS = 8
+# Rows per network evaluation a job is guaranteed while it shares the loop (module docstring), by device
+# type, for ``share_rows="auto"``. CPU: an 8-row evaluation costs ~2x a 1-row one (released Perov-5 model,
+# 1 thread), so a small job next to a large one runs at about half its speed alone instead of ~8x slower,
+# while the large job's rows still cost ~2x less each than at batch 1. GPU: a small model's evaluation is
+# launch-bound up to hundreds of rows (NOTES-stack), so splitting a 64-row job would cost it several times
+# its time and gain the small job nothing; 64 splits only what is larger than a maximal request (not
+# measured on a GPU yet). Other devices: the CPU value.
+SHARE_ROWS_AUTO = {"cpu": 8, "cuda": 64}
+
+
+def resolve_share_rows(share_rows: int | str | None, device) -> int | None:
+    """The floor ``ContinuousSampler`` runs with on ``device``: ``share_rows``, or for "auto" ``SHARE_ROWS_AUTO``."""
+    if share_rows == "auto":
+        return SHARE_ROWS_AUTO.get(torch.device(device).type, SHARE_ROWS_AUTO["cpu"])
+    return share_rows
 
 
 @dataclass
@@ -122,14 +133,14 @@ class SamplerBase:
     the same limits, sharing policy and metric hooks (see ``ContinuousSampler``)."""
 
     def __init__(self, max_requests: int, max_rows: int, on_admit: Callable[[int], None] | None,
-                 on_step: Callable[[int, int, float], None] | None, share_rows: int | None = DEFAULT_SHARE_ROWS
+                 on_step: Callable[[int, int, float], None] | None, share_rows: int | str | None = "auto"
                  ) -> None:
         if max_requests < 1 or max_rows < 1:
             raise ValueError(f"max_requests and max_rows must be >= 1, got {max_requests}, {max_rows}")
-        if share_rows is not None and int(share_rows) < 1:
-            raise ValueError(f"share_rows must be >= 1 or None, got {share_rows}")
+        if share_rows not in (None, "auto") and (not isinstance(share_rows, int) or share_rows < 1):
+            raise ValueError(f"share_rows must be an integer >= 1, 'auto' or None, got {share_rows!r}")
         self.max_requests, self.max_rows = int(max_requests), int(max_rows)
-        self.share_rows = None if share_rows is None else int(share_rows)
+        self.share_rows = share_rows
         self.on_admit, self.on_step = on_admit, on_step
 
     @property
@@ -175,17 +186,18 @@ class ContinuousSampler(SamplerBase):
     ``max_requests`` bounds the jobs in the loop (1 = one request at a time, the unbatched baseline) and
     ``max_rows`` its rows (device memory); a job with more rows than ``max_rows`` runs alone. Jobs are
     admitted in arrival order; a job that does not fit waits (later, smaller jobs do not overtake it).
-    ``share_rows`` (default ``DEFAULT_SHARE_ROWS``; None = unlimited): while jobs share the loop, each
-    advances at most max(share_rows, rows of the smallest job) rows per evaluation (module docstring), so
-    one evaluation holds at most ``max_requests`` times that many rows.
+    ``share_rows`` (rows; "auto" = ``SHARE_ROWS_AUTO`` for ``g``'s device, None = unlimited): while jobs
+    share the loop, each advances at most max(share_rows, rows of the smallest job) rows per evaluation
+    (module docstring), so one evaluation holds at most ``max_requests`` times that many rows.
     ``on_admit(num_jobs)`` is called for every group of jobs admitted together, ``on_step(rows, jobs,
     seconds)`` after every network evaluation (metrics).
     """
 
     def __init__(self, g: StructureGenerator, *, max_requests: int = 32, max_rows: int = 512,
-                 share_rows: int | None = DEFAULT_SHARE_ROWS, on_admit: Callable[[int], None] | None = None,
+                 share_rows: int | str | None = "auto", on_admit: Callable[[int], None] | None = None,
                  on_step: Callable[[int, int, float], None] | None = None, name: str = "unimat-sampling") -> None:
         super().__init__(max_requests, max_rows, on_admit, on_step, share_rows)
+        self.share_rows = resolve_share_rows(share_rows, g.device)
         self.g = g
         self._pending: deque[tuple[int, GenerationJob, Callback]] = deque()
         self._tickets = itertools.count()

@@ -41,7 +41,7 @@ import torch
 
 from unimat_dist.sampling import GeneratedBatch
 
-from .continuous import DEFAULT_SHARE_ROWS, Callback, JobStats, SamplerBase
+from .continuous import Callback, JobStats, SamplerBase
 from .jobs import GenerationJob
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def _batch_from_arrays(a: dict[str, np.ndarray] | None) -> GeneratedBatch | None
 
 
 def _child_main(conn, source: dict[str, Any], max_requests: int, max_rows: int, torch_threads: int | None,
-                share_rows: int | None = DEFAULT_SHARE_ROWS) -> None:
+                share_rows: int | str | None = "auto") -> None:
     """The child: load the model, run the loop, serve the pipe until ``close`` or the parent goes away."""
     from unimat_dist.generation.continuous import ContinuousSampler
     from unimat_dist.generation.model_source import open_generator
@@ -102,7 +102,8 @@ def _child_main(conn, source: dict[str, Any], max_requests: int, max_rows: int, 
         conn.send_bytes(_dumps(("fatal", traceback.format_exc())))
         conn.close()
         return
-    send(("ready", {"device": str(g.device), "precision": g.precision, "torch_threads": torch.get_num_threads()}))
+    send(("ready", {"device": str(g.device), "precision": g.precision, "torch_threads": torch.get_num_threads(),
+                    "share_rows": engine.share_rows}))
     tickets: dict[int, int] = {}  # parent ticket -> engine ticket
 
     def done(parent_ticket: int):
@@ -144,7 +145,8 @@ class ProcessSampler(SamplerBase):
     """A ``ContinuousSampler`` running in a child process (``spawn``), driven through the same interface:
     ``submit(job, callback) -> ticket``, ``cancel``, ``generate`` (asyncio), ``alive``, ``load``, ``close``.
 
-    ``share_rows``: the child loop's sharing policy (``ContinuousSampler``).
+    ``share_rows``: the child loop's sharing policy (``ContinuousSampler``; "auto" is resolved for the
+    child's device, ``info["share_rows"]`` says to what).
     ``source`` is ``open_generator``'s keyword arguments (``checkpoint``, ``storage_options``, ``device``,
     ``precision``) for the child; pass the resolved checkpoint file so both processes load the same
     weights. Callbacks (job results, ``on_admit``, ``on_step``) run on the parent's reader thread.
@@ -153,7 +155,7 @@ class ProcessSampler(SamplerBase):
     """
 
     def __init__(self, source: dict[str, Any], *, max_requests: int = 32, max_rows: int = 512,
-                 share_rows: int | None = DEFAULT_SHARE_ROWS, torch_threads: int | None = None,
+                 share_rows: int | str | None = "auto", torch_threads: int | None = None,
                  on_admit: Callable[[int], None] | None = None,
                  on_step: Callable[[int, int, float], None] | None = None, start_timeout: float = 600.0,
                  name: str = "unimat-sampling") -> None:
@@ -178,7 +180,7 @@ class ProcessSampler(SamplerBase):
         if kind != "ready":
             self._kill()
             raise RuntimeError(f"the sampling process could not start:\n{payload}")
-        self.info: dict[str, Any] = payload  # device, precision, torch_threads of the child
+        self.info: dict[str, Any] = payload  # device, precision, torch_threads, share_rows of the child
         self.start_seconds = time.perf_counter() - t0
         self._lock = threading.Lock()  # pipe writes, the callback table, the state below
         self._callbacks: dict[int, Callback] = {}
