@@ -499,13 +499,29 @@ def _file_kind(name: str) -> str | None:
     return None
 
 
+def _too_large(name: str, cap: int) -> Rejected:
+    return Rejected("too_large", f"{name}: more than validate.max_record_bytes={cap:,} bytes (decompressed)")
+
+
 def _read_capped(fh, cap: int, name: str) -> bytes:
-    """At most ``cap`` bytes of a stream (compressed or not), or ``Rejected(too_large)``: one read of
-    cap + 1 bytes, so nothing beyond the cap is ever held."""
-    data = fh.read(cap + 1)
-    if len(data) > cap:
-        raise Rejected("too_large", f"{name}: more than validate.max_record_bytes={cap:,} bytes (decompressed)")
-    return data
+    """At most ``cap`` bytes of a stream (compressed or not), or ``Rejected(too_large)``. Read in 1 MB
+    chunks, so a rejected stream never costs more than the cap plus one chunk (one ``read(cap + 1)``
+    of a decompressing stream can hold twice that)."""
+    parts: list[bytes] = []
+    total = 0
+    while total <= cap:
+        chunk = fh.read(min(1 << 20, cap + 1 - total))
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)
+        total += len(chunk)
+    raise _too_large(name, cap)
+
+
+def cap_on_disk(max_bytes: int, name: str) -> int:
+    """The largest stored size that can hold at most ``max_bytes``: gzip adds a header and, on data it
+    cannot compress, ~0.03 % plus 5 bytes per 16 kB block."""
+    return max_bytes + max_bytes // 1000 + 1024 if name.lower().endswith(".gz") else max_bytes
 
 
 def _read_file(unit: WorkUnit, name: str, storage_options: dict | None, scratch_dir: str | None,
@@ -527,6 +543,10 @@ def _read_file(unit: WorkUnit, name: str, storage_options: dict | None, scratch_
         root = os.path.realpath(split_uri(unit.uri)[1])
         if not _inside(os.path.realpath(split_uri(uri)[1]), root):
             raise Rejected("unsafe_path", f"{name} resolves outside the source folder (source.follow_links is false)")
+    fs, path = filesystem(uri, storage_options)
+    size = fs.size(path)  # cheap (stat / HEAD): a file over the cap is refused before a byte is read
+    if size is not None and size > cap_on_disk(max_bytes, name):
+        raise _too_large(name, max_bytes)
     with open_input(uri, "rb", storage_options) as fh:
         if name.lower().endswith(".gz"):
             with gzip.GzipFile(fileobj=fh) as gz:

@@ -122,6 +122,8 @@ class ZipIndex:
                 raise TooLarge(name, csize, cap)
             data = fh.read(csize)
         elif method == 8:
+            if csize > cap + cap // 1000 + 1024:  # deflate never shrinks data this much below its stored size
+                raise TooLarge(name, csize, cap)
             data = _inflate_capped(fh, csize, cap, name)
         else:
             raise ValueError(f"zip member {name!r}: compression method {method} is not supported")

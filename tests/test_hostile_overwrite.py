@@ -135,7 +135,7 @@ def test_generate_batch_overwrite_keeps_foreign_files_and_refuses_foreign_folder
     mine = _sentinel(out / "shards" / "keep-me.txt")
     first = run_generate_batch(_gen_cfg(out, 0, "output.allow_nonempty=true"))
     assert first.samples == 1 and "shards/part-000000.cif" in _files(out)
-    with pytest.raises(OutputRefused, match="holds the output of a different generate-batch job"):
+    with pytest.raises(OutputRefused, match="holds the output of a different generation job"):
         run_generate_batch(_gen_cfg(out, 1))
     second = run_generate_batch(_gen_cfg(out, 1, "output.overwrite=true"))
     assert second.requests_run == 1 and mine.read_text() == "precious"

@@ -42,6 +42,7 @@ class OutputLayout:
     job_file: str  # relative path of the job file
     files: tuple[str, ...]  # regexes (full match) on the relative paths of the files the job writes
     dirs: tuple[str, ...]  # the sub-folders it writes into
+    title: str = ""  # how messages name the job ("a different <title> job"); default: kind
 
     def owns(self, rel: str) -> bool:
         """Whether ``rel`` (a path relative to the output) is a name this kind of job writes."""
@@ -166,7 +167,7 @@ def claim_output(
             return "resume"
         if not overwrite:
             raise OutputRefused(
-                f"{output} holds the output of a different {layout.kind} job (fingerprint {owner['fingerprint']}, this "
+                f"{output} holds the output of a different {layout.title or layout.kind} job (fingerprint {owner['fingerprint']}, this "
                 f"job {fingerprint}){hint}; choose another output or pass {flag}, which deletes only that job's files")
         bad_links = [link for link in links if layout.owns(link) or link in layout.dirs]
         if bad_links:

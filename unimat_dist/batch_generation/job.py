@@ -124,6 +124,7 @@ LAYOUT = OutputLayout(
         rf"{UNITS_DIR}/part-\d{{6}}\.json",
     ),
     dirs=(SHARDS_DIR, UNITS_DIR),
+    title="generation",
 )
 
 
