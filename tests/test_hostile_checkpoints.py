@@ -246,8 +246,21 @@ def _latest(out: Path) -> Path:
     return max(ckpts, key=lambda p: json.loads((p / "meta.json").read_text())["step"])
 
 
-def test_ray_checkpoint_records_checksums_and_resumes_through_them(ray_run):
+def test_ray_checkpoint_records_checksums(ray_run, tmp_path):
+    from unimat_dist.sampling import load_inference_checkpoint
+
     assert ray_run["result"].steps == 4
+    # out_dir's inference.pt (copied there with meta.json by the launcher) is verified through meta.json
+    out = ray_run["out"]
+    assert json.loads((out / "meta.json").read_text())["sha256"]["inference.pt"] == \
+        safe_io.sha256_file(str(out / "inference.pt"))
+    assert load_inference_checkpoint(str(out))["step"] == 4
+    for name in ("inference.pt", "meta.json"):
+        shutil.copy(out / name, tmp_path / name)
+    flip(tmp_path / "inference.pt", n=8, at=0.7)
+    with pytest.raises(IntegrityError, match=rf"{tmp_path / 'inference.pt'}: sha256 .* does not match"):
+        load_inference_checkpoint(str(tmp_path / "inference.pt"))
+
     ckpt = ray_run["pristine"]
     meta = json.loads((ckpt / "meta.json").read_text())
     assert meta["checksums"] == 1 and meta["step"] == 4 and meta["world_size"] == 2

@@ -291,7 +291,7 @@ class DistributedTrainer(Trainer):
             payload = self.inference_payload()
             metrics = {"step": step}
             if self.is_main:
-                save_inference_checkpoint(payload, str(tmp / INFERENCE_FILE))
+                inference_sha256 = save_inference_checkpoint(payload, str(tmp / INFERENCE_FILE))
                 meta = {
                     "step": step,
                     "samples_seen": self.state.samples_seen,
@@ -301,6 +301,9 @@ class DistributedTrainer(Trainer):
                     "run_name": self.run_name,
                     "resumes": self.resumes,
                     "checksums": 1,  # every rank's files are listed in sha256_rank_<r>.json
+                    # also here: the launcher copies inference.pt + meta.json to out_dir, where sampling
+                    # verifies it through this entry (sampling.checkpoint.recorded_sha256)
+                    "sha256": {INFERENCE_FILE: inference_sha256},
                 }
                 (tmp / ck.META_FILE).write_text(json.dumps(meta, indent=1))
                 if self.run_dir is not None and (self.run_dir / ck.METRICS_FILE).exists():
