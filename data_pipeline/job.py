@@ -38,8 +38,8 @@ import numpy as np
 from unimat_dist.config import to_dict
 from unimat_dist.data.manifest import FORMAT, MANIFEST_NAME, SCHEMA_VERSION, SPLITS
 from unimat_dist.data.sample_format import ARRAY_NAMES, META_MEMBER, ARRAYS_MEMBER
-from unimat_dist.data.storage import join_uri, list_files, read_bytes, sweep_temp_files, write_bytes_atomic
-from unimat_dist.output_guard import OutputLayout, claim_output
+from unimat_dist.data.storage import join_uri, list_files, read_bytes, write_bytes_atomic
+from unimat_dist.output_guard import OutputLayout, claim_output, sweep_partials
 from unimat_dist.representation import LatticeStats, Normalizer, UniMatSpec
 
 from .config import IngestConfig
@@ -410,7 +410,7 @@ def run_ingest(cfg: IngestConfig, runner: UnitRunner | None = None) -> IngestSum
     manifest = build_manifest(cfg, spec, mode, plan, fp, list(records.values()))
     muri = join_uri(output, MANIFEST_NAME)
     write_bytes_atomic(muri, json.dumps(manifest, indent=1, sort_keys=False).encode(), opts)
-    swept = sweep_temp_files([output] + [join_uri(output, d) for d in (*SPLITS, "quarantine", UNITS_DIR)])
+    swept = sweep_partials(output, LAYOUT)  # only partials of our own file names: the folder may be shared
     if swept:
         log.info("removed %d leftover temporary files of interrupted writes", swept)
     parsers: Counter[str] = Counter()

@@ -77,7 +77,8 @@ def test_ingest_refuses_to_write_into_or_around_its_source(tmp_path):
 
 def test_ingest_overwrite_deletes_only_what_the_previous_job_wrote(tmp_path):
     out = tmp_path / "shared"
-    keep = [_sentinel(out / "README.md"), _sentinel(out / "train" / "notes.txt"), _sentinel(out / "train" / "u1-0.tar")]
+    keep = [_sentinel(out / "README.md"), _sentinel(out / "train" / "notes.txt"), _sentinel(out / "train" / "u1-0.tar"),
+            _sentinel(out / ".tmp-notes.txt")]  # named like a partial write, but of no file of ours
     cfg = _ingest_cfg(out, limit=30)
     cfg.output.allow_nonempty = True
     first = run_ingest(cfg)
@@ -87,7 +88,9 @@ def test_ingest_overwrite_deletes_only_what_the_previous_job_wrote(tmp_path):
     with pytest.raises(OutputRefused, match="holds the output of a different ingest job"):
         run_ingest(other)
     other.output.overwrite = True
+    debris = _sentinel(out / "train" / ".tmp-0badc0de-u000007-0.tar", "partial")  # what a crash leaves
     second = run_ingest(other)
+    assert not debris.exists()
     assert second.read == 30 < first.read  # 10 rows of each of the three split files
     manifest = json.loads((out / "manifest.json").read_text())
     listed = {s["path"] for s in manifest["shards"]}

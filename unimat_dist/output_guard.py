@@ -206,6 +206,26 @@ def claim_output(
     return "claimed"
 
 
+def sweep_partials(output: str, layout: OutputLayout) -> int:
+    """Remove the ``.tmp-`` partial files of interrupted local writes of this layout's files (a file named
+    ``.tmp-...`` that is not a partial of ours, e.g. in a shared folder, stays); returns how many."""
+    if not is_local(output):
+        return 0
+    root = split_uri(output)[1]
+    removed = 0
+    for d in ("", *layout.dirs):
+        folder = os.path.join(root, d)
+        if not os.path.isdir(folder) or os.path.islink(folder):
+            continue
+        for name in os.listdir(folder):
+            rel = f"{d}/{name}" if d else name
+            full = os.path.join(folder, name)
+            if re.match(_TMP, name) and layout.owns(rel) and os.path.isfile(full) and not os.path.islink(full):
+                os.remove(full)
+                removed += 1
+    return removed
+
+
 def _a(kind: str) -> str:
     return ("an " if kind[:1] in "aeiou" else "a ") + kind
 

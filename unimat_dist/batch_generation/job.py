@@ -31,8 +31,8 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
 from unimat_dist.config import load_config, to_dict
-from unimat_dist.data.storage import exists, join_uri, list_files, read_bytes, sweep_temp_files, write_bytes_atomic
-from unimat_dist.output_guard import OutputLayout, claim_output
+from unimat_dist.data.storage import exists, join_uri, list_files, read_bytes, write_bytes_atomic
+from unimat_dist.output_guard import OutputLayout, claim_output, sweep_partials
 
 from .config import GenerateBatchConfig
 from .requests import BatchRequest, plan_requests, requests_digest
@@ -305,7 +305,7 @@ def run_generate_batch(cfg: GenerateBatchConfig, runner: UnitRunner | None = Non
     manifest = build_manifest(cfg, checkpoint, fp, list(records.values()), len(requests))
     muri = join_uri(output, MANIFEST_NAME)
     write_bytes_atomic(muri, json.dumps(manifest, indent=1).encode(), opts)
-    swept = sweep_temp_files([output, join_uri(output, SHARDS_DIR), join_uri(output, UNITS_DIR)])
+    swept = sweep_partials(output, LAYOUT)  # only partials of our own file names: the folder may be shared
     if swept:
         log.info("removed %d leftover temporary files of interrupted writes", swept)
     summary = BatchSummary(
