@@ -13,6 +13,7 @@ from data_pipeline.config import IngestConfig
 from data_pipeline.job import run_ingest
 from unimat_dist.batch_generation import load_batch_config, run_generate_batch
 from unimat_dist.output_guard import OutputRefused
+from storage_emulators import s3_emulator  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "checkpoints" / "perov5_transformer_cpu.pt"
@@ -145,3 +146,28 @@ def test_generate_batch_overwrite_keeps_foreign_files_and_refuses_foreign_folder
     assert json.loads((out / "_job.json").read_text())["job"] == "generate-batch"
     assert _files(out) == {"_job.json", "manifest.json", "shards/part-000000.cif", "_units/part-000000.json",
                            "shards/keep-me.txt"}
+
+
+# ------------------------------------------------------------------------------------------ object store
+def test_overwrite_on_s3_deletes_only_the_previous_jobs_objects(s3_emulator):
+    from unimat_dist.data.storage import filesystem
+
+    uri = s3_emulator.uri("hostile-shared")
+    opts = s3_emulator.storage_options
+    fs, path = filesystem(uri, opts)
+    fs.pipe_file(f"{path}/report.pdf", b"precious")
+    cfg = _ingest_cfg(Path("."), limit=20)
+    cfg.output.uri, cfg.output.storage_options = uri, opts
+    with pytest.raises(OutputRefused, match=r"is not empty \(1 entries: report.pdf\)"):
+        run_ingest(cfg)
+    cfg.output.allow_nonempty, cfg.output.records_per_unit = True, 5  # 12 units: more files than the next job's
+    assert run_ingest(cfg).units == 12
+    other = _ingest_cfg(Path("."), limit=5)
+    other.output.uri, other.output.storage_options, other.output.overwrite = uri, opts, True
+    second = run_ingest(other)
+    fs.invalidate_cache()
+    left = {p[len(path) + 1:] for p in fs.find(path)}
+    manifest = json.loads(fs.cat_file(f"{path}/manifest.json"))
+    assert second.read == 15 and fs.cat_file(f"{path}/report.pdf") == b"precious"
+    assert {p for p in left if p.endswith(".tar")} == {s["path"] for s in manifest["shards"]}
+    assert len([p for p in left if p.startswith("_units/")]) == manifest["job"]["units"]
