@@ -285,7 +285,8 @@ def test_planted_rank_file_stops_a_ray_resume(ray_run):
     data["files"]["rank_00001.pt"] = safe_io.sha256_file(str(target))
     lst.write_text(json.dumps(data))
     # Ray shortens a worker's traceback in the middle: the message ends with the file's name for that reason
-    with pytest.raises(Exception, match=rf"UnsafeFileError.*it references io\.open.*File: \S*{ckpt.name}/rank_00001\.pt"):
+    expected = rf"UnsafeFileError.*it references io\.open.*File: \S*{ckpt.name}/rank_00001\.pt"
+    with pytest.raises(Exception, match=expected):
         ray_run["run_training"](ray_run["cfg"](6))
     assert not marker.exists()
 

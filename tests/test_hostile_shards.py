@@ -110,7 +110,8 @@ def test_validation_limit_and_truncation_are_no_way_around(ds):
     val0 = m.shards_of("val")[0]
     data = (ds / val0.path).read_bytes()
     (ds / val0.path).write_bytes(data[: len(data) // 2])
-    with pytest.raises(ShardIntegrityError, match=rf"\({len(data) // 2} bytes\) does not match .*\({val0.bytes} bytes\)"):
+    sizes = rf"\({len(data) // 2} bytes\) does not match .*\({val0.bytes} bytes\)"
+    with pytest.raises(ShardIntegrityError, match=sizes):
         list(iter_samples(m, "val"))
 
 
@@ -123,8 +124,8 @@ def test_local_training_on_a_tampered_shard_fails_without_a_checkpoint(ds, tmp_p
     out = tmp_path / "run"
     cfg = load_train_config(ROOT / "cluster" / "jobs" / "train_tiny_cpu.yaml", [
         f"out_dir={out}", f"data.manifest={ds}", "data.train_split=val", "data.val_split=test", "data.properties=[]",
-        "data.shuffle_buffer=16", "train.steps=2", "train.ckpt_every=1", "train.val_every=0", "train.global_batch_size=4",
-        "train.num_threads=1",
+        "data.shuffle_buffer=16", "train.steps=2", "train.ckpt_every=1", "train.val_every=0",
+        "train.global_batch_size=4", "train.num_threads=1",
     ])
     with pytest.raises(ShardIntegrityError, match=r"shard refused, sha256 mismatch"):
         run_training(cfg)

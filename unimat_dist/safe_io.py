@@ -5,13 +5,13 @@ write there must not be able to run code in the processes that read them, and a 
 was written (bit rot, a partial copy, tampering) must be refused before its contents are used.
 
 * ``torch_loads(data, where)`` unpickles ``torch.save`` bytes with ``weights_only=True``: only tensors,
-  plain containers and an explicit allow-list of classes can be built (``DEEPSPEED_SAFE_GLOBALS`` for
+  plain containers and an explicit allow-list of classes can be built (``deepspeed_safe_globals()`` for
   DeepSpeed's optimizer states). Anything else - a ``__reduce__`` payload included - raises
   ``UnsafeFileError`` naming the file, before any of it runs.
 * sha256 sidecars: ``<file>.sha256`` holds ``"<hex digest>  <file name>"`` (the format of ``sha256sum``,
   so ``sha256sum -c model.pt.sha256`` checks a downloaded file by hand). ``write_with_sidecar`` writes
-  both; ``read_verified`` reads a file once, hashes exactly those bytes and returns them, so what is
-  verified is what is parsed (no window in which the file can be swapped between check and load).
+  both. Readers (``sampling.checkpoint.load_torch``, ``distributed.trainer.verified_copy``) read a file
+  once, check those bytes and parse the same bytes: no window in which it can be swapped in between.
 * A file without a sidecar (written before checksums existed) still loads, with a logged warning, unless
   the caller knows one must exist (``required=True``: checkpoint directories record that they were
   written with checksums, so deleting a sidecar does not downgrade the check to a warning).
@@ -46,7 +46,7 @@ class IntegrityError(ValueError):
 
 
 # ------------------------------------------------------------------ safe unpickling
-def _deepspeed_globals() -> list:
+def deepspeed_safe_globals() -> list:
     """The non-tensor classes DeepSpeed (0.1x) pickles into its ZeRO optimizer states. All are plain
     data holders (an IntEnum, a dataclass, a loss-scale record): building them runs no user code."""
     out = []
@@ -59,10 +59,6 @@ def _deepspeed_globals() -> list:
     except ImportError:  # no DeepSpeed installed: nothing of it to allow
         pass
     return out
-
-
-def deepspeed_safe_globals() -> list:
-    return _deepspeed_globals()
 
 
 def torch_loads(data: bytes, where: str, map_location: Any = "cpu", safe_globals: Iterable = ()) -> Any:
@@ -175,17 +171,6 @@ def write_with_sidecar(uri: str, data: bytes) -> str:
     return digest
 
 
-def read_verified(uri: str, *, required: bool = False) -> bytes:
-    """The bytes of ``uri`` after checking them against ``uri + ".sha256"`` (see ``check_digest``)."""
-    data = read_file(uri)
-    if data is None:
-        raise FileNotFoundError(f"not found: {uri}")
-    side = read_file(uri + SIDECAR_SUFFIX)
-    expected = parse_sidecar(side.decode("utf-8", "replace"), uri + SIDECAR_SUFFIX) if side is not None else None
-    check_digest(data, expected, uri, required=required)
-    return data
-
-
 # ------------------------------------------------------------------ checksum lists (one JSON for many files)
 def write_checksums(path: str, root: str, files: Iterable[str]) -> dict[str, str]:
     """Write ``{"format", "files": {path relative to root: sha256}}`` to the local file ``path``."""
@@ -201,7 +186,8 @@ def read_checksums(path: str) -> dict[str, str]:
             data = json.load(fh)
         except json.JSONDecodeError as exc:
             raise IntegrityError(f"{path}: checksum list is not valid JSON ({exc})") from None
-    if not isinstance(data, Mapping) or data.get("format") != CHECKSUMS_FORMAT or not isinstance(data.get("files"), Mapping):
+    ok = isinstance(data, Mapping) and data.get("format") == CHECKSUMS_FORMAT and isinstance(data.get("files"), Mapping)
+    if not ok:
         raise IntegrityError(f"{path}: not a {CHECKSUMS_FORMAT} file")
     return {str(k): parse_sidecar(str(v), f"{path}[{k}]") for k, v in data["files"].items()}
 

@@ -215,10 +215,10 @@ def verified_shard(uri: str, info: ShardInfo, storage_options: dict[str, Any] | 
         shutil.copyfileobj(stream, spool, 1 << 20)
         if stream.nbytes != info.bytes or stream.sha256.hexdigest() != info.sha256:
             raise ShardIntegrityError(
-                f"{uri}: shard refused, sha256 mismatch: {stream.sha256.hexdigest()} ({stream.nbytes} bytes) does not match the "
-                f"manifest's {info.sha256} ({info.bytes} bytes); the shard was altered or corrupted after ingest. "
-                "Training stops rather than skip it (skipping would change every rank's batch plan); restore the "
-                "shard or re-ingest the data set"
+                f"{uri}: shard refused, sha256 mismatch: {stream.sha256.hexdigest()} ({stream.nbytes} bytes) does not "
+                f"match the manifest's {info.sha256} ({info.bytes} bytes); the shard was altered or corrupted after "
+                "ingest. Training stops rather than skip it (skipping would change every rank's batch plan); restore "
+                "the shard or re-ingest the data set"
             )
         spool.seek(0)
         yield spool
