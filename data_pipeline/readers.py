@@ -587,10 +587,10 @@ def file_records(unit: WorkUnit, name: str, storage_options: dict | None, scratc
             text = data.decode("latin-1")
         if kind == "cif":
             starts = [m.start() for m in _DATA_BLOCK.finditer(text)]
-            blocks = [text[a:b] for a, b in zip(starts, starts[1:] + [len(text)])] or [text]
-            for k, block in enumerate(blocks):
-                rid = name if len(blocks) == 1 else f"{name}#{k}"
-                yield RawRecord(id=rid, source=where, kind="cif", text=block)
+            spans = list(zip(starts, starts[1:] + [len(text)])) or [(0, len(text))]
+            for k, (a, b) in enumerate(spans):  # one block's text at a time, not a list of all of them
+                rid = name if len(spans) == 1 else f"{name}#{k}"
+                yield RawRecord(id=rid, source=where, kind="cif", text=text[a:b])
         else:
             yield RawRecord(id=name, source=where, kind="poscar", text=text)
         return

@@ -129,7 +129,10 @@ def process_unit(unit: WorkUnit, ctx: JobContext) -> dict[str, Any]:
     writers: dict[str, tuple[ShardWriter, int]] = {}
     parts: Counter[str] = Counter()
     shards: list[dict[str, Any]] = []
-    quarantine: list[dict[str, Any]] = []
+    # quarantine lines go to a scratch file as they come: a unit's record count is not bounded by
+    # records_per_unit (a 16 MB CIF can hold 40,000 blocks), so they are never all held in memory
+    qlocal = os.path.join(scratch, "quarantine.jsonl")
+    qfile = None
     reasons: Counter[str] = Counter()
     parsers: Counter[str] = Counter()
     accs: dict[str, _SplitAccumulator] = {}
@@ -175,7 +178,9 @@ def process_unit(unit: WorkUnit, ctx: JobContext) -> dict[str, Any]:
                     raise Rejected("encode_error", str(exc)) from None
             except Rejected as rej:
                 reasons[rej.reason] += 1
-                quarantine.append(quarantine_entry(rec.id, rec.source, rej, unit.index, rec.text))
+                if qfile is None:
+                    qfile = open(qlocal, "wb")
+                qfile.write(json_bytes(quarantine_entry(rec.id, rec.source, rej, unit.index, rec.text)) + b"\n")
                 continue
             parsers[parser] += 1
             formula, reduced = formulas(z)
@@ -202,11 +207,13 @@ def process_unit(unit: WorkUnit, ctx: JobContext) -> dict[str, Any]:
         for split in sorted(writers):
             finish(split)
         qpath = None
-        if quarantine:
+        if qfile is not None:
+            qfile.close()
             qpath = f"{QUARANTINE_DIR}/{unit_name(unit.index)}.jsonl"
-            body = b"".join(json_bytes(e) + b"\n" for e in quarantine)
-            write_bytes_atomic(join_uri(ctx.output_uri, qpath), body, ctx.output_options)
+            put_file_atomic(qlocal, join_uri(ctx.output_uri, qpath), ctx.output_options)
     finally:
+        if qfile is not None:
+            qfile.close()
         shutil.rmtree(scratch, ignore_errors=True)
     record = {
         "unit": unit.index,

@@ -265,3 +265,18 @@ def test_hostile_cdvae_csv_rows_are_records_not_job_failures(tmp_path):
     m0 = next(s for s in samples if s["meta"]["id"] == "m-0")
     assert m0["meta"]["source"] == f"{src}/train.csv:row 0"
     assert set(REASONS) >= {"too_large", "unsafe_path", "duplicate_id", "lattice_out_of_range"}
+
+
+def test_a_file_of_many_blocks_is_many_records_without_holding_them(tmp_path):
+    """A unit's records are not bounded by records_per_unit (blocks of one file): quarantine lines are streamed
+    to a scratch file, one block's text is held at a time."""
+    src = tmp_path / "src"
+    src.mkdir()
+    block = "data_b\n_cell_length_a 4\n"  # no usable structure: every block is quarantined
+    (src / "blocks.cif").write_text(block * 5_000)
+    (src / "ok.cif").write_text(_good_cifs(1)[0][1])
+    out = tmp_path / "out"
+    summary = run_ingest(_cfg(src, out))
+    assert summary.read == 5_001 and summary.written == 1 and summary.quarantined_by_reason == {"parse_error": 5_000}
+    lines = (out / "quarantine" / "u000000.jsonl").read_text().splitlines()
+    assert len(lines) == 5_000 and json.loads(lines[-1])["id"] == "blocks.cif#4999"
