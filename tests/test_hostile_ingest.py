@@ -280,3 +280,19 @@ def test_a_file_of_many_blocks_is_many_records_without_holding_them(tmp_path):
     assert summary.read == 5_001 and summary.written == 1 and summary.quarantined_by_reason == {"parse_error": 5_000}
     lines = (out / "quarantine" / "u000000.jsonl").read_text().splitlines()
     assert len(lines) == 5_000 and json.loads(lines[-1])["id"] == "blocks.cif#4999"
+
+
+def test_hostile_zip_on_ray_matches_the_local_run(tmp_path):
+    """The one Ray case: the same hostile archive through the Ray Data executor (a local Ray started by
+    ``ray_local.init_ray``, 127.0.0.1) gives the same records, reasons and shards as the local executor."""
+    (tmp_path / "local").mkdir()
+    test_hostile_zip(tmp_path / "local")
+    src = tmp_path / "local" / "src.zip"
+    cfg = _cfg(src, tmp_path / "ray")
+    cfg.run.executor, cfg.run.num_cpus = "ray", 1
+    summary = run_ingest(cfg)
+    assert (summary.read, summary.written, summary.quarantined_by_reason) == (
+        7, 2, {"duplicate_id": 1, "too_large": 2, "unsafe_path": 2})
+    assert _quarantine(tmp_path / "ray") == _quarantine(tmp_path / "local" / "out")
+    for tar in (tmp_path / "local" / "out").rglob("*.tar"):
+        assert (tmp_path / "ray" / tar.relative_to(tmp_path / "local" / "out")).read_bytes() == tar.read_bytes()
