@@ -15,6 +15,9 @@ times ("with big"); the figure of merit is p99(with big) / p99(alone), both meas
    ``share_rows=None`` (every job advances all its rows at every evaluation: the loop before issue 16)
    against ``share_rows=--share-rows`` (default: the engine's default on a CPU, 8). Also reported: how long the large
    requests took, i.e. what the fairness costs the large request.
+   Before both: the cost of one evaluation by rows (the bare sampler, same model and thread), and what it
+   predicts for each floor: a 1-row job next to the large one runs at t(1 + share) / t(1) of its speed
+   alone, the large one at (rows / share) t(1 + share) / t(rows + 1) -- the basis of the default.
 2. **Served** (real Ray Serve, ``deploy.app.application`` with the service's defaults, one replica, one CPU,
    1 torch thread): the same two windows over HTTP, so request parsing, decoding and the proxy are in.
 
@@ -91,6 +94,31 @@ def windows(small_once, big_once, seconds: float, warmup: float) -> dict:
 
 
 # ------------------------------------------------------------------ the engine, without HTTP
+def evaluation_cost(checkpoint: str, big_rows: int) -> dict:
+    """Milliseconds per evaluation by rows (bare sampler, DDIM-10, best of 5) and the slowdowns each floor
+    predicts for a 1-row job next to a ``big_rows`` one (and for that one)."""
+    from unimat_dist.generation import GenerationJob, open_generator, prepare_job, run_jobs
+    from unimat_dist.sampling import SampleRequest
+
+    g = open_generator(checkpoint, device="cpu")
+    rows = sorted({1, 2, 3, 5, 9, 17, 33, big_rows, big_rows + 1})
+    ms = {}
+    for n in rows:
+        job = prepare_job(g, GenerationJob(n, SampleRequest(SMALL["composition"]), "ddim", 10, 0.0, 0))
+        run_jobs(g, [job], max_rows=n)
+        best = float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter()
+            run_jobs(g, [job], max_rows=n)
+            best = min(best, time.perf_counter() - t0)
+        ms[n] = 1e3 * best / 10
+    predicted = {}
+    for share in (1, 2, 4, 8, 16, 32, big_rows):
+        predicted[share] = {"small_slowdown": ms[1 + share] / ms[1],
+                            "big_slowdown": (big_rows / share) * ms[1 + share] / ms[big_rows + 1]}
+    return {"ms_per_evaluation": ms, "predicted_by_share": predicted}
+
+
 def engine_run(checkpoint: str, share_rows: int | None, big: dict, seconds: float, warmup: float) -> dict:
     from unimat_dist.generation import GenerationJob, open_generator, prepare_job
     from unimat_dist.generation.engine_process import ProcessSampler
@@ -235,6 +263,12 @@ def main() -> int:
         print(f"[serve] small p99 alone {s['alone']['p99_s']:.3f} s, with big {s['with_big']['p99_s']:.3f} s -> "
               f"{s['p99_ratio']:.2f}x (p50 {s['p50_ratio']:.2f}x); load {os.getloadavg()[0]:.1f}", flush=True)
     big = {"num_samples": args.big_samples, "composition": "SrTiO3", "sampler": "ddpm", "steps": big_steps or 1000}
+    results["evaluation_cost"] = cost = evaluation_cost(args.checkpoint, args.big_samples)
+    per_rows = ", ".join(f"{n}: {v:.1f}" for n, v in cost["ms_per_evaluation"].items())
+    by_share = ", ".join(f"{k}: {v['small_slowdown']:.1f}x/{v['big_slowdown']:.1f}x"
+                         for k, v in cost["predicted_by_share"].items())
+    print(f"[cost] ms per evaluation by rows: {per_rows}\n[cost] predicted slowdown (1-row job / large job) by "
+          f"share_rows: {by_share}", flush=True)
     results["engine"] = {"big_request": {k: big[k] for k in ("num_samples", "sampler", "steps")}, "rounds": []}
     policies = {"unlimited": None, f"share_rows={args.share_rows}": args.share_rows}
     pooled = {label: {"alone": [], "with_big": [], "big": []} for label in policies}
