@@ -153,14 +153,15 @@ def engine_run(checkpoint: str, share_rows: int | None, big: dict, seconds: floa
 
 
 # ------------------------------------------------------------------ the service, over HTTP
-def largest_legal(url: str, big_samples: int) -> tuple[dict, list]:
+def largest_legal(url: str, big_samples: int, max_steps: int = 1000) -> tuple[dict, list]:
     """The largest DDPM request of ``big_samples`` crystals the service accepts: the steps its ``GET /v1/model``
     limits allow (``max_steps``, and ``max_sample_steps`` // crystals where the service has a compute budget),
-    confirmed by asking; halved while the answer is still a 422 (nothing is generated for a refused request)."""
+    confirmed by asking; halved while the answer is still a 422 (nothing is generated for a refused request).
+    ``max_steps`` caps the steps (to compare services with different limits on the same request)."""
     import requests
 
     limits = requests.get(url.rsplit("/v1/", 1)[0] + "/v1/model", timeout=30).json().get("limits", {})
-    steps = min(1000, int(limits.get("max_steps", 1000)))
+    steps = min(max_steps, int(limits.get("max_steps", 1000)))
     if limits.get("max_sample_steps"):
         steps = min(steps, int(limits["max_sample_steps"]) // big_samples)
     tried = []
@@ -180,7 +181,8 @@ def largest_legal(url: str, big_samples: int) -> tuple[dict, list]:
     raise RuntimeError(f"the service refuses every DDPM request of {big_samples} crystals: {tried}")
 
 
-def serve_run(checkpoint: str, big_samples: int, seconds: float, warmup: float) -> dict:
+def serve_run(checkpoint: str, big_samples: int, seconds: float, warmup: float, big_steps: int | None = None
+              ) -> dict:
     import ray
     import requests
     from ray import serve
@@ -194,7 +196,7 @@ def serve_run(checkpoint: str, big_samples: int, seconds: float, warmup: float) 
         serve.run(application({"checkpoint": checkpoint, "torch_threads": 1, "device": "cpu"},
                               ray_actor_options={"num_cpus": 1}), name="fairness", route_prefix="/")
         url = f"http://127.0.0.1:{port}/v1/generate"
-        big, tried = largest_legal(url, big_samples)
+        big, tried = largest_legal(url, big_samples, big_steps or 1000)
         time.sleep(2.0)  # the abandoned probe leaves the loop
         print(f"[serve] largest legal request: {big['num_samples']} x DDPM-{big['steps']} (tried {tried})", flush=True)
         small_session, big_session = requests.Session(), requests.Session()
@@ -226,6 +228,7 @@ def serve_run(checkpoint: str, big_samples: int, seconds: float, warmup: float) 
             out[name].pop("latencies")
         out["with_big"]["big"].pop("latencies")
         out["probe"] = tried
+        out["service_limits"] = requests.get(url.replace("/v1/generate", "/v1/model"), timeout=30).json()["limits"]
         return out
     finally:
         serve.shutdown()
@@ -241,8 +244,8 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=2.0, help="seconds between starting the large request and timing")
     ap.add_argument("--big-samples", type=int, default=64, help="crystals of the large request")
     ap.add_argument("--big-steps", type=int, default=None,
-                    help="DDPM steps of the large request in the engine A/B (default: what the service accepts, "
-                         "or 1000 with --skip-serve)")
+                    help="DDPM steps of the large request, at most (default: what the service accepts, or 1000 "
+                         "with --skip-serve)")
     ap.add_argument("--share-rows", type=int, default=SHARE_ROWS_AUTO["cpu"],
                     help="the policy under test (default: the engine's CPU default)")
     ap.add_argument("--rounds", type=int, default=2, help="engine A/B rounds (policies alternate; pooled)")
@@ -257,7 +260,7 @@ def main() -> int:
                      "share_rows": args.share_rows, "cpu_count": os.cpu_count(), "load_average_start": os.getloadavg()}
     big_steps = args.big_steps
     if not args.skip_serve:
-        results["serve"] = serve_run(args.checkpoint, args.big_samples, args.seconds, args.warmup)
+        results["serve"] = serve_run(args.checkpoint, args.big_samples, args.seconds, args.warmup, args.big_steps)
         big_steps = big_steps or results["serve"]["big_request"]["steps"]
         s = results["serve"]
         print(f"[serve] small p99 alone {s['alone']['p99_s']:.3f} s, with big {s['with_big']['p99_s']:.3f} s -> "
