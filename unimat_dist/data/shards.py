@@ -38,6 +38,7 @@ the next collective), and a silently smaller data set is a result nobody asked f
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import shutil
 import tempfile
@@ -52,6 +53,8 @@ from .manifest import Manifest, ShardInfo, check_spec, read_manifest
 from .sample_format import unpack_sample
 from .storage import filesystem
 from .tar_shards import HashingReader, iter_tar_samples
+
+log = logging.getLogger(__name__)
 
 
 def _deal(shards: Sequence[ShardInfo], parts: int) -> list[list[ShardInfo]]:
@@ -121,6 +124,8 @@ class StreamReader:
         self.shuffle_buffer = shuffle_buffer
         self.storage_options = storage_options
         self.verify_checksums = verify_checksums
+        if not verify_checksums:  # an explicit opt-out, but never a silent one
+            log.warning("shard checksums are NOT verified (verify_checksums=False): altered shards would be read")
 
     def samples(self, plan: StreamPlan) -> Iterator[dict[str, bytes]]:
         for uri, info in zip(plan.shard_uris, plan.shards):
