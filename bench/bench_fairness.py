@@ -2,6 +2,7 @@
 
     python bench/bench_fairness.py                           # ~6 min on 2 CPU cores
     python bench/bench_fairness.py --seconds 10 --skip-serve # the engine A/B only
+    python bench/bench_fairness.py --serve-baseline 312684a^ --big-steps 100 --skip-engine   # served, before/after
     python -m bench fairness --out bench/results/fairness_cpu.json
 
 The small request is what an interactive client sends: 1 crystal, exact composition, DDIM-20. The large one
@@ -20,6 +21,9 @@ times ("with big"); the figure of merit is p99(with big) / p99(alone), both meas
    alone, the large one at (rows / share) t(1 + share) / t(rows + 1) -- the basis of the default.
 2. **Served** (real Ray Serve, ``deploy.app.application`` with the service's defaults, one replica, one CPU,
    1 torch thread): the same two windows over HTTP, so request parsing, decoding and the proxy are in.
+   ``--serve-baseline REV`` measures the service code of git revision REV (a ``git archive`` of it) against
+   this tree's, alternating over ``--rounds``, each run in its own process and Ray (PYTHONPATH points Ray's
+   workers at that tree); with ``--big-steps`` both get the same large request whatever their limits.
 
 Clients and server share the machine's cores, and the machine may be shared with other jobs: the load
 average is recorded with every window.
@@ -181,8 +185,8 @@ def largest_legal(url: str, big_samples: int, max_steps: int = 1000) -> tuple[di
     raise RuntimeError(f"the service refuses every DDPM request of {big_samples} crystals: {tried}")
 
 
-def serve_run(checkpoint: str, big_samples: int, seconds: float, warmup: float, big_steps: int | None = None
-              ) -> dict:
+def serve_run(checkpoint: str, big_samples: int, seconds: float, warmup: float, big_steps: int | None = None,
+              keep_latencies: bool = False) -> dict:
     import ray
     import requests
     from ray import serve
@@ -224,9 +228,10 @@ def serve_run(checkpoint: str, big_samples: int, seconds: float, warmup: float, 
             small_once()
         out = windows(small_once, big_once, seconds, warmup)
         out["big_request"] = {k: big[k] for k in ("num_samples", "sampler", "steps")}
-        for name in ("alone", "with_big"):
-            out[name].pop("latencies")
-        out["with_big"]["big"].pop("latencies")
+        if not keep_latencies:
+            for name in ("alone", "with_big"):
+                out[name].pop("latencies")
+            out["with_big"]["big"].pop("latencies")
         out["probe"] = tried
         out["service_limits"] = requests.get(url.replace("/v1/generate", "/v1/model"), timeout=30).json()["limits"]
         return out
@@ -235,44 +240,78 @@ def serve_run(checkpoint: str, big_samples: int, seconds: float, warmup: float, 
         ray.shutdown()
 
 
-def main() -> int:
-    from unimat_dist.generation.continuous import SHARE_ROWS_AUTO
+def serve_once(root: str, out: str, args) -> int:
+    """One served measurement with the service code of the tree ``root`` (its ``deploy`` and ``unimat_dist``
+    first on the path, here and, through PYTHONPATH set by the caller, in Ray's workers)."""
+    assert "deploy" not in sys.modules and "unimat_dist" not in sys.modules, "imported from the wrong tree"
+    sys.path.insert(0, root)
+    import deploy.app
+    import unimat_dist.generation.continuous as continuous
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "perov5_transformer_cpu.pt"))
-    ap.add_argument("--seconds", type=float, default=20.0, help="timed window of each condition")
-    ap.add_argument("--warmup", type=float, default=2.0, help="seconds between starting the large request and timing")
-    ap.add_argument("--big-samples", type=int, default=64, help="crystals of the large request")
-    ap.add_argument("--big-steps", type=int, default=None,
-                    help="DDPM steps of the large request, at most (default: what the service accepts, or 1000 "
-                         "with --skip-serve)")
-    ap.add_argument("--share-rows", type=int, default=SHARE_ROWS_AUTO["cpu"],
-                    help="the policy under test (default: the engine's CPU default)")
-    ap.add_argument("--rounds", type=int, default=2, help="engine A/B rounds (policies alternate; pooled)")
-    ap.add_argument("--skip-serve", action="store_true", help="the engine A/B only")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "fairness_cpu.json"))
-    args = ap.parse_args()
+    r = serve_run(str(Path(root) / "checkpoints" / Path(args.checkpoint).name), args.big_samples, args.seconds,
+                  args.warmup, args.big_steps, keep_latencies=True)
+    r["code"] = {"root": root, "deploy_app": deploy.app.__file__, "continuous": continuous.__file__,
+                 "share_rows": getattr(continuous, "SHARE_ROWS_AUTO", None)}
+    Path(out).write_text(json.dumps(r))
+    return 0
 
-    import torch
 
-    torch.set_num_threads(1)
-    results: dict = {"checkpoint": args.checkpoint, "small_request": SMALL, "seconds": args.seconds,
-                     "share_rows": args.share_rows, "cpu_count": os.cpu_count(), "load_average_start": os.getloadavg()}
-    big_steps = args.big_steps
-    if not args.skip_serve:
-        results["serve"] = serve_run(args.checkpoint, args.big_samples, args.seconds, args.warmup, args.big_steps)
-        big_steps = big_steps or results["serve"]["big_request"]["steps"]
-        s = results["serve"]
-        print(f"[serve] small p99 alone {s['alone']['p99_s']:.3f} s, with big {s['with_big']['p99_s']:.3f} s -> "
-              f"{s['p99_ratio']:.2f}x (p50 {s['p50_ratio']:.2f}x); load {os.getloadavg()[0]:.1f}", flush=True)
+def serve_ab(args, baseline_rev: str) -> dict:
+    """Served windows of ``baseline_rev``'s service code against this tree's, alternating over ``--rounds``,
+    each in a fresh process (and Ray); latencies pooled per side. The checkpoint is each tree's own copy."""
+    import subprocess
+    import tempfile
+
+    tmp = tempfile.TemporaryDirectory()
+    base_root = Path(tmp.name) / "baseline"
+    base_root.mkdir()
+    archive = subprocess.run(["git", "archive", baseline_rev], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(base_root)], input=archive, check=True)
+    sides = {f"baseline {baseline_rev}": str(base_root), "this tree": str(ROOT)}
+    pooled = {side: {"alone": [], "with_big": [], "runs": []} for side in sides}
+    try:
+        for k in range(args.rounds):
+            for side, root in sides.items():
+                out = Path(tmp.name) / f"serve-{k}-{len(pooled[side]['runs'])}-{root == str(ROOT)}.json"
+                env = {**os.environ, "PYTHONPATH": root}
+                cmd = [sys.executable, __file__, "--serve-once", root, str(out), "--seconds", str(args.seconds),
+                       "--warmup", str(args.warmup), "--big-samples", str(args.big_samples), "--checkpoint",
+                       args.checkpoint] + (["--big-steps", str(args.big_steps)] if args.big_steps else [])
+                subprocess.run(cmd, env=env, cwd=root, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               timeout=900)
+                r = json.loads(out.read_text())
+                pooled[side]["alone"] += r["alone"].pop("latencies")
+                pooled[side]["with_big"] += r["with_big"].pop("latencies")
+                r["with_big"]["big"].pop("latencies")
+                pooled[side]["runs"].append(r)
+                print(f"[serve {side}, round {k}] small p50/p99 alone {r['alone']['p50_s']:.3f}/"
+                      f"{r['alone']['p99_s']:.3f} s, with {r['big_request']} running {r['with_big']['p50_s']:.3f}/"
+                      f"{r['with_big']['p99_s']:.3f} s"
+                      f" ({r['code']['continuous']})", flush=True)
+    finally:
+        tmp.cleanup()
+    result = {}
+    for side, lat in pooled.items():
+        alone, with_big = summary(lat["alone"]), summary(lat["with_big"])
+        result[side] = {"alone": alone, "with_big": with_big, "p99_ratio": with_big["p99_s"] / alone["p99_s"],
+                        "p50_ratio": with_big["p50_s"] / alone["p50_s"], "runs": lat["runs"]}
+        print(f"[serve {side}, {args.rounds} rounds pooled] small p50/p99 alone {alone['p50_s']:.3f}/"
+              f"{alone['p99_s']:.3f} s, with the large request {with_big['p50_s']:.3f}/{with_big['p99_s']:.3f} s -> "
+              f"p99 {result[side]['p99_ratio']:.2f}x, p50 {result[side]['p50_ratio']:.2f}x", flush=True)
+    return result
+
+
+def engine_ab(args, big_steps: int | None) -> dict:
+    """The engine A/B: ``share_rows=None`` against ``args.share_rows``, alternating over ``args.rounds``."""
+    engine: dict = {}
     big = {"num_samples": args.big_samples, "composition": "SrTiO3", "sampler": "ddpm", "steps": big_steps or 1000}
-    results["evaluation_cost"] = cost = evaluation_cost(args.checkpoint, args.big_samples)
+    engine["evaluation_cost"] = cost = evaluation_cost(args.checkpoint, args.big_samples)
     per_rows = ", ".join(f"{n}: {v:.1f}" for n, v in cost["ms_per_evaluation"].items())
     by_share = ", ".join(f"{k}: {v['small_slowdown']:.1f}x/{v['big_slowdown']:.1f}x"
                          for k, v in cost["predicted_by_share"].items())
     print(f"[cost] ms per evaluation by rows: {per_rows}\n[cost] predicted slowdown (1-row job / large job) by "
           f"share_rows: {by_share}", flush=True)
-    results["engine"] = {"big_request": {k: big[k] for k in ("num_samples", "sampler", "steps")}, "rounds": []}
+    engine.update({"big_request": {k: big[k] for k in ("num_samples", "sampler", "steps")}, "rounds": []}
     policies = {"unlimited": None, f"share_rows={args.share_rows}": args.share_rows}
     pooled = {label: {"alone": [], "with_big": [], "big": []} for label in policies}
     for k in range(args.rounds):
@@ -281,29 +320,75 @@ def main() -> int:
             pooled[label]["alone"] += r["alone"].pop("latencies")
             pooled[label]["with_big"] += r["with_big"].pop("latencies")
             pooled[label]["big"] += r["with_big"]["big"].pop("latencies")
-            results["engine"]["rounds"].append({"round": k, "policy": label, **r})
+            engine["rounds"].append({"round": k, "policy": label, **r})
             print(f"[engine {label}, round {k}] small p99 alone {r['alone']['p99_s']:.3f} s, with {big['num_samples']}"
                   f" x DDPM-{big['steps']} running {r['with_big']['p99_s']:.3f} s -> {r['p99_ratio']:.2f}x "
                   f"(p50 {r['p50_ratio']:.2f}x); large requests {r['with_big']['big']}; load {os.getloadavg()[0]:.1f}",
                   flush=True)
     for label, lat in pooled.items():  # all rounds together: more requests behind each p99
         alone, with_big = summary(lat["alone"]), summary(lat["with_big"])
-        results["engine"][label] = {
+        engine[label] = {
             "alone": alone, "with_big": with_big, "p99_ratio": with_big["p99_s"] / alone["p99_s"],
             "p50_ratio": with_big["p50_s"] / alone["p50_s"],
             "big_completed": len(lat["big"]), "big_mean_s": statistics.fmean(lat["big"]) if lat["big"] else None}
-    before, after = results["engine"]["unlimited"], results["engine"][f"share_rows={args.share_rows}"]
-    results["engine"]["p99_with_big_before_over_after"] = before["with_big"]["p99_s"] / after["with_big"]["p99_s"]
+    before, after = engine["unlimited"], engine[f"share_rows={args.share_rows}"]
+    engine["p99_with_big_before_over_after"] = before["with_big"]["p99_s"] / after["with_big"]["p99_s"]
     for label in policies:
-        r = results["engine"][label]
+        r = engine[label]
         print(f"[engine {label}, {args.rounds} rounds pooled] small p50/p99 alone {r['alone']['p50_s']:.3f}/"
               f"{r['alone']['p99_s']:.3f} s, with the large request running {r['with_big']['p50_s']:.3f}/"
               f"{r['with_big']['p99_s']:.3f} s -> p99 {r['p99_ratio']:.2f}x, p50 {r['p50_ratio']:.2f}x; large requests "
               f"completed {r['big_completed']}, mean {r['big_mean_s'] or float('nan'):.1f} s", flush=True)
-    print(f"summary: small-request p99 with a maximal request running / alone: engine before {before['p99_ratio']:.2f}x"
-          f", after {after['p99_ratio']:.2f}x" + (f", served (after) {results['serve']['p99_ratio']:.2f}x"
-                                                   if "serve" in results else "")
-          + f"; machine: {os.cpu_count()} CPUs, load average {os.getloadavg()}", flush=True)
+    print(f"[engine] small-request p99 with a maximal request running / alone: before {before['p99_ratio']:.2f}x, "
+          f"after {after['p99_ratio']:.2f}x; p50: {before['p50_ratio']:.2f}x -> {after['p50_ratio']:.2f}x; machine: "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()}", flush=True)
+    return engine
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "perov5_transformer_cpu.pt"))
+    ap.add_argument("--seconds", type=float, default=20.0, help="timed window of each condition")
+    ap.add_argument("--warmup", type=float, default=2.0, help="seconds between starting the large request and timing")
+    ap.add_argument("--big-samples", type=int, default=64, help="crystals of the large request")
+    ap.add_argument("--big-steps", type=int, default=None,
+                    help="DDPM steps of the large request, at most (default: what the service accepts, or 1000 "
+                         "with --skip-serve)")
+    ap.add_argument("--share-rows", type=int, default=None,
+                    help="the policy under test (default: the engine's CPU default)")
+    ap.add_argument("--rounds", type=int, default=2, help="engine A/B rounds (policies alternate; pooled)")
+    ap.add_argument("--skip-serve", action="store_true", help="the engine A/B only")
+    ap.add_argument("--serve-baseline", metavar="REV", default=None,
+                    help="also the served windows of git revision REV's service code (e.g. the commit before a "
+                         "scheduling change) against this tree's, alternating over --rounds")
+    ap.add_argument("--skip-engine", action="store_true", help="no engine A/B")
+    ap.add_argument("--serve-once", nargs=2, metavar=("ROOT", "OUT"), help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "fairness_cpu.json"))
+    args = ap.parse_args()
+    if args.serve_once:  # the child of --serve-baseline (before anything imports the service code)
+        return serve_once(*args.serve_once, args)
+
+    import torch
+
+    from unimat_dist.generation.continuous import SHARE_ROWS_AUTO
+
+    args.share_rows = args.share_rows or SHARE_ROWS_AUTO["cpu"]
+
+    torch.set_num_threads(1)
+    results: dict = {"checkpoint": args.checkpoint, "small_request": SMALL, "seconds": args.seconds,
+                     "share_rows": args.share_rows, "cpu_count": os.cpu_count(), "load_average_start": os.getloadavg()}
+    big_steps = args.big_steps
+    if args.serve_baseline:  # this tree's service too, each side in its own process
+        results["serve_ab"] = ab = serve_ab(args, args.serve_baseline)
+        big_steps = big_steps or ab["this tree"]["runs"][0]["big_request"]["steps"]
+    elif not args.skip_serve:
+        results["serve"] = serve_run(args.checkpoint, args.big_samples, args.seconds, args.warmup, args.big_steps)
+        big_steps = big_steps or results["serve"]["big_request"]["steps"]
+        s = results["serve"]
+        print(f"[serve] small p99 alone {s['alone']['p99_s']:.3f} s, with big {s['with_big']['p99_s']:.3f} s -> "
+              f"{s['p99_ratio']:.2f}x (p50 {s['p50_ratio']:.2f}x); load {os.getloadavg()[0]:.1f}", flush=True)
+    if not args.skip_engine:
+        results["engine"] = engine_ab(args, big_steps)
     results["load_average_end"] = os.getloadavg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
