@@ -311,7 +311,7 @@ def engine_ab(args, big_steps: int | None) -> dict:
                          for k, v in cost["predicted_by_share"].items())
     print(f"[cost] ms per evaluation by rows: {per_rows}\n[cost] predicted slowdown (1-row job / large job) by "
           f"share_rows: {by_share}", flush=True)
-    engine.update({"big_request": {k: big[k] for k in ("num_samples", "sampler", "steps")}, "rounds": []}
+    engine.update({"big_request": {k: big[k] for k in ("num_samples", "sampler", "steps")}, "rounds": []})
     policies = {"unlimited": None, f"share_rows={args.share_rows}": args.share_rows}
     pooled = {label: {"alone": [], "with_big": [], "big": []} for label in policies}
     for k in range(args.rounds):
