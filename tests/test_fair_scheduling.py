@@ -102,25 +102,33 @@ def test_the_share_is_the_smallest_job_with_a_floor(g):
     """Jobs of similar size are not split (share = the smallest job's rows), and the floor keeps a big job's
     slices from shrinking to a small job's size."""
     seen: list[tuple[int, int]] = []
-    engine = ContinuousSampler(g, max_requests=8, max_rows=64, share_rows=2,
-                               on_step=lambda rows, jobs, s: seen.append((rows, jobs)))
+    jobs = [make_job(g, 6, None, seed=21, steps=4), make_job(g, 5, None, seed=22, steps=4),
+            make_job(g, 12, "FeO", seed=23, sampler="ddpm", steps=4)]
+    events = [threading.Event() for _ in jobs]
+    out: list = [None] * len(jobs)
+    engine: ContinuousSampler | None = None
+
+    def callback(k):
+        def cb(batch, stats, error):
+            out[k] = (batch, stats, error)
+            events[k].set()
+        return cb
+
+    def on_step(rows, n_jobs, seconds):
+        seen.append((rows, n_jobs))
+        if len(seen) == 1:  # queued together during the gate job's only step: admitted together after it
+            for k, job in enumerate(jobs):
+                engine.submit(job, callback(k))
+
+    engine = ContinuousSampler(g, max_requests=8, max_rows=64, share_rows=2, on_step=on_step)
     try:
-        events = [threading.Event() for _ in range(3)]
-        out: list = [None] * 3
-        jobs = [make_job(g, 6, None, seed=21, steps=4), make_job(g, 5, None, seed=22, steps=4),
-                make_job(g, 12, "FeO", seed=23, sampler="ddpm", steps=4)]
-        for k, job in enumerate(jobs):
-            def cb(batch, stats, error, k=k):
-                out[k] = (batch, stats, error)
-                events[k].set()
-            engine.submit(job, cb)
+        engine.submit(make_job(g, 1, None, seed=20, steps=1), lambda *a: None)  # the gate
         assert all(e.wait(120) for e in events)
     finally:
         engine.close()
-    # all three admitted together: shares of max(2, 5) = 5 rows -> 5 + 5 + 5 while the 6-row job's first step
-    # ends with its 6th row; no evaluation holds more than 3 x 5 rows
-    assert seen[0] == (15, 3)
-    assert all(rows <= 15 for rows, jobs in seen if jobs > 1)
+    # shares of max(2, 5) = 5 rows: 5 + 5 + 5, until the 5-row job leaves (then max(2, 6) = 6)
+    assert seen[0] == (1, 1) and seen[1] == (15, 3)
+    assert all(rows <= 15 for rows, n_jobs in seen if n_jobs > 1)
     for (batch, stats, error), job in zip(out, jobs):
         assert error is None and stats.steps == 4
         assert_same_crystals(g, batch, run_jobs(g, [job])[0])
