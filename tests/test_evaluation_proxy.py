@@ -69,7 +69,7 @@ def test_reference_fingerprints_are_cached(bundled, perov_self, cache_dir):
     assert again.metrics["reference_sha256"] == perov_self.metrics["reference_sha256"]
     assert [r.id for r in again.reference] == [r.id for r in perov_self.reference]
     assert np.allclose(again.reference[7].struct_fp, perov_self.reference[7].struct_fp)
-    assert list((cache_dir / "eval" / "features").glob("*.pkl"))
+    assert list((cache_dir / "eval" / "features").glob("*.json"))
 
 
 def test_known_invalid_structures_are_flagged_and_counted(bundled, perov_self):
