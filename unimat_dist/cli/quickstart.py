@@ -14,8 +14,10 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quickstart", help="run the end-to-end main job on the bundled data")
     p.add_argument("--out", default="out/quickstart", help="report folder")
-    p.add_argument("--train-steps", type=int, default=1600, help="optimizer steps (global batch 32)")
-    p.add_argument("--unconditional", type=int, default=200, help="unconditional crystals to generate")
+    p.add_argument("--train-steps", type=int, default=None,
+                   help="optimizer steps (default: cluster/jobs/quickstart_train.yaml's)")
+    p.add_argument("--unconditional", type=int, default=1000,
+                   help="unconditional crystals to generate (COV-R grows with the count; see docs)")
     p.add_argument("--compositions", type=int, default=20, help="test compositions for conditioned generation")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)

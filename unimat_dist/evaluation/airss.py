@@ -70,40 +70,53 @@ def generate_random_structures(
     volume_range: tuple[float, float] = VOLUME_RANGE,
     prerelax: str = "soft_sphere",
     prerelax_steps: int = 200,
+    workers: int | None = 1,
+    progress: bool = False,
 ) -> list[StructureRecord]:
     """Random start structures, ``n_per_composition`` per composition, pre-relaxed.
 
     Record ids are ``<formula>__<k>``; ``metadata`` holds ``target`` (the composition string), the space
     group and volume factor used.
     """
-    from pymatgen.core import Composition
-
     if prerelax not in ("soft_sphere", "chgnet", "none"):
         raise ValueError(f"prerelax must be soft_sphere, chgnet or none, got {prerelax!r}")
     lo, hi = volume_range
     if not 0 < lo <= hi:
         raise ValueError(f"volume_range must satisfy 0 < low <= high, got {volume_range}")
-    out = []
+    jobs = []
     for ci, comp_text in enumerate(compositions):
         counts = parse_composition(comp_text)
-        key = Composition(counts).formula.replace(" ", "")
-        for k in range(n_per_composition):
-            rng = np.random.default_rng([seed, ci, k])
-            vf = float(rng.uniform(lo, hi))
-            s = random_symmetric_structure(counts, rng, volume_factor=vf)
-            rid = f"{key}__{k}"
-            meta = {"target": comp_text, "target_id": key, "volume_factor": vf}
-            if s is None:
-                out.append(StructureRecord(rid, None, f"{rid}: pyxtal placed no structure", {}, meta))
-                continue
-            if prerelax == "soft_sphere":
-                from .soft_sphere import soft_sphere_relax
+        jobs += [(comp_text, counts, [seed, ci, k], k, (lo, hi), prerelax, prerelax_steps)
+                 for k in range(n_per_composition)]
+    from functools import partial
 
-                s = soft_sphere_relax(s, steps=prerelax_steps)
-            elif prerelax == "chgnet":
-                from .potential import relax
+    from .parallel import parallel_map
 
-                res = relax(s, steps=min(prerelax_steps, 20), fmax=0.5)
-                s = res.final_structure if res.final_structure is not None else s
-            out.append(StructureRecord(rid, s, None, {}, meta))
-    return out
+    # each structure is seeded by (seed, composition index, k): the same set whatever the worker count
+    # (1,000 Perov-5 structures: 167 s on one process, the cost of the quickstart's random baseline)
+    return parallel_map(partial(_one_random_structure), jobs, workers=workers, desc="random structures",
+                        progress=progress)
+
+
+def _one_random_structure(job) -> StructureRecord:
+    from pymatgen.core import Composition
+
+    comp_text, counts, seed_seq, k, (lo, hi), prerelax, prerelax_steps = job
+    key = Composition(counts).formula.replace(" ", "")
+    rng = np.random.default_rng(seed_seq)
+    vf = float(rng.uniform(lo, hi))
+    s = random_symmetric_structure(counts, rng, volume_factor=vf)
+    rid = f"{key}__{k}"
+    meta = {"target": comp_text, "target_id": key, "volume_factor": vf}
+    if s is None:
+        return StructureRecord(rid, None, f"{rid}: pyxtal placed no structure", {}, meta)
+    if prerelax == "soft_sphere":
+        from .soft_sphere import soft_sphere_relax
+
+        s = soft_sphere_relax(s, steps=prerelax_steps)
+    elif prerelax == "chgnet":
+        from .potential import relax
+
+        res = relax(s, steps=min(prerelax_steps, 20), fmax=0.5)
+        s = res.final_structure if res.final_structure is not None else s
+    return StructureRecord(rid, s, None, {}, meta)
