@@ -88,13 +88,11 @@ def generate_random_structures(
         counts = parse_composition(comp_text)
         jobs += [(comp_text, counts, [seed, ci, k], k, (lo, hi), prerelax, prerelax_steps)
                  for k in range(n_per_composition)]
-    from functools import partial
-
     from .parallel import parallel_map
 
     # each structure is seeded by (seed, composition index, k): the same set whatever the worker count
     # (1,000 Perov-5 structures: 167 s on one process, the cost of the quickstart's random baseline)
-    return parallel_map(partial(_one_random_structure), jobs, workers=workers, desc="random structures",
+    return parallel_map(_one_random_structure, jobs, workers=workers, desc="random structures",
                         progress=progress)
 
 
