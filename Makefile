@@ -11,9 +11,18 @@ LOCK = requirements/lock-cpu.txt
 OUT ?= out/quickstart
 PYTEST_ARGS ?=
 
-.PHONY: setup quickstart test bench results-cpu clean
+.PHONY: setup browser quickstart test bench results-cpu clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed browser
+
+# The browser tests (tests/browser.py) drive the system Chromium through Playwright (no browser download):
+# install the Debian package when it is missing and we are root; a no-op once it is there.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		{ if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+		else echo "chromium not found: install it (apt-get install chromium) or set UNIMAT_CHROMIUM;" \
+			"the browser tests skip without it"; fi; }
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
