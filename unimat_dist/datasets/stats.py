@@ -2,7 +2,7 @@
 
     stats = dataset_stats("perov_5")              # parses every bundled/downloaded split
     print(format_table([stats]))
-    plot_element_heatmap(stats, "out/perov_5_elements.png")
+    plot_element_heatmap(stats, "out/perov_5_elements.png")   # log colour scale, counts in the cells
 """
 from __future__ import annotations
 
@@ -154,32 +154,18 @@ def format_table(stats: list[DatasetStats]) -> str:
     return "\n".join(rows)
 
 
-def plot_element_heatmap(st: DatasetStats, path: str | Path) -> Path:
-    """Periodic-table heat map (the UniMat 9 x 18 layout) of the fraction of structures holding each element."""
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    grid = np.full((pt.N_ROWS, pt.N_GROUPS), np.nan)
-    freq = st.element_structures
-    n = max(1, st.num_structures)
-    for el, cnt in freq.items():
-        r, c = pt.CELL_OF[el]
-        grid[r, c] = cnt / n
-    fig, ax = plt.subplots(figsize=(12, 6))
-    im = ax.imshow(grid, cmap="viridis", vmin=0)
-    for z in range(1, 119):
-        r, c = pt.CELL_OF_Z[z]
-        sym = pt.SYMBOLS[z - 1]
-        ax.text(c, r, sym, ha="center", va="center", fontsize=7, color="white" if sym in freq else "0.6")
-    ax.set_xticks(range(pt.N_GROUPS), [str(g + 1) for g in range(pt.N_GROUPS)])
-    ax.set_yticks(range(pt.N_ROWS), [str(p + 1) for p in range(7)] + ["Ln", "An"])
-    ax.set_xlabel("group (W)")
-    ax.set_ylabel("period (H)")
-    ax.set_title(f"{st.name}: fraction of {st.num_structures} structures containing each element")
-    fig.colorbar(im, ax=ax, shrink=0.7)
-    fig.tight_layout()
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -187,25 +173,93 @@ def plot_element_heatmap(st: DatasetStats, path: str | Path) -> Path:
     return path
 
 
-def plot_atoms_histogram(stats: list[DatasetStats], path: str | Path) -> Path:
-    import matplotlib
+def element_heatmap_figure(counts: dict[str, int], total: int, title: str, what: str = "structures"):
+    """Periodic-table heat map (the UniMat 9 x 18 layout) of ``counts`` (element -> number of ``what``
+    holding it, out of ``total``), on a log colour scale (counts span orders of magnitude: O in most
+    structures, a lanthanide in a handful; a linear scale paints every element but the top few alike), with
+    each element's count written in its cell. Elements with no count are left blank. Returns the figure."""
+    from matplotlib.colors import LogNorm
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _plt()
+    grid = np.full((pt.N_ROWS, pt.N_GROUPS), np.nan)
+    for el, cnt in counts.items():
+        if cnt > 0:
+            grid[pt.CELL_OF[el]] = cnt
+    hi = max([c for c in counts.values() if c > 0], default=1)
+    norm = LogNorm(vmin=1, vmax=max(hi, 10))  # one decade at least, so a single count still has a colour
+    cmap = plt.get_cmap("viridis").with_extremes(bad="0.96")
+    fig, ax = plt.subplots(figsize=(13, 6.6))
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=norm)
+    for z in range(1, 119):
+        r, c = pt.CELL_OF_Z[z]
+        sym = pt.SYMBOLS[z - 1]
+        n = counts.get(sym, 0)
+        if n > 0:
+            # text readable on the cell: dark on the bright (yellow) end of viridis, white elsewhere
+            color = "black" if norm(n) > 0.6 else "white"
+            ax.text(c, r - 0.18, sym, ha="center", va="center", fontsize=8, fontweight="bold", color=color)
+            ax.text(c, r + 0.22, f"{n:,}" if n < 100_000 else f"{n / 1000:.0f}k", ha="center", va="center",
+                    fontsize=6, color=color)
+        else:
+            ax.text(c, r, sym, ha="center", va="center", fontsize=7, color="0.65")
+    ax.set_xticks(range(pt.N_GROUPS), [str(g + 1) for g in range(pt.N_GROUPS)])
+    ax.set_yticks(range(pt.N_ROWS), [str(p + 1) for p in range(7)] + ["Ln", "An"])
+    ax.set_xlabel("group (W)")
+    ax.set_ylabel("period (H)")
+    ax.set_title(title)
+    cb = fig.colorbar(im, ax=ax, shrink=0.7)
+    cb.set_label(f"{what} containing the element (log scale; {total:,} in all)")
+    fig.tight_layout()
+    return fig
 
+
+def plot_element_heatmap(st: DatasetStats, path: str | Path) -> Path:
+    """Periodic-table heat map of the number of structures holding each element (log colour scale,
+    counts in the cells): ``element_heatmap_figure`` saved as a PNG."""
+    title = f"{st.name}: structures containing each element ({st.num_structures:,} structures)"
+    return _save(element_heatmap_figure(st.element_structures, st.num_structures, title), path)
+
+
+def integer_bins(values) -> np.ndarray:
+    """Histogram edges for integer data: one bin per integer, centred on it (edges at k +- 0.5)."""
+    v = np.asarray(list(values), dtype=float)
+    lo, hi = (int(np.floor(v.min())), int(np.ceil(v.max()))) if len(v) else (0, 1)
+    return np.arange(lo - 0.5, hi + 1.5, 1.0)
+
+
+def atoms_histogram_figure(stats: list[DatasetStats]):
+    """One panel per data set: structures per atoms-per-cell value, one bar per integer centred on it,
+    integer ticks only, each bar's count written on it when there are few bars (Perov-5: every structure
+    has 5 atoms, one bar over the tick 5 labelled with its count)."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _plt()
     fig, axes = plt.subplots(1, len(stats), figsize=(4 * len(stats), 3.2), squeeze=False)
     for ax, st in zip(axes[0], stats):
         hist: Counter = Counter()
         for s in st.splits:
             hist.update(s.atoms_histogram)
         xs = sorted(hist)
-        ax.bar(xs, [hist[x] for x in xs], color="tab:blue")
-        ax.set_title(st.name)
+        if not xs:
+            ax.text(0.5, 0.5, "no structures", ha="center", va="center", transform=ax.transAxes)
+            continue
+        edges = integer_bins(xs)
+        heights = [hist.get(int(e + 0.5), 0) for e in edges[:-1]]
+        ax.bar(edges[:-1] + 0.5, heights, width=1.0, color="tab:blue", edgecolor="white", linewidth=0.5)
+        ax.set_xlim(edges[0] - 1, edges[-1] + 1)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=3))
+        if len(xs) <= 12:
+            for x in xs:
+                ax.annotate(f"{hist[x]:,}", (x, hist[x]), ha="center", va="bottom", fontsize=7,
+                            xytext=(0, 1), textcoords="offset points")
+            ax.set_ylim(0, max(hist.values()) * 1.15)
+        ax.set_title(st.name if len(xs) > 1 else f"{st.name}: all {xs[0]} atoms")
         ax.set_xlabel("atoms per cell")
         ax.set_ylabel("structures")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def plot_atoms_histogram(stats: list[DatasetStats], path: str | Path) -> Path:
+    """Atoms-per-cell histogram per data set (``atoms_histogram_figure``) saved as a PNG."""
+    return _save(atoms_histogram_figure(stats), path)
