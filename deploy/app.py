@@ -13,6 +13,7 @@ Endpoints (docs/generation.md has request/response examples):
     GET  /v1/model      checkpoint, spec (L, grid, elements), properties, limits, batching settings
     GET  /v1/stats      this replica's request/batch/loop counters (batch-size histogram)
     GET  /healthz       liveness; GET /openapi.json and /docs: the OpenAPI schema
+    GET  /              the generation page (deploy/page.py): a form, the gallery's cards and 3D viewer
 
 Every error is a JSON ``{"error": {"type", "message", "field"?}}``, counted in ``/v1/stats`` and the
 metrics: 400 (not JSON, invalid Unicode, a proxy-hint header), 408 (body not sent within ``body_timeout_s``),
@@ -47,6 +48,7 @@ from ray import serve
 from unimat_dist import __version__
 
 from .metrics import ServiceMetrics
+from .page import add_page_routes
 from .schemas import MAX_COUNT, ApiError, ErrorResponse, GenerateRequest, GenerateResponse, parse_generate_request
 from .settings import ServeSettings, load_settings
 
@@ -57,6 +59,8 @@ api = FastAPI(
     version=__version__,
     description="Crystal structures from a UniMat diffusion model (arXiv 2311.09235), batched on Ray Serve.",
 )
+
+add_page_routes(api, __version__)  # GET / (the generation page) and GET /static/<name> (its JS/CSS)
 
 _ERRORS = {status: {"model": ErrorResponse} for status in (400, 408, 413, 422, 500, 503)}
 
