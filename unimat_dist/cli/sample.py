@@ -6,8 +6,13 @@
     unimat sample --checkpoint s3://bucket/run/inference.pt --num 64 --composition SrTiO3 --types-only \
         --property heat_ref=-0.5 --guidance 1.0 --format extxyz --out out/srtio3
 
-Writes <out>/cif/sample_000000.cif ... (or <out>/samples.extxyz) and <out>/summary.json (request,
-timings, how many decoded, the composition of every sample). ``--out`` must be new or empty: a folder that
+Writes, per decoded sample ``sample_000042`` (``unimat_dist.crystal_files``): ``cif/<name>.cif`` (P1),
+``cif_sym/<name>.cif`` (symmetrised, when a group above P1 is found), ``poscar/<name>.vasp``, one
+multi-frame ``samples.extxyz`` whose frames carry the facts in ``atoms.info``; and for the run
+``summary.csv`` (one row of facts per sample: formula, space group, density, shortest distance, validity
+flags...; keys in ``unimat_dist.crystal_facts``) and ``summary.json`` (request, timings, how many decoded,
+the same per-crystal rows under ``"crystals"``). ``--format cif`` writes only the P1 CIFs, ``--format
+extxyz`` only samples.extxyz (the two tables always). ``--out`` must be new or empty: a folder that
 already holds crystals would mix two runs. ``--overwrite`` replaces a previous ``unimat sample`` result
 there, deleting only the files its summary.json lists; any other content is refused, never deleted.
 """
@@ -33,7 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--format", choices=("cif", "extxyz"), default="cif")
+    p.add_argument("--format", choices=("all", "cif", "extxyz"), default="all",
+                   help="all: P1 + symmetrised CIF, POSCAR and samples.extxyz (default); cif: P1 CIFs only; "
+                        "extxyz: samples.extxyz only (summary.csv/json always)")
+    p.add_argument("--symprec", type=float, default=0.1,
+                   help="spglib tolerance (A) of the space groups in the table and the symmetrised CIFs")
     p.add_argument("--out", default="out/samples", help="output folder (new or empty)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a previous `unimat sample` result in --out (only the files it lists are removed)")
@@ -69,9 +78,10 @@ def sample_to_folder(
     batch_size: int = 256,
     device: str | None = None,
     precision: str = "auto",
-    fmt: str = "cif",
+    fmt: str = "all",
     progress: bool = True,
     overwrite: bool = False,
+    symprec: float = 0.1,
 ) -> dict:
     """Generate ``num`` crystals and write them plus summary.json into ``out``; returns the summary."""
     import json
@@ -79,8 +89,10 @@ def sample_to_folder(
     import warnings
     from pathlib import Path
 
+    from unimat_dist.crystal_facts import crystal_facts
+    from unimat_dist.crystal_files import write_crystal_files, write_text_atomic
+    from unimat_dist.generation.records import validity_flags
     from unimat_dist.sampling import load_generator
-    from unimat_dist.sampling.writers import write_structures
 
     prepare_output(Path(out), overwrite)  # before minutes of sampling, not after
     t0 = time.perf_counter()
@@ -93,7 +105,12 @@ def sample_to_folder(
     )
     t_sample = time.perf_counter() - t0
     out_dir = Path(out)
-    files = write_structures(structures, out_dir, fmt)
+    t0 = time.perf_counter()
+    facts = [crystal_facts(s, symprec=symprec, flags=validity_flags(s, composition, exact_counts))
+             for s in structures]
+    t_facts = time.perf_counter() - t0
+    files, rows = write_crystal_files(out_dir, structures, facts, formats=FORMATS[fmt], symprec=symprec,
+                                      extxyz_name=EXTXYZ_NAME)
     with warnings.catch_warnings():  # pymatgen warns about electronegativities of exotic elements
         warnings.simplefilter("ignore")
         formulas = [s.composition.reduced_formula if s is not None else None for s in structures]
@@ -115,11 +132,21 @@ def sample_to_folder(
         "load_seconds": t_load,
         "sample_seconds": t_sample,
         "structures_per_second": num / max(t_sample, 1e-9),
+        "facts_seconds": t_facts,
         "device": str(g.device),
+        "symprec": symprec,
+        "files": {"table": CSV_NAME, "extxyz": EXTXYZ_NAME if "extxyz" in FORMATS[fmt] else None},
         "output": [str(f) for f in files],
+        "crystals": rows,
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=1))
     return summary
+
+
+FORMATS = {"all": ("cif", "cif_sym", "poscar", "extxyz"), "cif": ("cif",), "extxyz": ("extxyz",)}
+EXTXYZ_NAME = "samples.extxyz"
+CSV_NAME = "summary.csv"
+CRYSTAL_DIRS = {"cif": ".cif", "cif_sym": ".cif", "poscar": ".vasp"}  # folder -> suffix of its sample_* files
 
 
 def _previous_outputs(out) -> list | None:
@@ -135,10 +162,11 @@ def _previous_outputs(out) -> list | None:
     root = out.resolve()
     files = []
     for f in listed:  # by name only (summary paths were relative to the cwd of that run), as this command names them
-        if f.name == "samples.extxyz":
+        if f.name in (EXTXYZ_NAME, CSV_NAME) and f.parent.name not in CRYSTAL_DIRS:
             files.append(root / f.name)
-        elif f.parent.name == "cif" and f.name.startswith("sample_") and f.suffix == ".cif" and "/" not in f.name:
-            files.append(root / "cif" / f.name)
+        elif (f.parent.name in CRYSTAL_DIRS and f.name.startswith("sample_")
+              and f.suffix == CRYSTAL_DIRS[f.parent.name]):
+            files.append(root / f.parent.name / f.name)
         else:
             return None
     return files
@@ -161,16 +189,18 @@ def prepare_output(out, overwrite: bool) -> None:
         raise ValueError(f"--out {out} already holds a `unimat sample` result ({len(previous)} files); new crystals "
                          "would mix with them. Choose a new folder, or pass --overwrite to replace that result")
     expected = {out.resolve() / "summary.json", *previous}
-    cif_dir = out.resolve() / "cif"
-    extra = [p for p in out.resolve().iterdir() if p not in expected and p != cif_dir]
-    extra += [p for p in cif_dir.iterdir() if p not in expected] if cif_dir.is_dir() else []
+    dirs = [out.resolve() / d for d in CRYSTAL_DIRS]
+    extra = [p for p in out.resolve().iterdir() if p not in expected and not (p in dirs and p.is_dir())]
+    for d in dirs:
+        extra += [p for p in d.iterdir() if p not in expected] if d.is_dir() else []
     if extra:
         raise ValueError(f"--out {out} holds files the previous `unimat sample` did not write (e.g. {extra[0].name!r}); "
                          "refusing to overwrite there, choose a new folder")
     for f in previous:
         f.unlink(missing_ok=True)
-    if cif_dir.is_dir() and not any(cif_dir.iterdir()):
-        cif_dir.rmdir()
+    for d in dirs:
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
     (out / "summary.json").unlink()
     import logging
 
@@ -189,7 +219,7 @@ def run(args) -> int:
         args.checkpoint, args.num, args.out, composition=args.composition, exact_counts=not args.types_only,
         properties=parse_properties(args.property), guidance=args.guidance, sampler=args.sampler, steps=args.steps,
         eta=args.eta, seed=args.seed, batch_size=args.batch_size, device=args.device, precision=args.precision,
-        fmt=args.format, overwrite=args.overwrite,
+        fmt=args.format, overwrite=args.overwrite, symprec=args.symprec,
     )
     logging.getLogger("unimat.sample").info(
         "%d/%d decoded in %.1f s (%.2f structures/s) -> %s/summary.json",

@@ -1,0 +1,146 @@
+"""A run's crystal files read back by pymatgen and ASE: P1 CIF, symmetrised CIF, POSCAR, the multi-frame
+extxyz with the facts in atoms.info, and the summary.csv table; and `unimat sample` writing all of them."""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.io import read as ase_read
+from pymatgen.core import Structure
+from pymatgen.io.ase import AseAtomsAdaptor
+from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+from unimat_dist.crystal_facts import FACT_KEYS, crystal_facts
+from unimat_dist.crystal_files import (TABLE_KEYS, facts_from_info, read_table_csv, sample_name,
+                                       write_crystal_files)
+from unimat_dist.datasets.registry import bundled_path
+from unimat_dist.evaluation.structures_io import load_structures
+
+ROOT = Path(__file__).resolve().parents[1]
+CKPT = ROOT / "checkpoints" / "perov5_transformer_cpu.pt"
+
+
+def _same_crystal(a: Structure, b: Structure) -> None:
+    assert [s.specie.symbol for s in a] == [s.specie.symbol for s in b]
+    # lattice parameters, not the matrix: a CIF stores a, b, c, alpha, beta, gamma (its own orientation)
+    assert np.allclose(a.lattice.parameters, b.lattice.parameters, atol=1e-4)
+    d = (a.frac_coords - b.frac_coords + 0.5) % 1.0 - 0.5  # CIF wraps coordinates into [0, 1)
+    assert np.abs(d).max() < 1e-5
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    structures = [r.structure for r in load_structures(bundled_path("perov_5", "test"), limit=5)]
+    structures += [r.structure for r in load_structures(bundled_path("carbon_24", "test"), limit=4)]
+    structures.insert(3, None)  # a sample that did not decode
+    facts = [crystal_facts(s, energies={"e_hull": 0.1 * i} if s is not None else None)
+             for i, s in enumerate(structures)]
+    out = tmp_path_factory.mktemp("run")
+    files, rows = write_crystal_files(out, structures, facts)
+    return out, structures, facts, files, rows
+
+
+def test_layout_and_table(run):
+    out, structures, facts, files, rows = run
+    decoded = [i for i, s in enumerate(structures) if s is not None]
+    assert sorted(p.name for p in (out / "cif").iterdir()) == [f"{sample_name(i)}.cif" for i in decoded]
+    assert sorted(p.name for p in (out / "poscar").iterdir()) == [f"{sample_name(i)}.vasp" for i in decoded]
+    sym = [i for i in decoded if facts[i]["spacegroup_number"] > 1]
+    assert sym and sorted(p.name for p in (out / "cif_sym").iterdir()) == [f"{sample_name(i)}.cif" for i in sym]
+    assert not list(out.rglob(".tmp-*"))
+    assert set(files) == {*(out / "cif").iterdir(), *(out / "poscar").iterdir(), *(out / "cif_sym").iterdir(),
+                          out / "samples.extxyz", out / "summary.csv"}
+    assert [r["index"] for r in rows] == list(range(len(structures)))
+    assert rows[3]["decoded"] is False and rows[3]["cif"] is None and rows[3]["extxyz_frame"] is None
+    table = read_table_csv(out / "summary.csv")
+    assert list(table[0]) == list(TABLE_KEYS) and len(table) == len(structures)
+    for r, t in zip(rows, table):
+        assert t["name"] == r["name"] and t["formula"] == (r["formula"] or "")
+        assert t["spacegroup_symbol"] == (r["spacegroup_symbol"] or "")
+        assert t["cif"] == (r["cif"] or "") and t["elements"] == " ".join(r["elements"] or [])
+        if r["density"] is not None:
+            assert float(t["density"]) == r["density"]  # full precision
+    json.dumps(rows, allow_nan=False)
+
+
+def test_p1_cif_and_poscar_round_trip_in_pymatgen_and_ase(run):
+    out, structures, _, _, rows = run
+    for s, r in zip(structures, rows):
+        if s is None:
+            continue
+        for rel in (r["cif"], r["poscar"]):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _same_crystal(s, Structure.from_file(out / rel))
+                _same_crystal(s, AseAtomsAdaptor.get_structure(ase_read(out / rel)))
+
+
+def test_symmetrised_cif_keeps_the_crystal_and_its_group(run):
+    out, structures, facts, _, rows = run
+    for s, f, r in zip(structures, facts, rows):
+        if s is None or r["cif_sym"] is None:
+            continue
+        text = (out / r["cif_sym"]).read_text()
+        assert "_symmetry_space_group_name_H-M" in text and f["spacegroup_symbol"].replace(" ", "") in \
+            text.replace(" ", "").replace("'", "")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            readers = [Structure.from_file(out / r["cif_sym"]),
+                       AseAtomsAdaptor.get_structure(ase_read(out / r["cif_sym"]))]
+        for back in readers:
+            assert back.composition.reduced_formula == f["formula"]
+            assert back.density == pytest.approx(f["density"], rel=1e-3)
+            assert SpacegroupAnalyzer(back, symprec=0.1).get_space_group_number() == f["spacegroup_number"]
+
+
+def test_extxyz_frames_carry_the_facts(run):
+    out, structures, facts, _, rows = run
+    frames = ase_read(out / "samples.extxyz", index=":")
+    decoded = [(s, f, r) for s, f, r in zip(structures, facts, rows) if s is not None]
+    assert len(frames) == len(decoded)
+    for k, (atoms, (s, f, r)) in enumerate(zip(frames, decoded)):
+        assert r["extxyz_frame"] == k
+        _same_crystal(s, AseAtomsAdaptor.get_structure(atoms))
+        info = facts_from_info(atoms.info)
+        assert info["index"] == r["index"] and info["name"] == r["name"]
+        for key in FACT_KEYS:
+            if isinstance(f[key], float):
+                assert info[key] == pytest.approx(f[key], rel=1e-12), key
+            else:
+                assert info[key] == f[key], key
+    # pymatgen reads the same file (through its ASE adaptor) frame by frame
+    from pymatgen.io.ase import AseAtomsAdaptor as A
+
+    assert A.get_structure(ase_read(out / "samples.extxyz", index=0)).composition == decoded[0][0].composition
+
+
+@pytest.mark.skipif(not CKPT.exists(), reason="released checkpoint not present")
+def test_unimat_sample_writes_every_format_and_the_table(tmp_path):
+    from unimat_dist.cli import main
+
+    out = tmp_path / "samples"
+    assert main(["sample", "--checkpoint", str(CKPT), "--num", "4", "--steps", "20", "--composition", "SrTiO3",
+                 "--threads", "1", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    rows = summary["crystals"]
+    assert len(rows) == 4 and summary["files"] == {"table": "summary.csv", "extxyz": "samples.extxyz"}
+    assert [list(r)[:len(TABLE_KEYS)] for r in rows] == [list(TABLE_KEYS)] * 4
+    assert all(r["matches_request"] is True and r["formula"] == "SrTiO3" for r in rows if r["decoded"])
+    table = read_table_csv(out / "summary.csv")
+    assert [t["formula"] for t in table] == [r["formula"] or "" for r in rows]
+    assert [t["spacegroup_number"] for t in table] == [str(r["spacegroup_number"] or "") for r in rows]
+    frames = ase_read(out / "samples.extxyz", index=":")
+    assert len(frames) == summary["num_decoded"]
+    for atoms in frames:
+        r = rows[atoms.info["index"]]
+        assert facts_from_info(atoms.info)["spacegroup_symbol"] == r["spacegroup_symbol"]
+        for rel in (r["cif"], r["poscar"]) + ((r["cif_sym"],) if r["cif_sym"] else ()):
+            assert (out / rel).is_file() and str(out / rel) in summary["output"]
+    # --overwrite removes every file of the previous result (all formats), and only those
+    assert main(["sample", "--checkpoint", str(CKPT), "--num", "1", "--steps", "5", "--composition", "SrTiO3",
+                 "--threads", "1", "--out", str(out), "--overwrite", "--format", "cif"]) == 0
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert left == ["cif/sample_000000.cif", "summary.csv", "summary.json"]
