@@ -411,7 +411,7 @@ class UniMatGenerator:
             raise ApiError(422, "limit_exceeded",
                            f"num_samples x steps = {req.num_samples} x {steps} = {req.num_samples * steps:,} "
                            f"sample-steps exceeds this service's compute budget of {s.max_sample_steps:,} per "
-                           "request (max_sample_steps); ask for fewer samples or steps")
+                           "request (max_sample_steps); ask for fewer samples or steps", "num_samples")
         for name, value in (req.properties or {}).items():
             lo, hi = self.property_ranges.get(name, (-float("inf"), float("inf")))  # unknown: prepare_job names it
             if not lo <= value <= hi:

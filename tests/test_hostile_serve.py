@@ -194,7 +194,7 @@ HOSTILE = [
     (b'{"properties": {"band_gap": -1e308}, "guidance": 1.0}', 422, "limit_exceeded", "properties.band_gap",
      "properties.band_gap: -1e+308 is outside [-4, 6], the range this model accepts (its training mean +- 10 std)"),
     # the compute budget (T = 50: a DDPM request of 3 samples is 150 sample-steps)
-    (b'{"num_samples": 3, "sampler": "ddpm"}', 422, "limit_exceeded", None,
+    (b'{"num_samples": 3, "sampler": "ddpm"}', 422, "limit_exceeded", "num_samples",
      "num_samples x steps = 3 x 50 = 150 sample-steps exceeds this service's compute budget of 100 per request "
      "(max_sample_steps); ask for fewer samples or steps"),
 ]
