@@ -6,9 +6,13 @@
 Output layout (``output.uri``; file path, file://, s3:// or gs://):
 
     manifest.json             written last: shards with their request ids, counts, validity rates, rejections
-    shards/part-000000.cif    the decoded crystals of one unit (or .extxyz)
+    summary.csv, summary.json one row per sample of the job (``BATCH_TABLE_KEYS``: the facts of
+                              ``unimat_dist.crystal_facts`` - space group, density, shortest distance,
+                              validity flags - plus request id, sample, shard and position in it);
+                              summary.json holds them under ``"crystals"``
+    shards/part-000000.cif    the decoded crystals of one unit (or .extxyz, whose frames carry the facts)
     _units/part-000000.json   the unit's commit record (written after its shard): per request seed,
-                              formulas and validity flags of every sample; rejected requests
+                              formulas, validity flags and facts of every sample; rejected requests
     _job.json                 fingerprint of the job that owns this output
 
 Rerunning the same job resumes: units with a commit record are skipped, so their request ids are never
@@ -40,10 +44,11 @@ from .unit_worker import SHARDS_DIR, UNITS_DIR, JobContext, WorkUnit, generate_u
 
 log = logging.getLogger("unimat.generate_batch")
 
-JOB_VERSION = 1  # bump when the bytes of a shard change for the same job
+JOB_VERSION = 2  # bump when the bytes of a shard change for the same job (2: facts in records and extxyz frames)
 JOB_FILE = "_job.json"
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "unimat-dist/generated-structures"
+TABLE_CSV, TABLE_JSON = "summary.csv", "summary.json"
 
 
 def load_batch_config(path=None, overrides: list[str] | None = None) -> GenerateBatchConfig:
@@ -120,6 +125,8 @@ LAYOUT = OutputLayout(
     files=(
         re.escape(MANIFEST_NAME),
         re.escape(JOB_FILE),
+        re.escape(TABLE_CSV),
+        re.escape(TABLE_JSON),
         rf"{SHARDS_DIR}/part-\d{{6}}\.(cif|extxyz)",
         rf"{UNITS_DIR}/part-\d{{6}}\.json",
     ),
@@ -190,6 +197,60 @@ def runner_for(cfg: GenerateBatchConfig) -> UnitRunner:
     return run_on_ray
 
 
+# ----------------------------------------------------------------------------------------- tables
+def _table_keys() -> tuple[str, ...]:
+    from unimat_dist.crystal_files import TABLE_KEYS
+
+    return (*TABLE_KEYS, "request_id", "sample", "shard", "shard_index")
+
+
+def crystal_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per sample of the job, in unit / request / sample order: ``index`` (running), ``name``
+    (``<request id>__<sample>``, the CIF block name), the facts, ``cif``/``cif_sym``/``poscar``/
+    ``extxyz_frame`` None (a batch writes shards, not one file per crystal), then ``request_id``,
+    ``sample``, ``shard`` (its path, None when not decoded) and ``shard_index`` (block or frame number)."""
+    from unimat_dist.crystal_facts import empty_facts
+    from unimat_dist.crystal_files import FILE_KEYS
+
+    rows: list[dict[str, Any]] = []
+    for r in sorted(records, key=lambda r: r["unit"]):
+        shard = (r.get("shard") or {}).get("path")
+        position = 0
+        for e in r["requests"]:
+            facts = e.get("facts") or [None] * len(e["flags"])
+            for k, (flags, f) in enumerate(zip(e["flags"], facts)):
+                if f is None:  # a record written before facts existed: what it knows
+                    f = {**empty_facts(), **flags, "formula": e["formulas"][k]}
+                decoded = bool(f.get("decoded"))
+                rows.append({"index": len(rows), "name": f"{e['id']}__{k}", **f, **dict.fromkeys(FILE_KEYS),
+                             "request_id": e["id"], "sample": k, "shard": shard if decoded else None,
+                             "shard_index": position if decoded else None})
+                position += decoded
+    return rows
+
+
+def write_tables(output: str, opts: dict, records: list[dict[str, Any]], fp: str) -> list[str]:
+    """summary.csv and summary.json of the job (each rewritten only when its bytes change, so a rerun of
+    a finished job leaves them untouched)."""
+    from unimat_dist.crystal_files import table_csv
+
+    rows = crystal_rows(records)
+    keys = _table_keys()
+    bodies = {
+        TABLE_CSV: table_csv(rows, keys).encode(),
+        TABLE_JSON: json.dumps({"format": "unimat-dist/crystal-table", "fingerprint": fp, "keys": list(keys),
+                                "crystals": rows}, indent=1).encode(),
+    }
+    written = []
+    for name, data in bodies.items():
+        uri = join_uri(output, name)
+        if exists(uri, opts) and read_bytes(uri, opts) == data:
+            continue
+        write_bytes_atomic(uri, data, opts)
+        written.append(name)
+    return written
+
+
 # ----------------------------------------------------------------------------------------- manifest
 def build_manifest(cfg: GenerateBatchConfig, checkpoint: str, fp: str, records: list[dict[str, Any]],
                    total_requests: int) -> dict[str, Any]:
@@ -222,6 +283,7 @@ def build_manifest(cfg: GenerateBatchConfig, checkpoint: str, fp: str, records: 
         "units": [{"name": r["name"], "record": f"{UNITS_DIR}/{r['name']}.json", "requests": len(r["requests"]),
                    "rejected": len(r["rejected"]), "seconds": r["seconds"]} for r in records],
         "rejected": rejected,
+        "tables": {"csv": TABLE_CSV, "json": TABLE_JSON},
         "generation_seconds": sum(r["seconds"] for r in records),
         "config": to_dict(cfg),
     }
@@ -302,6 +364,7 @@ def run_generate_batch(cfg: GenerateBatchConfig, runner: UnitRunner | None = Non
     missing = [unit_name(u.index) for u in units if u.index not in records]
     if missing:
         raise RuntimeError(f"units {missing[:10]} did not complete; rerun the same command to resume")
+    write_tables(output, opts, list(records.values()), fp)  # before the manifest, which is written last
     manifest = build_manifest(cfg, checkpoint, fp, list(records.values()), len(requests))
     muri = join_uri(output, MANIFEST_NAME)
     write_bytes_atomic(muri, json.dumps(manifest, indent=1).encode(), opts)

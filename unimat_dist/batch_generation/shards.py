@@ -2,7 +2,9 @@
 
 * ``cif``: CIF blocks one after another, block ``data_<request id>__<sample index>`` (characters other
   than letters, digits and ``-_.+`` become ``_``); ``pymatgen.io.cif.CifParser`` reads them all.
-* ``extxyz``: one frame per crystal, ``info`` holding ``request_id``, ``sample`` and the validity flags.
+* ``extxyz``: one frame per crystal, ``info`` holding ``request_id``, ``sample`` and the crystal's facts
+  (every key of ``unimat_dist.crystal_facts.FACT_KEYS``, validity flags included; ``None`` as ``"none"``,
+  ``elements`` as a JSON list string: ``unimat_dist.crystal_files.facts_from_info`` reads them back).
 
 Crystals that did not decode are not in a shard; the unit's commit record lists every sample.
 """
@@ -15,7 +17,8 @@ SUFFIX = {"cif": ".cif", "extxyz": ".extxyz"}
 
 
 def shard_bytes(items: Iterable[tuple[str, int, object, dict]], fmt: str) -> tuple[bytes, int]:
-    """(file bytes, crystals written) for ``(request_id, sample, structure, flags)`` items (None skipped)."""
+    """(file bytes, crystals written) for ``(request_id, sample, structure, facts)`` items (None skipped);
+    ``facts``: ``crystal_facts`` of the structure (or just its validity flags)."""
     items = [(rid, k, s, f) for rid, k, s, f in items if s is not None]
     if fmt == "cif":
         from unimat_dist.generation.records import structure_to_cif
@@ -23,19 +26,10 @@ def shard_bytes(items: Iterable[tuple[str, int, object, dict]], fmt: str) -> tup
         text = "".join(structure_to_cif(s, f"{rid}__{k}").rstrip("\n") + "\n\n" for rid, k, s, _ in items)
         return text.encode(), len(items)
     if fmt == "extxyz":
-        from ase.io import write
-        from pymatgen.io.ase import AseAtomsAdaptor
+        from unimat_dist.crystal_files import extxyz_text
 
-        frames = []
-        for rid, k, s, flags in items:
-            atoms = AseAtomsAdaptor.get_atoms(s)
-            atoms.info.update({"request_id": rid, "sample": int(k)})
-            atoms.info.update({name: ("none" if v is None else bool(v)) for name, v in flags.items()})
-            frames.append(atoms)
-        buf = io.StringIO()
-        if frames:
-            write(buf, frames, format="extxyz")
-        return buf.getvalue().encode(), len(items)
+        frames = [(s, {"request_id": rid, "sample": int(k), **facts}) for rid, k, s, facts in items]
+        return extxyz_text(frames).encode(), len(items)
     raise ValueError(f"output.format must be 'cif' or 'extxyz', got {fmt!r}")
 
 

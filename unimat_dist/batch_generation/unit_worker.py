@@ -4,8 +4,9 @@ Commit protocol (object stores have no atomic rename): the shard is written firs
 final name (``shards/part-000042.cif``); the unit's commit record (``_units/part-000042.json``) is
 written second, and is what makes the unit count as done. A unit killed before its record exists is
 redone by the next run and overwrites its shard with the same requests (same seeds). A unit's record
-holds, per request, its seed, the formula and validity flags of every sample, and the shard's size
-and sha256; rejected requests (composition outside the model's system, ...) are listed with reasons.
+holds, per request, its seed, the formula, validity flags and facts (``unimat_dist.crystal_facts``: space
+group, density, shortest distance, ...) of every sample, and the shard's size and sha256; rejected
+requests (composition outside the model's system, ...) are listed with reasons.
 """
 from __future__ import annotations
 
@@ -70,6 +71,7 @@ def plan_units(requests: list[BatchRequest], per_unit: int) -> list[WorkUnit]:
 
 def generate_unit(g, unit: WorkUnit, ctx: JobContext) -> dict[str, Any]:
     """Generate, write and commit one unit with a loaded generator; returns its commit record."""
+    from unimat_dist.crystal_facts import crystal_facts
     from unimat_dist.data.storage import join_uri, write_bytes_atomic
     from unimat_dist.generation import GenerationJob, prepare_job, run_jobs, validity_flags
     from unimat_dist.sampling import SampleRequest
@@ -91,6 +93,7 @@ def generate_unit(g, unit: WorkUnit, ctx: JobContext) -> dict[str, Any]:
     entries, items = [], []
     for (r, job), structures in zip(accepted, results):
         flags = [validity_flags(s, r.composition, ctx.exact_counts) for s in structures]
+        facts = [crystal_facts(s, flags=f) for s, f in zip(structures, flags)]
         entries.append({
             "id": r.id,
             "composition": r.composition,
@@ -99,8 +102,9 @@ def generate_unit(g, unit: WorkUnit, ctx: JobContext) -> dict[str, Any]:
             "steps": job.steps,
             "formulas": [s.composition.reduced_formula if s is not None else None for s in structures],
             "flags": flags,
+            "facts": facts,
         })
-        items += [(r.id, k, s, f) for k, (s, f) in enumerate(zip(structures, flags))]
+        items += [(r.id, k, s, f) for k, (s, f) in enumerate(zip(structures, facts))]
     name = unit_name(unit.index)
     shard = None
     data, count = shard_bytes(items, ctx.format)
