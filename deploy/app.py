@@ -108,6 +108,11 @@ class _Pending:
 
 
 def _response_body(p: _Pending, structures: list, info: dict[str, Any]) -> dict[str, Any]:
+    """The response of one request: per crystal its formula, validity flags, facts (``crystal_facts``:
+    space group, density, shortest distance, ...) and CIF (P1, plus the symmetrised CIF when a group
+    above P1 is found) or JSON structure."""
+    from unimat_dist.crystal_facts import crystal_facts
+    from unimat_dist.crystal_files import symmetrized_cif
     from unimat_dist.generation import structure_to_cif, structure_to_json, summarize_flags, validity_flags
 
     req_id = uuid.uuid4().hex
@@ -115,15 +120,22 @@ def _response_body(p: _Pending, structures: list, info: dict[str, Any]) -> dict[
     for k, s in enumerate(structures):
         f = validity_flags(s, p.composition, p.exact_counts)
         flags.append(f)
+        facts = crystal_facts(s, flags=f)
         entry: dict[str, Any] = {
             "index": k,
             "formula": s.composition.reduced_formula if s is not None else None,
             "num_atoms": len(s) if s is not None else 0,
             "validity": f,
+            "facts": facts,
         }
         if s is not None:
             if p.fmt == "cif":
                 entry["cif"] = structure_to_cif(s, f"{req_id[:12]}_{k}")
+                if (facts["spacegroup_number"] or 1) > 1:
+                    try:
+                        entry["cif_symmetrized"] = symmetrized_cif(s, facts["symprec"])
+                    except Exception:  # noqa: BLE001 - the P1 CIF stands alone
+                        pass
             else:
                 entry["structure"] = structure_to_json(s)
         out.append(entry)

@@ -84,7 +84,15 @@ class StructureOut(BaseModel):
     formula: Optional[str] = Field(description="reduced formula; null when nothing decoded")
     num_atoms: int
     validity: Validity
+    facts: Optional[dict[str, Any]] = Field(
+        None, description="per-crystal facts (unimat_dist.crystal_facts.FACT_KEYS): formula, num_atoms, elements, "
+                          "spacegroup_symbol/number at symprec, loose_spacegroup_*, density (g/cm^3), "
+                          "volume_per_atom (A^3), min_distance (A), min_distance_ratio (to the sum of covalent "
+                          "radii), too_close, validity flags; null values where not computable")
     cif: Optional[str] = Field(None, description="format=cif: CIF text (P1)")
+    cif_symmetrized: Optional[str] = Field(
+        None, description="format=cif: symmetrised CIF (conventional cell + the space group's operations at the "
+                          "facts' symprec) when a group above P1 is found")
     structure: Optional[dict[str, Any]] = Field(
         None, description="format=json: {lattice: {matrix, a, b, c, alpha, beta, gamma, volume}, species, "
                           "frac_coords, cart_coords}")
