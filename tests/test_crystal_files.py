@@ -144,3 +144,103 @@ def test_unimat_sample_writes_every_format_and_the_table(tmp_path):
                  "--threads", "1", "--out", str(out), "--overwrite", "--format", "cif"]) == 0
     left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert left == ["cif/sample_000000.cif", "summary.csv", "summary.json"]
+
+
+@pytest.mark.skipif(not CKPT.exists(), reason="released checkpoint not present")
+@pytest.mark.parametrize("fmt", ["extxyz", "cif"])
+def test_generate_batch_tables_and_extxyz_frames_carry_the_facts(tmp_path, fmt):
+    from unimat_dist.batch_generation import load_batch_config, read_generated_manifest, run_generate_batch
+    from unimat_dist.batch_generation.shards import read_shard
+
+    (tmp_path / "req.csv").write_text("id,composition,samples\nsto,SrTiO3,2\nbto,BaTiO3,1\nbad,Sr9Ti9O27,1\n")
+    out = tmp_path / "gen"
+    overrides = [f"model.checkpoint={CKPT}", "requests.source=csv", f"requests.uri={tmp_path / 'req.csv'}",
+                 "requests.id_column=id", "requests.samples_column=samples", "sampling.steps=20",
+                 f"output.uri={out}", f"output.format={fmt}", "output.requests_per_shard=2", "run.executor=local",
+                 "run.torch_threads=1"]
+    run_generate_batch(load_batch_config(None, overrides))
+    m = read_generated_manifest(str(out))
+    assert m["tables"] == {"csv": "summary.csv", "json": "summary.json"}
+    table = json.loads((out / "summary.json").read_text())
+    rows = table["crystals"]
+    assert table["keys"][:len(TABLE_KEYS)] == list(TABLE_KEYS)
+    assert [(r["request_id"], r["sample"], r["name"]) for r in rows] == \
+           [("sto", 0, "sto__0"), ("sto", 1, "sto__1"), ("bto", 0, "bto__0")]  # the rejected request has none
+    assert [r["formula"] for r in rows] == ["SrTiO3", "SrTiO3", "BaTiO3"]
+    assert all(r["spacegroup_number"] and r["matches_request"] is True and r["min_distance"] > 0 for r in rows)
+    csv_rows = read_table_csv(out / "summary.csv")
+    assert list(csv_rows[0]) == table["keys"] and [c["name"] for c in csv_rows] == [r["name"] for r in rows]
+    for r in rows:  # the shard and position each row names hold that crystal
+        data = (out / r["shard"]).read_bytes()
+        s = list(read_shard(data, fmt))[r["shard_index"]]
+        assert s.composition.reduced_formula == r["formula"] and len(s) == r["num_atoms"]
+        if fmt == "extxyz":
+            info = facts_from_info(ase_read(out / r["shard"], index=r["shard_index"]).info)
+            assert info["request_id"] == r["request_id"] and info["sample"] == r["sample"]
+            for key in FACT_KEYS:
+                assert info[key] == (pytest.approx(r[key], rel=1e-12) if isinstance(r[key], float) else r[key]), key
+    before = {p: p.stat().st_mtime_ns for p in (out / "summary.csv", out / "summary.json")}
+    run_generate_batch(load_batch_config(None, overrides))  # a finished job: tables untouched
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    run_generate_batch(load_batch_config(None, overrides + ["sampling.seed=3", "output.overwrite=true"]))
+    assert json.loads((out / "summary.json").read_text())["fingerprint"] != table["fingerprint"]
+
+
+@pytest.mark.parametrize("fmt", ["cif", "json"])
+def test_service_response_carries_facts_and_symmetrised_cif(fmt):
+    from pymatgen.io.cif import CifParser
+
+    from deploy.app import _Pending, _response_body
+    from deploy.schemas import GenerateResponse
+    from unimat_dist.generation import GenerationJob
+    from unimat_dist.sampling import SampleRequest
+
+    structures = [r.structure for r in load_structures(bundled_path("perov_5", "test"), limit=3)] + [None]
+    job = GenerationJob(4, SampleRequest(None, True, {}, 0.0), "ddim", 10, 0.0, 5)
+    body = _response_body(_Pending(job, fmt, None, True), structures, {"checkpoint": "x", "step": 1})
+    body["timing"] = {"total_s": 0.0, "sample_s": 0.0, "batch_requests": 1, "loop_samples": 4}
+    served = GenerateResponse.model_validate(body).model_dump()  # what FastAPI sends (response_model)
+    for s, entry in zip(structures, served["structures"]):
+        facts = entry["facts"]
+        assert list(facts) == list(FACT_KEYS)
+        if s is None:
+            assert facts["decoded"] is False and entry["cif_symmetrized"] is None
+            continue
+        assert facts == crystal_facts(s, flags=entry["validity"])
+        if fmt == "cif" and facts["spacegroup_number"] > 1:
+            sym = CifParser.from_str(entry["cif_symmetrized"]).parse_structures(primitive=False)[0]
+            assert SpacegroupAnalyzer(sym, symprec=0.1).get_space_group_number() == facts["spacegroup_number"]
+        else:
+            assert entry["cif_symmetrized"] is None
+    json.dumps(served, allow_nan=False)
+
+
+def test_energy_report_lists_its_relaxed_crystals_with_facts(tmp_path):
+    from pymatgen.core import Lattice
+
+    from unimat_dist.cli import main
+    from unimat_dist.evaluation.energy import load_energy_records
+    from unimat_dist.evaluation.structures_io import write_cifs
+
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.6), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    folder = tmp_path / "gen"
+    write_cifs([("rocksalt", nacl), ("rocksalt_prim", nacl.get_primitive_structure())], folder)
+    rep = tmp_path / "report"
+    assert main(["evaluate", "energy", "--generated", str(folder), "--steps", "20", "--workers", "1",
+                 "--records", str(tmp_path / "rec.jsonl"), "--out", str(tmp_path / "m.json"),
+                 "--report", str(rep)]) == 0
+    records = {r["id"]: r for r in load_energy_records(tmp_path / "rec.jsonl")}
+    rows = json.loads((rep / "summary.json").read_text())["crystals"]
+    assert sorted(r["id"] for r in rows) == sorted(records) and list(rows[0])[:len(TABLE_KEYS)] == list(TABLE_KEYS)
+    for r in rows:
+        rec = records[r["id"]]
+        assert r["spacegroup_number"] == 225 and r["formula"] == "NaCl" and r["converged"] == rec["converged"]
+        assert r["e_hull"] == rec["e_hull"] and r["energy_per_atom"] == rec["e_final_per_atom"]
+        assert r["min_distance_pair"] == "Cl-Na" and not r["too_close"]
+        assert Structure.from_file(rep / r["cif"]).composition.reduced_formula == "NaCl"
+        assert (rep / r["poscar"]).is_file() and (rep / r["cif_sym"]).is_file()
+    assert [c["id"] for c in read_table_csv(rep / "summary.csv")] == [r["id"] for r in rows]
+    frames = ase_read(rep / "samples.extxyz", index=":")
+    assert [facts_from_info(a.info)["e_hull"] for a in frames] == pytest.approx([r["e_hull"] for r in rows])
+    md = (rep / "summary.md").read_text()
+    assert "Relaxed crystals, lowest E_hull first" in md and "Fm-3m" in md

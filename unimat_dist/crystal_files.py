@@ -161,10 +161,12 @@ def write_crystal_files(
     symprec: float | None = None,
     csv_name: str | None = CSV_NAME,
     extxyz_name: str = EXTXYZ_NAME,
+    extra: Sequence[dict[str, Any]] | None = None,
 ) -> tuple[list[Path], list[dict[str, Any]]]:
     """Write the crystals (``None`` entries: not decoded, rows only) and the table; returns
     ``(files written, table rows)``. ``symprec`` of the symmetrised CIF defaults to each crystal's
-    ``facts["symprec"]``; ``formats`` is a subset of cif, cif_sym, poscar, extxyz."""
+    ``facts["symprec"]``; ``formats`` is a subset of cif, cif_sym, poscar, extxyz; ``extra``: per crystal,
+    more columns (e.g. a source id), appended after ``TABLE_KEYS`` in the rows, the CSV and the frames."""
     formats = set(formats)
     unknown = formats - {"cif", "cif_sym", "poscar", "extxyz"}
     if unknown:
@@ -175,8 +177,10 @@ def write_crystal_files(
     files: list[Path] = []
     rows: list[dict[str, Any]] = []
     frames = []
-    for i, (s, f, name) in enumerate(zip(structures, facts, names)):
-        row: dict[str, Any] = {"index": i, "name": name, **f, **dict.fromkeys(FILE_KEYS)}
+    extra = list(extra) if extra is not None else [{}] * len(structures)
+    for i, (s, f, name, more) in enumerate(zip(structures, facts, names, extra)):
+        more = {k: v for k, v in more.items() if k not in f and k not in TABLE_KEYS}  # never shadows a key
+        row: dict[str, Any] = {"index": i, "name": name, **f, **dict.fromkeys(FILE_KEYS), **more}
         if s is not None:
             if "cif" in formats:
                 files.append(write_text_atomic(out / "cif" / f"{name}.cif", p1_cif(s)))
@@ -196,7 +200,7 @@ def write_crystal_files(
                 row["poscar"] = f"poscar/{name}.vasp"
             if "extxyz" in formats:
                 row["extxyz_frame"] = len(frames)
-                frames.append((s, {"index": i, "name": name, **f}))
+                frames.append((s, {"index": i, "name": name, **f, **more}))
         rows.append(row)
     if "extxyz" in formats and frames:
         files.append(write_text_atomic(out / extxyz_name, extxyz_text(frames)))

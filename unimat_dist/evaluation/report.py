@@ -1,5 +1,11 @@
 """Report folders: ``metrics.json`` (all metrics), ``summary.md`` and ``summary.html`` (tables, the
-comparison with published numbers, the figures) and ``plots/*.png``."""
+comparison with published numbers, the figures) and ``plots/*.png``.
+
+The energy report also lists its crystals (``report_crystals``): the relaxed structures as P1 and
+symmetrised CIFs, POSCARs and ``samples.extxyz`` (``unimat_dist.crystal_files``), one row of facts each
+(space group, density, shortest distance, ``energy_per_atom``, ``e_form_per_atom``, ``e_hull``, plus the
+source ``id``, ``converged``, ``target``) in ``summary.csv`` and ``summary.json`` (``"crystals"``), and the
+lowest-E_hull crystals as a table in summary.md/html."""
 from __future__ import annotations
 
 import html
@@ -139,6 +145,34 @@ def proxy_report(result, out_dir: str | Path) -> dict:
                         plots, notes)
 
 
+CRYSTAL_TABLE_ROWS = 30  # crystals listed in summary.md/html (all of them are in summary.csv)
+
+
+def report_crystals(out_dir: str | Path, structures: Sequence, records: Sequence[dict],
+                    energies: Sequence[dict | None] | None = None) -> list[dict]:
+    """The crystal files and per-crystal table of a report (see the module docstring); returns the rows.
+    ``records``: per structure, extra columns (its source id, ...); ``energies``: per structure, the
+    ``crystal_facts`` energies."""
+    from unimat_dist.crystal_facts import crystal_facts
+    from unimat_dist.crystal_files import write_crystal_files, write_text_atomic
+
+    d = Path(out_dir)
+    energies = list(energies) if energies is not None else [None] * len(structures)
+    facts = [crystal_facts(s, energies=e, flags={"decoded": s is not None}) for s, e in zip(structures, energies)]
+    _, rows = write_crystal_files(d, structures, facts, extra=records)
+    write_text_atomic(d / "summary.json", json.dumps({"format": "unimat-dist/crystal-table", "crystals": rows},
+                                                     indent=1, default=json_default, allow_nan=False))
+    return rows
+
+
+def crystal_table(rows: Sequence[dict], limit: int = CRYSTAL_TABLE_ROWS) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the lowest-E_hull crystals (those without E_hull last) for summary.md/html."""
+    keys = ["name", "id", "formula", "num_atoms", "spacegroup_symbol", "spacegroup_number", "density",
+            "min_distance", "min_distance_ratio", "too_close", "e_form_per_atom", "e_hull", "cif"]
+    ranked = sorted(rows, key=lambda r: (r.get("e_hull") is None, r.get("e_hull") or 0.0))[:limit]
+    return keys, [[_fmt(r.get(k)) for k in keys] for r in ranked]
+
+
 def energy_report(result, out_dir: str | Path, compare: Sequence[dict] | None = None, label: str = "generated",
                   compare_label: str = "reference") -> dict:
     """Report of an :class:`energy.EnergyResult`: E_f and E_hull histograms, and the per-composition
@@ -169,5 +203,13 @@ def energy_report(result, out_dir: str | Path, compare: Sequence[dict] | None = 
         tables.append((f"{label} vs {compare_label}", ["metric", "value"],
                        [[k, _fmt(v)] for k, v in cmp.items() if k != "per_composition"]))
         write_json(cmp["per_composition"], d / "delta_ef_per_composition.json")
+    if getattr(result, "relaxed", None):
+        extra = [{"id": r.get("id"), "converged": r.get("converged"), "target": r.get("target")} for r in recs]
+        energies = [{"energy_per_atom": r.get("e_final_per_atom"), "e_form_per_atom": r.get("e_form_per_atom"),
+                     "e_hull": r.get("e_hull")} for r in recs]
+        rows = report_crystals(d, result.relaxed, extra, energies)
+        header, table = crystal_table(rows)
+        tables.append((f"Relaxed crystals, lowest E_hull first ({len(table)} of {len(rows)}; all in summary.csv)",
+                       header, table))
     notes = [result.metrics.get("energy_convention", ""), f"hull: {result.metrics.get('hull_reference')}"]
     return write_report(d, "Energy and stability metrics", result.metrics, tables, plots, notes)
