@@ -20,7 +20,9 @@
  *   UnimatCards.validityFlags(crystal) -> [[name, bool], ...]
  *   UnimatCards.energies(crystal, keys) -> [[label, value, key], ...]
  *   UnimatCards.formulaHTML(formula) -> HTML with subscripts
- *   UnimatCards.isValid(crystal) -> true | false | null (unknown)
+ *   UnimatCards.isValid(crystal) -> crystal.valid when boolean, else decoded && structure_valid &&
+ *       composition_valid over the boolean ones present, null when none is (too_close is shown as the
+ *       'distances' flag but does not enter validity, as in CDVAE)
  * Each card carries data-index, data-formula and data-spacegroup attributes; its parts have the classes
  * um-thumb, um-formula, um-sg, um-flag (um-ok / um-bad), um-energy, um-legend (tests select on these).
  */
@@ -32,7 +34,7 @@
   var FLAG_LABELS = {valid: 'valid', structure_valid: 'structure', composition_valid: 'composition',
                      struct_valid: 'structure', comp_valid: 'composition', decoded: 'decoded',
                      distance_ok: 'distances', matches_request: 'matches request'};
-  var ENERGY_LABELS = {energy_per_atom: 'E/atom', energy: 'E', e_form: 'E_form', formation_energy_per_atom: 'E_form',
+  var ENERGY_LABELS = {e_form_per_atom: 'E_form', energy_per_atom: 'E/atom', energy: 'E', e_form: 'E_form', formation_energy_per_atom: 'E_form',
                        e_above_hull: 'E_hull', e_hull: 'E_hull', energy_above_hull: 'E_hull', relaxed_energy_per_atom: 'E_relaxed/atom'};
   var ENERGY_RE = /(energy|^e_|_e$|hull|e_form)/i;
 
@@ -51,6 +53,7 @@
       out.push([label, v, k]);
     }
     FLAG_KEYS.forEach(function (k) { if (k in c) add(k, c[k], FLAG_LABELS[k]); });
+    if (typeof c.too_close === 'boolean') add('too_close', !c.too_close, 'distances');
     if (c.validity && typeof c.validity === 'object') {
       Object.keys(c.validity).forEach(function (k) { add('validity.' + k, c.validity[k], k.replace(/_valid$/, '').replace(/_/g, ' ')); });
     }
@@ -63,9 +66,10 @@
   function isValid(c) {
     if (typeof c.valid === 'boolean') return c.valid;
     if (c.validity && typeof c.validity.valid === 'boolean') return c.validity.valid;
-    var flags = validityFlags(c).filter(function (f) { return f[2] !== 'matches_request'; });
+    var keys = ['decoded', 'structure_valid', 'composition_valid', 'struct_valid', 'comp_valid'];
+    var flags = keys.filter(function (k) { return typeof c[k] === 'boolean'; });
     if (!flags.length) return null;
-    return flags.every(function (f) { return f[1]; });
+    return flags.every(function (k) { return c[k]; });
   }
 
   function energyKeysOf(c) {
