@@ -1,0 +1,182 @@
+"""The gallery (``unimat gallery``) of a real ``unimat sample`` run, opened in headless Chromium from disk
+(file://, every other URL aborted: the page must work offline with no server and no CDN).
+
+Checks the cards against the run's table (summary.json "crystals"): count, formulas, space groups; that the
+formula / validity / energy filters narrow the cards to exactly the matching rows; that a click opens the
+3D viewer and its canvas is drawn; that the CIF download parses back to the same crystal; the metrics
+header and the side-by-side mode. Screenshots go to out/test-artifacts/ (``UNIMAT_UPDATE_DOCS_IMG=1`` also
+refreshes docs/img/gallery.png and docs/img/gallery-viewer.png for the README).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from browser import canvas_drawn, chromium_page, screenshot
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINT = ROOT / "checkpoints" / "perov5_transformer_cpu.pt"
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _offline(page) -> None:
+    """Allow file:, data: and blob: URLs only (the gallery is opened from disk)."""
+    ctx = page.context
+    ctx.unroute("**/*")
+    ctx.route("**/*", lambda route: route.continue_() if route.request.url.startswith(("file:", "data:", "blob:"))
+              else route.abort())
+
+
+def _visible_cards(page) -> int:
+    return page.locator("#um-grid .um-card").count()
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory):
+    """A real run: ``unimat sample`` of the released Perov-5 checkpoint, with energies added to its table
+    (as an evaluation would) and a metrics.json carrying COV/EMD numbers."""
+    from unimat_dist.cli import main
+
+    if not CHECKPOINT.is_file():
+        pytest.skip(f"{CHECKPOINT} missing")
+    run = tmp_path_factory.mktemp("gallery") / "run"
+    rc = main(["sample", "--checkpoint", str(CHECKPOINT), "--num", "12", "--steps", "20", "--device", "cpu",
+               "--threads", "1", "--seed", "3", "--out", str(run)])
+    assert rc == 0
+    summary = json.loads((run / "summary.json").read_text())
+    for n, row in enumerate(summary["crystals"]):
+        row["e_hull"] = round(0.05 * n, 3)
+    (run / "summary.json").write_text(json.dumps(summary))
+    (run / "metrics.json").write_text(json.dumps({"proxy": {"model": {
+        "struct_validity": 0.9, "comp_validity": 0.8, "cov_recall": 0.625, "cov_precision": 0.25, "emd_density": 0.125}}}))
+    ref = run.parent / "reference"
+    ref.mkdir()
+    for row in summary["crystals"][:3]:  # reference crystals of the same compositions (symmetrised cells)
+        shutil.copyfile(run / (row["cif_sym"] or row["cif"]), ref / f"ref_{row['name']}.cif")
+    return run, summary["crystals"], ref
+
+
+def test_gallery_in_headless_chromium(sample_run):
+    from pymatgen.core import Structure
+
+    from unimat_dist.cli import main
+    from unimat_dist.crystal_facts import crystal_facts
+
+    run, rows, ref = sample_run
+    rows = [r for r in rows if r["decoded"]]
+    assert main(["gallery", str(run), "--reference", str(ref), "--workers", "1"]) == 0
+    page_path = run / "gallery" / "index.html"
+    assert page_path.is_file()
+    assert len(list((run / "gallery" / "thumbs").glob("*.png"))) >= len(rows)
+    for f in [page_path, *(run / "gallery" / "static").glob("*.*s*")]:  # no CDN: nothing loaded from a URL
+        assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//|url\(\s*[\"']?(https?:)?//|@import", f.read_text()), f
+
+    errors: list[str] = []
+    with chromium_page(errors=errors) as page:
+        _offline(page)
+        page.goto(page_path.resolve().as_uri())
+        page.wait_for_function("window.UnimatGallery && UnimatGallery.ready")
+        page.wait_for_function("Array.from(document.querySelectorAll('#um-grid img.um-thumb')).every(i => i.complete)")
+
+        # the cards are the table's crystals, in run order
+        cards = page.locator("#um-grid .um-card")
+        assert cards.count() == len(rows)
+        assert [cards.nth(i).get_attribute("data-formula") for i in range(len(rows))] == [r["formula"] for r in rows]
+        assert [cards.nth(i).get_attribute("data-spacegroup") for i in range(len(rows))] == \
+            [r["spacegroup_symbol"] or "" for r in rows]
+        assert page.locator("#um-grid img.um-thumb").count() == len(rows)
+        assert page.evaluate("Array.from(document.querySelectorAll('#um-grid img.um-thumb')).every(i => i.naturalWidth > 0)")
+        assert "cov_recall" in page.locator("#um-metrics").inner_text()
+        assert "62.5 %" in page.locator("#um-metrics").inner_text()
+        screenshot(page, "gallery", full_page=False,
+                   to=ROOT / "docs" / "img" / "gallery.png" if os.environ.get("UNIMAT_UPDATE_DOCS_IMG") else None)
+
+        # formula filter: exactly the rows whose formula contains the text
+        counts = {}
+        for r in rows:
+            counts[r["formula"]] = counts.get(r["formula"], 0) + 1
+        target = min(counts, key=lambda f: sum(f.lower() in g.lower() for g in (r["formula"] for r in rows)))
+        expected = sum(target.lower() in r["formula"].lower() for r in rows)
+        page.fill("#um-f-formula", target)
+        page.wait_for_function(f"document.querySelectorAll('#um-grid .um-card').length === {expected}")
+        assert expected < len(rows)
+        assert all(target.lower() in f.lower() for f in
+                   page.locator("#um-grid .um-card").evaluate_all("cs => cs.map(c => c.dataset.formula)"))
+        page.fill("#um-f-formula", "")
+
+        # validity filter: decoded, structure- and composition-valid rows
+        n_valid = sum(bool(r["structure_valid"] and r["composition_valid"]) for r in rows)
+        page.select_option("#um-f-valid", "valid")
+        page.wait_for_function(f"document.querySelectorAll('#um-grid .um-card').length === {n_valid}"
+                               if n_valid else "document.querySelector('.um-empty') !== null")
+        page.select_option("#um-f-valid", "")
+
+        # energy filter and sort
+        page.select_option("#um-f-ekey", "e_hull")
+        page.fill("#um-f-emax", "0.1")
+        expected = sum(r["e_hull"] <= 0.1 for r in rows)
+        page.wait_for_function(f"document.querySelectorAll('#um-grid .um-card').length === {expected}")
+        page.fill("#um-f-emax", "")
+        page.select_option("#um-sort", "e_hull")
+        page.select_option("#um-sort-dir", "-1")
+        page.wait_for_function(f"document.querySelector('#um-grid .um-card').dataset.formula === {json.dumps(rows[-1]['formula'])}")
+        page.select_option("#um-sort", "")
+        page.select_option("#um-sort-dir", "1")
+        page.wait_for_function(f"document.querySelectorAll('#um-grid .um-card').length === {len(rows)}")
+
+        # the 3D viewer: canvas drawn, supercell, CIF download = the crystal
+        page.locator("#um-grid .um-card").first.click()
+        page.wait_for_selector("#um-viewer canvas.um-canvas")
+        assert canvas_drawn(page, "#um-viewer canvas.um-canvas") > 0.01
+        n1 = page.evaluate("document.querySelector('#um-viewer canvas') && 1")
+        assert n1 == 1
+        page.select_option("#um-viewer .um-supercell", "2")
+        assert canvas_drawn(page, "#um-viewer canvas.um-canvas") > 0.01
+        screenshot(page, "gallery-viewer", full_page=False,
+                   to=ROOT / "docs" / "img" / "gallery-viewer.png" if os.environ.get("UNIMAT_UPDATE_DOCS_IMG") else None)
+        cif = page.evaluate("fetch(document.querySelector('#um-viewer a[data-format=CIF]').href).then(r => r.text())")
+        poscar = page.evaluate("fetch(document.querySelector('#um-viewer a[data-format=POSCAR]').href).then(r => r.text())")
+        hrefs = page.locator("#um-viewer a.um-btn-file").evaluate_all("as => as.map(a => a.getAttribute('href'))")
+        assert any(h.endswith("cif/sample_%06d.cif" % rows[0]["index"]) for h in hrefs)
+        from_page = Structure.from_str(cif, fmt="cif")
+        original = Structure.from_file(run / rows[0]["cif"])
+        assert from_page.composition == original.composition
+        assert crystal_facts(from_page)["spacegroup_symbol"] == rows[0]["spacegroup_symbol"]
+        assert Structure.from_str(poscar, fmt="poscar").composition == original.composition
+        page.keyboard.press("Escape")
+        assert page.locator("#um-viewer").count() == 0
+
+        # side by side with the reference crystals of the same composition
+        page.select_option("#um-mode", "pairs")
+        page.wait_for_selector(".um-group")
+        ref_formulas = {r["formula"] for r in rows[:3]}
+        shown = set(page.locator(".um-group").evaluate_all("gs => gs.map(g => g.dataset.formula)"))
+        assert shown == ref_formulas
+        assert page.locator(".um-group .um-ref .um-card").count() == 3
+        screenshot(page, "gallery-side-by-side", full_page=False)
+    assert errors == []
+
+
+def test_gallery_cache_and_hook(sample_run, tmp_path):
+    """A second build renders nothing again (thumbnails cached by structure hash); write_gallery never
+    raises (it returns None for a folder without crystals)."""
+    from unimat_dist.gallery import build_gallery, write_gallery
+
+    run, rows, _ref = sample_run
+    out = tmp_path / "g"
+    first = build_gallery(run, out, workers=1, progress=False)
+    second = build_gallery(run, out, workers=1, progress=False)
+    assert first.crystals == second.crystals == sum(1 for r in rows if r["decoded"])
+    assert second.timings["rendered"] == 0 and second.timings["cached"] >= first.timings["rendered"] > 0
+    data = (out / "data" / "crystals.js").read_text()
+    assert "window.UNIMAT_GALLERY_DATA" in data
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert write_gallery(empty) is None
+    assert write_gallery(run, tmp_path / "hook" / "page.html", workers=1) == tmp_path / "hook" / "page.html"
