@@ -23,7 +23,10 @@ key                          meaning
 ``loose_symprec``            and the smallest such tolerance at which it appears; all three ``None`` when no
                              looser tolerance gives a higher group. "Higher" = more symmetry operations of
                              the input cell (spglib's rotations incl. pure translations), so a supergroup
-                             of the same point group with a smaller primitive cell (P -> I) counts too
+                             of the same point group with a smaller primitive cell (P -> I) counts too.
+                             The loosest rung (0.5 A) is searched first, the rungs in between only when it
+                             finds a higher group or spglib gives up there (a group that would appear at
+                             0.2 A and vanish at 0.5 A is not reported)
 ``symmetry_error``           why the space group is ``None`` (spglib failed, cell too large, ...) else None
 ``density``                  g/cm^3
 ``volume``                   cell volume, A^3
@@ -47,8 +50,8 @@ key                          meaning
 ``e_hull``
 ===========================  ============================================================================
 
-Cost: about 2-4 ms per 10-30-atom crystal on one CPU core (three spglib calls at the default
-``symprec``; measured numbers in ``docs``). Pathological crystals never hang: non-finite coordinates,
+Cost: a few ms per 5-20-atom crystal on one CPU core, nearly all of it spglib (two calls at the default
+``symprec`` for most crystals: 0.1 and 0.5 A; up to four when a higher group appears). Pathological crystals never hang: non-finite coordinates,
 degenerate lattices, cells over ``MAX_SYMMETRY_ATOMS`` / ``MAX_DISTANCE_ATOMS`` atoms get ``None`` with a
 reason instead of an unbounded spglib call or neighbour search.
 """
@@ -129,16 +132,27 @@ def symmetry_facts(structure, symprec: float = SYMPREC) -> dict[str, Any]:
     out["spacegroup_symbol"], out["spacegroup_number"] = symbol, number
     if n > MAX_LADDER_ATOMS:
         return out
+    rungs = [tol for tol in SYMPREC_LADDER if tol > symprec]
+    found = {}  # tolerance -> (symbol, number, operations), None where spglib gave up
+
+    def at(tol):
+        if tol not in found:
+            try:
+                found[tol] = _spglib(structure, tol)
+            except Exception:  # noqa: BLE001 - at a loose tolerance spglib may merge atoms and give up
+                found[tol] = None
+        return found[tol]
+
+    # The loosest rung first: when it finds no more operations than ``symprec`` (the usual case), the rungs
+    # in between are not searched (a group that appears at 0.2 A and is gone again at 0.5 A is missed)
+    if rungs and (at(rungs[-1]) is None or at(rungs[-1])[2] > ops):
+        for tol in rungs[:-1]:
+            at(tol)
     best = None
-    for tol in SYMPREC_LADDER:
-        if tol <= symprec:
-            continue
-        try:
-            s2, n2, ops2 = _spglib(structure, tol)
-        except Exception:  # noqa: BLE001 - at a loose tolerance spglib may merge atoms and give up
-            continue
-        if ops2 > (best[2] if best else ops):
-            best = (s2, n2, ops2, tol)
+    for tol in rungs:
+        r = found.get(tol)
+        if r is not None and r[2] > (best[2] if best else ops):
+            best = (*r, tol)
     if best is not None:
         out["loose_spacegroup_symbol"], out["loose_spacegroup_number"], out["loose_symprec"] = best[0], best[1], best[3]
     return out
