@@ -19,6 +19,7 @@ BENCHES = {
     "scaling": "bench_scaling.py",
     "fairness": "bench_fairness.py",
     "soak": "bench_soak.py",
+    "gallery": "bench_gallery.py",
 }
 
 if __name__ == "__main__":

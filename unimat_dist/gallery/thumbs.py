@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-THUMB_VERSION = 1  # part of the cache key: bump when the picture changes
+THUMB_VERSION = 2  # part of the cache key: bump when the picture changes
 THUMB_PX = 180
 _STATIC = Path(__file__).resolve().parent / "static"
 
@@ -81,18 +81,26 @@ def scene(matrix: Sequence, species: Sequence[str], frac: Sequence, eps: float =
 _FIG = None
 
 
-def _figure():
+def _figure(px: int):
+    """One figure and axes per process, reused (creating axes costs more than drawing a crystal)."""
     global _FIG
-    if _FIG is None:
+    if _FIG is None or _FIG[2] != px:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        fig = Figure(figsize=(THUMB_PX / 100, THUMB_PX / 100), dpi=100)
+        fig = Figure(figsize=(px / 100, px / 100), dpi=100, facecolor="white")
         FigureCanvasAgg(fig)
-        _FIG = fig
-    return _FIG
+        ax = fig.add_axes([0, 0, 1, 1])
+        ax.set_axis_off()
+        ax.set_aspect("equal")
+        _FIG = (fig, ax, px)
+    fig, ax, _ = _FIG
+    for artist in [*ax.collections, *fig.texts]:
+        artist.remove()
+    return fig, ax
 
 
+@lru_cache(maxsize=4096)
 def _shade(hex_colour: str, f: float) -> tuple[float, float, float]:
     rgb = np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)]) / 255.0
     out = rgb + (1 - rgb) * f if f >= 0 else rgb * (1 + f)
@@ -113,14 +121,9 @@ def render_thumbnail(matrix, species, frac, path: str | Path, px: int = THUMB_PX
     xy = V[:, :2] * k[:, None]
     kc = D / (D - C[:, 2])
     cxy = C[:, :2] * kc[:, None]
-    fig = _figure()
-    fig.clear()
-    fig.set_size_inches(px / 100, px / 100)
-    ax = fig.add_axes([0, 0, 1, 1])
-    ax.set_axis_off()
+    fig, ax = _figure(px)
     ax.set_xlim(-radius, radius)
     ax.set_ylim(-radius, radius)
-    ax.set_aspect("equal")
     pts_per_A = (px / (2 * radius)) * 72 / 100  # points per Angstrom at dpi 100
     ax.add_collection(LineCollection([[cxy[p], cxy[q]] for p, q in edges], colors="#222222", linewidths=0.9, zorder=1))
     if len(bonds):
@@ -147,4 +150,9 @@ def render_thumbnail(matrix, species, frac, path: str | Path, px: int = THUMB_PX
     for n, el in enumerate(seen[:6]):
         fig.text(0.03, 0.96 - n * 0.075, "\u25cf", color=element_color(el), fontsize=7, va="top", ha="left")
         fig.text(0.09, 0.96 - n * 0.075, el, color="#333333", fontsize=6.5, va="top", ha="left")
-    fig.savefig(str(path), dpi=100, facecolor="white")
+    fig.canvas.draw()
+    from PIL import Image
+
+    img = Image.frombuffer("RGBA", fig.canvas.get_width_height(), fig.canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
+    # a 128-colour palette PNG: a third of the bytes of RGBA, same look at this size
+    img.convert("RGB").quantize(128, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(str(path), format="PNG")
