@@ -244,3 +244,25 @@ def test_energy_report_lists_its_relaxed_crystals_with_facts(tmp_path):
     assert [facts_from_info(a.info)["e_hull"] for a in frames] == pytest.approx([r["e_hull"] for r in rows])
     md = (rep / "summary.md").read_text()
     assert "Relaxed crystals, lowest E_hull first" in md and "Fm-3m" in md
+
+
+@pytest.mark.skipif(not CKPT.exists(), reason="released checkpoint not present")
+def test_results_sampling_writes_the_table_and_frames_with_facts(tmp_path):
+    from unimat_dist.evaluation.structures_io import load_structures as load
+    from unimat_dist.pipeline.results import RunOptions, sample_run
+
+    path, stats = sample_run(RunOptions(checkpoint=str(CKPT), dataset="perov_5", out=tmp_path, num=6, steps=20,
+                                        batch_size=4))
+    rows = json.loads((tmp_path / "summary.json").read_text())["crystals"]
+    assert [r["index"] for r in rows] == list(range(6)) and stats["facts_seconds"] > 0
+    assert [t["name"] for t in read_table_csv(tmp_path / "summary.csv")] == [r["name"] for r in rows]
+    frames = ase_read(path, index=":")
+    assert len(frames) == stats["num_decoded"] == sum(bool(r["decoded"]) for r in rows)
+    for k, atoms in enumerate(frames):
+        r = rows[atoms.info["sample"]]
+        assert r["extxyz_frame"] == k
+        info = facts_from_info(atoms.info)
+        assert info["name"] == r["name"] and info["spacegroup_symbol"] == r["spacegroup_symbol"]
+        assert info["density"] == pytest.approx(r["density"], rel=1e-12)
+    assert [rec.structure.composition for rec in load(path)] == \
+           [AseAtomsAdaptor.get_structure(a).composition for a in frames]  # the evaluation reads the same file
