@@ -141,13 +141,23 @@ def test_generate_shows_cards_viewer_and_downloads(service_url):
         page.keyboard.press("Escape")
         viewer.wait_for(state="detached")
 
-        # a second Generate adds a new run above the first
+        # a second Generate (any composition, a random seed) adds a new run above the first; the seed it
+        # shows is exact (63 bits, not rounded to a JS number): the API reproduces the run's crystals with it
         page.fill("#composition", "")
-        page.fill("#num_samples", "2")
+        page.fill("#num_samples", "3")
+        page.fill("#seed", "")
         page.click("#generate")
         page.locator(".pg-run").nth(1).wait_for()
         assert page.locator(".pg-run").count() == 2
-        assert page.locator(".pg-run").first.locator(".um-card").count() == 2
+        new = page.locator(".pg-run").first.locator(".um-card")
+        assert new.count() == 3
+        seed = page.text_content(".pg-run .pg-seed")
+        assert re.fullmatch(r"\d+", seed), seed
+        again = requests.post(service_url + "/v1/generate", json={"num_samples": 3, "steps": 20, "seed": int(seed),
+                                                                  "format": "json"}, timeout=120).json()
+        assert [new.nth(k).get_attribute("data-formula") for k in range(3)] == [s["formula"] for s in again["structures"]]
+        page.click(".pg-run .pg-seed")  # reuses the seed
+        assert page.input_value("#seed") == seed
     assert not _page_errors(errors), errors
 
 

@@ -129,6 +129,9 @@
         return r.text().then(function (t) {
           var js = null;
           try { js = JSON.parse(t); } catch (e) { /* not JSON: a proxy's page */ }
+          // a random seed has up to 63 bits: keep its digits (a JS number would round it)
+          var seed = /^\{[^{]*?"seed":\s*(\d+)/.exec(t);
+          if (js && seed) js.seed = seed[1];
           return {status: r.status, ok: r.ok, body: js, text: t};
         });
       })
@@ -183,8 +186,9 @@
       ' \u00b7 <span class="pg-valid-count">' + esc(v.valid) + ' of ' + esc(v.count) + ' valid</span>' +
       (v.matches_request !== undefined && comp ? ' \u00b7 ' + esc(v.matches_request) + ' match the request' : '') +
       ' \u00b7 ' + esc(String(res.sampler).toUpperCase()) + ' ' + esc(res.steps) + ' steps' +
-      (res.sampler === 'ddim' && res.eta ? ', eta ' + esc(res.eta) : '') + ' \u00b7 seed <code>' + esc(res.seed) + '</code>' +
+      (res.sampler === 'ddim' && res.eta ? ', eta ' + esc(res.eta) : '') + ' \u00b7 seed <code class="pg-seed" title="click: use this seed">' + esc(res.seed) + '</code>' +
       ' \u00b7 ' + seconds.toFixed(1) + ' s <span class="pg-muted">(request ' + esc(res.id.slice(0, 8)) + ')</span>';
+    head.querySelector('.pg-seed').addEventListener('click', function () { $('seed').value = res.seed; });
     var grid = document.createElement('div');
     grid.className = 'um-grid pg-grid';
     section.appendChild(head);
