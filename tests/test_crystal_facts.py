@@ -176,3 +176,13 @@ def test_thousands_of_crystals_in_reasonable_time():
     per = (time.perf_counter() - t0) / len(structures)
     assert all(f["spacegroup_number"] for f in facts)
     assert per < 0.05, f"{1000 * per:.1f} ms per crystal"  # measured ~3-6 ms on one shared core
+
+
+def test_facts_table_on_worker_processes_equals_in_process():
+    from unimat_dist.crystal_facts import facts_table
+
+    structures = _bundled("perov_5", 20) + [None] + _bundled("carbon_24", 20)
+    flags = [{"decoded": s is not None} for s in structures]
+    here = facts_table(structures, flags=flags, workers=1)
+    there = facts_table(structures, flags=flags, workers=2, min_parallel=1)
+    assert here == there and here[20]["decoded"] is False and here[0]["decoded"] is True

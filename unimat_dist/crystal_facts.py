@@ -296,13 +296,29 @@ def _json_number(v):
     return v
 
 
+PARALLEL_MIN = 1000  # facts_table runs in-process below this many crystals (spawning workers costs seconds)
+
+
+def _facts_item(item, symprec: float) -> dict[str, Any]:
+    s, f, e = item
+    return crystal_facts(s, symprec=symprec, flags=f, energies=e)
+
+
 def facts_table(structures: Iterable, *, symprec: float = SYMPREC, flags: Iterable | None = None,
-                energies: Iterable | None = None) -> list[dict[str, Any]]:
-    """``crystal_facts`` of each structure (``flags`` / ``energies``: parallel sequences, optional)."""
+                energies: Iterable | None = None, workers: int | None = None, progress: bool = False,
+                min_parallel: int = PARALLEL_MIN) -> list[dict[str, Any]]:
+    """``crystal_facts`` of each structure, in order (``flags`` / ``energies``: parallel sequences,
+    optional). From ``min_parallel`` crystals on they are computed on ``workers`` spawned processes
+    (default: every CPU this process may use, ``UNIMAT_EVAL_WORKERS`` overrides; 1 = in-process)."""
+    from functools import partial
+
+    from unimat_dist.evaluation.parallel import parallel_map
+
     structures = list(structures)
     flags = list(flags) if flags is not None else [None] * len(structures)
     energies = list(energies) if energies is not None else [None] * len(structures)
-    return [crystal_facts(s, symprec=symprec, flags=f, energies=e) for s, f, e in zip(structures, flags, energies)]
+    return parallel_map(partial(_facts_item, symprec=symprec), list(zip(structures, flags, energies)),
+                        workers=workers, desc="crystal facts", progress=progress, min_parallel=min_parallel)
 
 
 def csv_value(v) -> str:

@@ -43,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "extxyz: samples.extxyz only (summary.csv/json always)")
     p.add_argument("--symprec", type=float, default=0.1,
                    help="spglib tolerance (A) of the space groups in the table and the symmetrised CIFs")
+    p.add_argument("--facts-workers", type=int, default=None,
+                   help="processes computing the per-crystal facts of 1,000+ crystals (default: all CPUs; 1 = none)")
     p.add_argument("--out", default="out/samples", help="output folder (new or empty)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a previous `unimat sample` result in --out (only the files it lists are removed)")
@@ -82,6 +84,7 @@ def sample_to_folder(
     progress: bool = True,
     overwrite: bool = False,
     symprec: float = 0.1,
+    facts_workers: int | None = None,
 ) -> dict:
     """Generate ``num`` crystals and write them plus summary.json into ``out``; returns the summary."""
     import json
@@ -89,7 +92,7 @@ def sample_to_folder(
     import warnings
     from pathlib import Path
 
-    from unimat_dist.crystal_facts import crystal_facts
+    from unimat_dist.crystal_facts import facts_table
     from unimat_dist.crystal_files import write_crystal_files, write_text_atomic
     from unimat_dist.generation.records import validity_flags
     from unimat_dist.sampling import load_generator
@@ -106,8 +109,8 @@ def sample_to_folder(
     t_sample = time.perf_counter() - t0
     out_dir = Path(out)
     t0 = time.perf_counter()
-    facts = [crystal_facts(s, symprec=symprec, flags=validity_flags(s, composition, exact_counts))
-             for s in structures]
+    flags = [validity_flags(s, composition, exact_counts) for s in structures]
+    facts = facts_table(structures, symprec=symprec, flags=flags, workers=facts_workers, progress=progress)
     t_facts = time.perf_counter() - t0
     files, rows = write_crystal_files(out_dir, structures, facts, formats=FORMATS[fmt], symprec=symprec,
                                       extxyz_name=EXTXYZ_NAME)
@@ -219,7 +222,7 @@ def run(args) -> int:
         args.checkpoint, args.num, args.out, composition=args.composition, exact_counts=not args.types_only,
         properties=parse_properties(args.property), guidance=args.guidance, sampler=args.sampler, steps=args.steps,
         eta=args.eta, seed=args.seed, batch_size=args.batch_size, device=args.device, precision=args.precision,
-        fmt=args.format, overwrite=args.overwrite, symprec=args.symprec,
+        fmt=args.format, overwrite=args.overwrite, symprec=args.symprec, facts_workers=args.facts_workers,
     )
     logging.getLogger("unimat.sample").info(
         "%d/%d decoded in %.1f s (%.2f structures/s) -> %s/summary.json",
