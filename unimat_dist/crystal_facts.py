@@ -296,7 +296,8 @@ def _json_number(v):
     return v
 
 
-PARALLEL_MIN = 1000  # facts_table runs in-process below this many crystals (spawning workers costs seconds)
+PARALLEL_MIN = 2000  # facts_table runs in-process below this many crystals (spawning workers costs 5-10 s;
+# one crystal ~5 ms of CPU, so below ~2,000 crystals the spawn costs more than it saves)
 
 
 def _facts_item(item, symprec: float) -> dict[str, Any]:

@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--symprec", type=float, default=0.1,
                    help="spglib tolerance (A) of the space groups in the table and the symmetrised CIFs")
     p.add_argument("--facts-workers", type=int, default=None,
-                   help="processes computing the per-crystal facts of 1,000+ crystals (default: all CPUs; 1 = none)")
+                   help="processes computing the per-crystal facts of 2,000+ crystals (default: all CPUs; 1 = none)")
     p.add_argument("--out", default="out/samples", help="output folder (new or empty)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a previous `unimat sample` result in --out (only the files it lists are removed)")
