@@ -26,7 +26,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-ARTIFACTS = Path(os.environ.get("UNIMAT_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "out" / "test-artifacts"))
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(os.environ.get("UNIMAT_TEST_ARTIFACTS", ROOT / "out" / "test-artifacts"))
 _CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
 # flags for a container: no setuid sandbox (root), no /dev/shm limits, software rendering for WebGL

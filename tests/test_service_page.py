@@ -60,7 +60,7 @@ def test_page_and_its_files_come_from_the_service(service_url):
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in r.headers["content-security-policy"]
     html = r.text
-    assets = re.findall(r'(?:src|href)="([^"#]+)"', html)
+    assets = [a for a in re.findall(r'(?:src|href)="([^"#]+)"', html) if not a.startswith("data:")]
     assert {"static/viewer.js", "static/cards.js", "static/page.js", "static/gallery.css", "static/page.css"} <= {
         a.split("?")[0] for a in assets}
     for a in assets:
@@ -96,10 +96,10 @@ def test_generate_shows_cards_viewer_and_downloads(service_url):
         cards = page.locator(".pg-run .um-card")
         assert cards.count() == 6
         # the same request through the API gives the same crystals (seeded)
-        api = requests.post(service_url + "/v1/generate", json={"composition": "SrTiO3", "num_samples": 6, "steps": 20,
-                                                                "seed": 7, "sampler": "ddim", "format": "json"},
-                            timeout=120).json()
-        assert [cards.nth(k).get_attribute("data-formula") for k in range(6)] == [s["formula"] for s in api["structures"]]
+        body = {"composition": "SrTiO3", "num_samples": 6, "steps": 20, "seed": 7, "sampler": "ddim", "format": "json"}
+        api = requests.post(service_url + "/v1/generate", json=body, timeout=120).json()
+        shown = [cards.nth(k).get_attribute("data-formula") for k in range(6)]
+        assert shown == [s["formula"] for s in api["structures"]]
         assert {s["formula"] for s in api["structures"]} == {"SrTiO3"}
         head = page.text_content(".pg-run-head")
         assert f"{api['validity']['valid']} of 6 valid" in head and "seed 7" in head and "DDIM 20 steps" in head
@@ -155,7 +155,8 @@ def test_generate_shows_cards_viewer_and_downloads(service_url):
         assert re.fullmatch(r"\d+", seed), seed
         again = requests.post(service_url + "/v1/generate", json={"num_samples": 3, "steps": 20, "seed": int(seed),
                                                                   "format": "json"}, timeout=120).json()
-        assert [new.nth(k).get_attribute("data-formula") for k in range(3)] == [s["formula"] for s in again["structures"]]
+        assert [new.nth(k).get_attribute("data-formula") for k in range(3)] == [
+            s["formula"] for s in again["structures"]]
         page.click(".pg-run .pg-seed")  # reuses the seed
         assert page.input_value("#seed") == seed
     assert not _page_errors(errors), errors
