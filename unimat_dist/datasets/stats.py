@@ -185,8 +185,11 @@ def element_heatmap_figure(counts: dict[str, int], total: int, title: str, what:
     for el, cnt in counts.items():
         if cnt > 0:
             grid[pt.CELL_OF[el]] = cnt
-    hi = max([c for c in counts.values() if c > 0], default=1)
-    norm = LogNorm(vmin=1, vmax=max(hi, 10))  # one decade at least, so a single count still has a colour
+    present = [c for c in counts.values() if c > 0] or [1]
+    lo, hi = min(present), max(present)
+    # from the rarest to the commonest present element (Perov-5: 263 ... 6,457), at least a factor 2 wide
+    # so that one element alone (Carbon-24) still gets a colour
+    norm = LogNorm(vmin=lo if hi >= 2 * lo else hi / 2, vmax=hi)
     cmap = plt.get_cmap("viridis").with_extremes(bad="0.96")
     fig, ax = plt.subplots(figsize=(13, 6.6))
     im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=norm)
