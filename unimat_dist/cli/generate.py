@@ -132,8 +132,8 @@ def run_serve(args) -> int:
                             num_replicas=args.num_replicas, cpus_per_replica=args.cpus_per_replica,
                             gpus_per_replica=args.gpus_per_replica, ray_address=args.ray_address,
                             num_cpus=args.num_cpus)
-        log.info("serving %s at %s (POST /v1/generate, GET /v1/model, /healthz, /docs); Ctrl-C or SIGTERM stops",
-                 args.checkpoint, url)
+        log.info("serving %s at %s (POST /v1/generate, GET /v1/model, /healthz, /docs; the generation page: "
+                 "open %s/ in a browser); Ctrl-C or SIGTERM stops", args.checkpoint, url, url)
         while True:
             # short sleeps: a signal that the kernel delivers to one of Ray's threads only sets a flag, which
             # the main thread acts on when it next runs Python code
