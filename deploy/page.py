@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 PAGE_DIR = Path(__file__).resolve().parent / "static"
 GALLERY_DIR = Path(__file__).resolve().parents[1] / "unimat_dist" / "gallery" / "static"
 _TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml",
-          ".png": "image/png", ".txt": "text/plain; charset=utf-8", ".html": "text/html; charset=utf-8"}
+          ".png": "image/png", ".txt": "text/plain; charset=utf-8"}
 # the page's own files first: a gallery file of the same name does not replace them
 _SEARCH = (PAGE_DIR, GALLERY_DIR)
 # what a browser may cache: the files change only with the package version, which the page's URLs carry

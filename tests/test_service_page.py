@@ -72,7 +72,8 @@ def test_page_and_its_files_come_from_the_service(service_url):
     # the gallery's files are the same bytes the gallery ships
     gallery = ROOT / "unimat_dist" / "gallery" / "static"
     assert requests.get(service_url + "/static/cards.js", timeout=30).content == (gallery / "cards.js").read_bytes()
-    for bad in ("static/app.py", "static/..%2Fapp.py", "static/.env", "static/%2e%2e%2fpage.py", "static/nope.js"):
+    for bad in ("static/app.py", "static/..%2Fapp.py", "static/.env", "static/%2e%2e%2fpage.py", "static/nope.js",
+                "static/index.html"):
         assert requests.get(f"{service_url}/{bad}", timeout=30).status_code == 404, bad
     spec = requests.get(service_url + "/openapi.json", timeout=30).json()
     assert "/" not in spec["paths"] and "/v1/generate" in spec["paths"]  # the page is not part of the API
