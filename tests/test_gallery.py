@@ -163,9 +163,9 @@ def test_gallery_in_headless_chromium(sample_run):
     assert errors == []
 
 
-def test_gallery_cache_and_hook(sample_run, tmp_path):
-    """A second build renders nothing again (thumbnails cached by structure hash); write_gallery never
-    raises (it returns None for a folder without crystals)."""
+def test_gallery_cache_single_file_and_hook(sample_run, tmp_path):
+    """A second build renders nothing again (thumbnails cached by structure hash); the single-file page
+    works on its own; write_gallery never raises (it returns None for a folder without crystals)."""
     from unimat_dist.gallery import build_gallery, write_gallery
 
     run, rows, _ref = sample_run
@@ -176,6 +176,20 @@ def test_gallery_cache_and_hook(sample_run, tmp_path):
     assert second.timings["rendered"] == 0 and second.timings["cached"] >= first.timings["rendered"] > 0
     data = (out / "data" / "crystals.js").read_text()
     assert "window.UNIMAT_GALLERY_DATA" in data
+    single = tmp_path / "one.html"
+    build_gallery(run, out, workers=1, progress=False, single_file=single)
+    text = single.read_text()
+    assert not re.search(r"<script[^>]+src=|<link[^>]+href=|src=\"(?!data:)", text)  # nothing loaded from elsewhere
+    errors: list[str] = []
+    with chromium_page(errors=errors) as page:
+        _offline(page)
+        page.goto(single.as_uri())
+        page.wait_for_function("window.UnimatGallery && UnimatGallery.ready")
+        assert page.locator("#um-grid .um-card").count() == first.crystals
+        page.wait_for_function("Array.from(document.querySelectorAll('#um-grid img.um-thumb')).every(i => i.complete && i.naturalWidth > 0)")
+        page.locator("#um-grid .um-card").nth(1).click()
+        assert canvas_drawn(page, "#um-viewer canvas.um-canvas") > 0.01
+    assert errors == []
     empty = tmp_path / "empty"
     empty.mkdir()
     assert write_gallery(empty) is None

@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, help="processes for facts and thumbnails (default: all CPUs)")
     p.add_argument("--no-thumbnails", action="store_true",
                    help="skip the PNG thumbnails (cards then draw the structures in the browser)")
+    p.add_argument("--single-file", default=None, metavar="FILE.html",
+                   help="also write one self-contained HTML file (scripts, data and thumbnails inlined)")
     p.set_defaults(func=run)
 
 
@@ -36,7 +38,9 @@ def run(args) -> int:
 
     res = build_gallery(args.run_dir, args.out, reference=args.reference, limit=args.limit, workers=args.workers,
                         metrics=args.metrics, title=args.title, thumbnails=not args.no_thumbnails,
-                        per_reference=args.per_reference)
+                        per_reference=args.per_reference, single_file=args.single_file)
     print(f"{res.path}  ({res.crystals} crystals, {res.references} references, {res.seconds:.1f} s)")
     print(f"open file://{res.path.resolve()}")
+    if args.single_file:
+        print(f"single file: {args.single_file}")
     return 0

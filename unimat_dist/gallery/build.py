@@ -341,9 +341,12 @@ def _clean(v):
 def build_gallery(run_dir: str | Path, out: str | Path | None = None, *, reference: str | None = None,
                   limit: int | None = None, workers: int | None = None, metrics: str | Path | None = None,
                   title: str | None = None, thumbnails: bool = True, per_reference: int = 4,
-                  entries: list[Entry] | None = None, progress: bool = True) -> GalleryResult:
+                  entries: list[Entry] | None = None, progress: bool = True,
+                  single_file: str | Path | None = None) -> GalleryResult:
     """Write the gallery of ``run_dir`` to ``out`` (a folder, default ``RUN_DIR/gallery``; an ``.html`` path
-    names the page and its folder) and return where it is. ``entries`` bypasses reading the run."""
+    names the page and its folder) and return where it is. ``entries`` bypasses reading the run.
+    ``single_file``: also write one HTML file with everything inlined (scripts, styles, data, thumbnails as
+    data URLs) that can be mailed or archived on its own (sensible up to a few thousand crystals)."""
     from unimat_dist.evaluation.parallel import parallel_map
     from unimat_dist.generation.records import structure_to_json
 
@@ -487,11 +490,46 @@ def build_gallery(run_dir: str | Path, out: str | Path | None = None, *, referen
     shutil.copyfile(STATIC_DIR / "LICENSE-viewer.txt", out_path / "static" / "LICENSE-viewer.txt")
     html = (STATIC_DIR / "gallery.html").read_text().replace("{{TITLE}}", _html_escape(meta["title"]))
     (out_path / page_name).write_text(html)
+    if single_file:
+        single = Path(single_file)
+        single.parent.mkdir(parents=True, exist_ok=True)
+        single.write_text(_inline_page(html, out_path, crystals, ref_rows))
     timings["write_s"] = time.perf_counter() - t
     seconds = time.perf_counter() - t0
     log.info("gallery: %d crystals (%d references) -> %s in %.1f s", len(crystals), len(ref_rows),
              out_path / page_name, seconds)
     return GalleryResult(out_path / page_name, len(crystals), len(ref_rows), seconds, timings)
+
+
+def _inline_script(text: str) -> str:
+    return "<script>\n" + text.replace("</script", "<\\/script").replace("<!--", "<\\!--") + "\n</script>"
+
+
+def _inline_page(html: str, out_path: Path, crystals: list[dict], refs: list[dict]) -> str:
+    """The page with every file it loads inlined (see ``build_gallery(single_file=...)``)."""
+    import base64
+
+    def data_url(rel: str | None) -> str | None:
+        if not rel:
+            return rel
+        return "data:image/png;base64," + base64.b64encode((out_path / rel).read_bytes()).decode()
+
+    for name in ("viewer.js", "cards.js", "gallery.js"):
+        html = html.replace(f'<script src="static/{name}"></script>',
+                            _inline_script((STATIC_DIR / name).read_text()))
+    html = html.replace('<link rel="stylesheet" href="static/gallery.css">',
+                        "<style>\n" + (STATIC_DIR / "gallery.css").read_text() + "\n</style>")
+    text = (out_path / "data" / "crystals.js").read_text()
+    prefix = "window.UNIMAT_GALLERY_DATA = JSON.parse("
+    data = json.loads(json.loads(text[len(prefix):text.rindex(")")]))
+    for row in data["crystals"] + data["references"]:
+        if row.get("thumbnail"):
+            row["thumbnail"] = data_url(row["thumbnail"])
+        row.pop("files", None)  # links into the run folder do not travel with one file
+    chunks = "".join(_inline_script((out_path / c).read_text()) for c in data["meta"]["chunks"])
+    html = html.replace('<script src="data/crystals.js"></script>',
+                        chunks + _inline_script(_js_assign("window.UNIMAT_GALLERY_DATA", data)))
+    return html
 
 
 def _html_escape(s: str) -> str:
