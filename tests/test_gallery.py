@@ -189,6 +189,12 @@ def test_gallery_cache_single_file_and_hook(sample_run, tmp_path):
         page.wait_for_function("Array.from(document.querySelectorAll('#um-grid img.um-thumb')).every(i => i.complete && i.naturalWidth > 0)")
         page.locator("#um-grid .um-card").nth(1).click()
         assert canvas_drawn(page, "#um-viewer canvas.um-canvas") > 0.01
+        # without PNG thumbnails the cards draw the structures themselves
+        bare = build_gallery(run, tmp_path / "bare", workers=1, progress=False, thumbnails=False)
+        assert not list((tmp_path / "bare" / "thumbs").glob("*.png"))
+        page.goto(bare.path.as_uri())
+        page.wait_for_function(f"document.querySelectorAll('canvas.um-thumb[data-drawn]').length === {first.crystals}")
+        assert canvas_drawn(page, "#um-grid canvas.um-thumb") > 0.01
     assert errors == []
     empty = tmp_path / "empty"
     empty.mkdir()

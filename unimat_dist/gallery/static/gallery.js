@@ -191,6 +191,22 @@
     var slice = idx.slice(state.page * size, state.page * size + size).map(function (i) { return D.crystals[i]; });
     if (!slice.length) { main.innerHTML = '<div class="um-empty" id="um-grid">No crystal matches the filters.</div>'; return; }
     UnimatCards.renderCards($('um-grid'), slice, cardOptions(start));
+    drawMissingThumbnails($('um-grid'));
+  }
+
+  // cards without a PNG (a gallery built with --no-thumbnails, or a failed render): draw the structure
+  // on the card's canvas once its chunk is loaded
+  function drawMissingThumbnails(root) {
+    Array.prototype.forEach.call(root.querySelectorAll('.um-card'), function (card) {
+      var canvas = card.querySelector('canvas.um-thumb');
+      if (!canvas) return;
+      var i = +card.getAttribute('data-index');
+      withStructure(i, function (s) {
+        if (!s || !canvas.isConnected) return;
+        try { UnimatViewer.renderStatic(canvas, {structure: s}); canvas.setAttribute('data-drawn', '1'); }
+        catch (err) { canvas.setAttribute('data-error', String(err)); }
+      });
+    });
   }
 
   function renderPairs(idx) {
@@ -216,6 +232,7 @@
         UnimatCards.escape(D.meta.reference || '') + ')</h4><div class="um-grid um-ref"></div></div></div>';
       main.appendChild(box);
       UnimatCards.renderCards(box.querySelector('.um-gen'), g.gen.slice(0, 6).map(function (i) { return D.crystals[i]; }), cardOptions());
+      drawMissingThumbnails(box.querySelector('.um-gen'));
       UnimatCards.renderCards(box.querySelector('.um-ref'), refsBy[g.formula].map(function (j) { return D.references[j]; }), {
         onOpen: function (r) { var x = Object.assign({}, r); delete x.thumbnail; UnimatViewer.openViewer(x, {label: 'Reference', title: r.id}); }
       });
@@ -239,7 +256,7 @@
     var n = D.crystals.length, valid = 0, known = 0;
     D.crystals.forEach(function (c) { var v = UnimatCards.isValid(c); if (v !== null) { known++; if (v) valid++; } });
     $('um-subtitle').textContent = n + ' crystals' + (known ? ' \u00b7 ' + valid + ' valid (' + (100 * valid / known).toFixed(1) + ' %)' : '') +
-      (m.reference ? ' \u00b7 references: ' + m.reference + ' (' + D.references.length + ' crystals of ' + Object.keys(refsBy).length + ' compositions)' : '') +
+      (m.reference ? ' \u00b7 references: ' + String(m.reference).split('/').slice(-2).join('/') + ' (' + D.references.length + ' crystals of ' + Object.keys(refsBy).length + ' compositions)' : '') +
       ' \u00b7 built ' + m.created_at + ' \u00b7 facts: ' + m.facts_source;
     var box = $('um-metrics');
     (m.metrics || []).forEach(function (g) {
