@@ -144,8 +144,8 @@ def test_generate_batch_overwrite_keeps_foreign_files_and_refuses_foreign_folder
     second = run_generate_batch(_gen_cfg(out, 1, "output.overwrite=true"))
     assert second.requests_run == 1 and mine.read_text() == "precious"
     assert json.loads((out / "_job.json").read_text())["job"] == "generate-batch"
-    assert _files(out) == {"_job.json", "manifest.json", "shards/part-000000.cif", "_units/part-000000.json",
-                           "shards/keep-me.txt"}
+    assert _files(out) == {"_job.json", "manifest.json", "summary.csv", "summary.json", "shards/part-000000.cif",
+                           "_units/part-000000.json", "shards/keep-me.txt"}
 
 
 # ------------------------------------------------------------------------------------------ object store
