@@ -33,8 +33,13 @@ def _offline(page) -> None:
               else route.abort())
 
 
-def _visible_cards(page) -> int:
-    return page.locator("#um-grid .um-card").count()
+THUMBS = "Array.from(document.querySelectorAll('#um-grid img.um-thumb'))"
+THUMBS_LOADED = THUMBS + ".every(i => i.complete && i.naturalWidth > 0)"
+
+
+def _download(page, fmt: str) -> str:
+    """The text behind the open viewer's CIF / POSCAR download link."""
+    return page.evaluate(f"fetch(document.querySelector('#um-viewer a[data-format={fmt}]').href).then(r => r.text())")
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +58,9 @@ def sample_run(tmp_path_factory):
     for n, row in enumerate(summary["crystals"]):
         row["e_hull"] = round(0.05 * n, 3)
     (run / "summary.json").write_text(json.dumps(summary))
-    (run / "metrics.json").write_text(json.dumps({"proxy": {"model": {
-        "struct_validity": 0.9, "comp_validity": 0.8, "cov_recall": 0.625, "cov_precision": 0.25, "emd_density": 0.125}}}))
+    metrics = {"struct_validity": 0.9, "comp_validity": 0.8, "cov_recall": 0.625, "cov_precision": 0.25,
+               "emd_density": 0.125}
+    (run / "metrics.json").write_text(json.dumps({"proxy": {"model": metrics}}))
     ref = run.parent / "reference"
     ref.mkdir()
     for row in summary["crystals"][:3]:  # reference crystals of the same compositions (symmetrised cells)
@@ -75,14 +81,15 @@ def test_gallery_in_headless_chromium(sample_run):
     assert page_path.is_file()
     assert len(list((run / "gallery" / "thumbs").glob("*.png"))) >= len(rows)
     for f in [page_path, *(run / "gallery" / "static").glob("*.*s*")]:  # no CDN: nothing loaded from a URL
-        assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//|url\(\s*[\"']?(https?:)?//|@import", f.read_text()), f
+        remote = r"(src|href)\s*=\s*[\"']?(https?:)?//|url\(\s*[\"']?(https?:)?//|@import"
+        assert not re.search(remote, f.read_text()), f
 
     errors: list[str] = []
     with chromium_page(errors=errors) as page:
         _offline(page)
         page.goto(page_path.resolve().as_uri())
         page.wait_for_function("window.UnimatGallery && UnimatGallery.ready")
-        page.wait_for_function("Array.from(document.querySelectorAll('#um-grid img.um-thumb')).every(i => i.complete)")
+        page.wait_for_function(THUMBS_LOADED)
 
         # the cards are the table's crystals, in run order
         cards = page.locator("#um-grid .um-card")
@@ -91,7 +98,6 @@ def test_gallery_in_headless_chromium(sample_run):
         assert [cards.nth(i).get_attribute("data-spacegroup") for i in range(len(rows))] == \
             [r["spacegroup_symbol"] or "" for r in rows]
         assert page.locator("#um-grid img.um-thumb").count() == len(rows)
-        assert page.evaluate("Array.from(document.querySelectorAll('#um-grid img.um-thumb')).every(i => i.naturalWidth > 0)")
         assert "cov_recall" in page.locator("#um-metrics").inner_text()
         assert "62.5 %" in page.locator("#um-metrics").inner_text()
         screenshot(page, "gallery", full_page=False,
@@ -125,7 +131,8 @@ def test_gallery_in_headless_chromium(sample_run):
         page.fill("#um-f-emax", "")
         page.select_option("#um-sort", "e_hull")
         page.select_option("#um-sort-dir", "-1")
-        page.wait_for_function(f"document.querySelector('#um-grid .um-card').dataset.formula === {json.dumps(rows[-1]['formula'])}")
+        first_formula = "document.querySelector('#um-grid .um-card').dataset.formula"
+        page.wait_for_function(f"{first_formula} === {json.dumps(rows[-1]['formula'])}")
         page.select_option("#um-sort", "")
         page.select_option("#um-sort-dir", "1")
         page.wait_for_function(f"document.querySelectorAll('#um-grid .um-card').length === {len(rows)}")
@@ -140,8 +147,7 @@ def test_gallery_in_headless_chromium(sample_run):
         assert canvas_drawn(page, "#um-viewer canvas.um-canvas") > 0.01
         screenshot(page, "gallery-viewer", full_page=False,
                    to=ROOT / "docs" / "img" / "gallery-viewer.png" if os.environ.get("UNIMAT_UPDATE_DOCS_IMG") else None)
-        cif = page.evaluate("fetch(document.querySelector('#um-viewer a[data-format=CIF]').href).then(r => r.text())")
-        poscar = page.evaluate("fetch(document.querySelector('#um-viewer a[data-format=POSCAR]').href).then(r => r.text())")
+        cif, poscar = _download(page, "CIF"), _download(page, "POSCAR")
         hrefs = page.locator("#um-viewer a.um-btn-file").evaluate_all("as => as.map(a => a.getAttribute('href'))")
         assert any(h.endswith("cif/sample_%06d.cif" % rows[0]["index"]) for h in hrefs)
         from_page = Structure.from_str(cif, fmt="cif")
@@ -186,7 +192,7 @@ def test_gallery_cache_single_file_and_hook(sample_run, tmp_path):
         page.goto(single.as_uri())
         page.wait_for_function("window.UnimatGallery && UnimatGallery.ready")
         assert page.locator("#um-grid .um-card").count() == first.crystals
-        page.wait_for_function("Array.from(document.querySelectorAll('#um-grid img.um-thumb')).every(i => i.complete && i.naturalWidth > 0)")
+        page.wait_for_function(THUMBS_LOADED)
         page.locator("#um-grid .um-card").nth(1).click()
         assert canvas_drawn(page, "#um-viewer canvas.um-canvas") > 0.01
         # without PNG thumbnails the cards draw the structures themselves

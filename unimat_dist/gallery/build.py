@@ -25,7 +25,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -437,8 +437,9 @@ def build_gallery(run_dir: str | Path, out: str | Path | None = None, *, referen
             if k in ("sample",) or (k in r and k in ("formula", "elements")) or (v is None and r.get(k) is not None):
                 continue
             r[k] = _clean(v)
-        if "valid" not in r and isinstance(r.get("structure_valid"), bool) and isinstance(r.get("composition_valid"), bool):
-            r["valid"] = r["structure_valid"] and r["composition_valid"]
+        sv, cv = r.get("structure_valid"), r.get("composition_valid")
+        if "valid" not in r and isinstance(sv, bool) and isinstance(cv, bool):
+            r["valid"] = sv and cv
         files = {k: _rel(Path(p), page_dir) for k, p in e.files.items()}
         if files:
             r["files"] = files
@@ -467,7 +468,8 @@ def build_gallery(run_dir: str | Path, out: str | Path | None = None, *, referen
         "reference": reference,
         "metrics": metric_values,
         "metrics_source": metric_source,
-        "facts_source": "run table" if entries and "spacegroup_symbol" in entries[0].info else "unimat_dist.crystal_facts",
+        "facts_source": ("run table" if entries and "spacegroup_symbol" in entries[0].info
+                         else "unimat_dist.crystal_facts"),
     }
     for old in (out_path / "data").glob("structures-*.js"):
         old.unlink()

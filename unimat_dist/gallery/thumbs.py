@@ -155,4 +155,5 @@ def render_thumbnail(matrix, species, frac, path: str | Path, px: int = THUMB_PX
 
     img = Image.frombuffer("RGBA", fig.canvas.get_width_height(), fig.canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
     # a 128-colour palette PNG: a third of the bytes of RGBA, same look at this size
-    img.convert("RGB").quantize(128, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(str(path), format="PNG")
+    img = img.convert("RGB").quantize(128, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+    img.save(str(path), format="PNG")
