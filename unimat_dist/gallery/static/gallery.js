@@ -165,7 +165,12 @@
       var mk = function (label, page, disabled, cls) {
         var b = document.createElement('button');
         b.type = 'button'; b.className = 'um-btn ' + (cls || ''); b.textContent = label; b.disabled = disabled;
-        b.addEventListener('click', function () { state.page = page; update(); global.scrollTo(0, 0); });
+        b.addEventListener('click', function () {
+          state.page = page;
+          update();
+          global.scrollTo(0, 0);
+          try { global.history.replaceState(null, '', '#page=' + (page + 1)); } catch (e) { /* sandboxed page */ }
+        });
         p.appendChild(b);
       };
       mk('\u00ab first', 0, state.page === 0, 'um-first');

@@ -10,7 +10,7 @@
  *       opts: {supercell: 1..3 (or [na,nb,nc]), showCell: true, showBonds: true, interactive: true,
  *              background: '#ffffff'}
  *       viewer: {render(), setSupercell(n), setShowCell(bool), setShowBonds(bool), resetView(), destroy()}
- *       Drag rotates, wheel / pinch zooms, double-click resets.
+ *       Drag rotates, shift-drag (or right-drag) pans, the wheel zooms, double-click resets.
  *   UnimatViewer.renderStatic(canvas, crystal, opts)   one non-interactive drawing (card thumbnails)
  *   UnimatViewer.openViewer(crystal, opts) -> {close()}   modal dialog: 3D view, supercell 1-3, unit-cell box,
  *       bonds, facts table, CIF/POSCAR downloads. opts: {reference: crystal (shown side by side),
