@@ -206,3 +206,41 @@ def test_gallery_cache_single_file_and_hook(sample_run, tmp_path):
     empty.mkdir()
     assert write_gallery(empty) is None
     assert write_gallery(run, tmp_path / "hook" / "page.html", workers=1) == tmp_path / "hook" / "page.html"
+
+
+def test_gallery_reads_run_layouts(tmp_path):
+    """Runs without a facts table: a CIF folder, generate-batch shards (ids from request_id + sample), a
+    folder of runs (one set each), one structure file; the facts are computed (crystal_facts + flags)."""
+    from unimat_dist.crystal_facts import crystal_facts
+    from unimat_dist.evaluation.structures_io import load_structures, write_cifs, write_extxyz
+    from unimat_dist.gallery.build import build_gallery, load_run
+
+    recs = [r for r in load_structures(ROOT / "data" / "mp_20_subset" / "test.csv.gz", limit=6) if r.structure]
+    cif_run = tmp_path / "runs" / "cifs"
+    write_cifs([(f"c{i}", r.structure) for i, r in enumerate(recs[:3])], cif_run / "cif")
+    shard_run = tmp_path / "runs" / "batch"
+    for part, chunk in enumerate((recs[:2], recs[2:4])):
+        for n, r in enumerate(chunk):
+            r.metadata = {"request_id": f"req{part}", "decoded": True, "structure_valid": True}
+            r.properties = {"sample": float(n)}
+        write_extxyz(chunk, shard_run / "shards" / f"part-{part:06d}.extxyz")
+
+    entries = load_run(cif_run)
+    assert [e.id for e in entries] == ["c0", "c1", "c2"] and all(e.files["cif"].is_file() for e in entries)
+    entries = load_run(shard_run)
+    assert [e.id for e in entries] == ["req0-0", "req0-1", "req1-0", "req1-1"]
+    assert all(e.info["structure_valid"] is True for e in entries)
+    both = load_run(tmp_path / "runs")
+    assert sorted({e.set for e in both}) == ["batch", "cifs"] and len(both) == 7
+    assert len(load_run(shard_run / "shards" / "part-000001.extxyz")) == 2
+
+    res = build_gallery(tmp_path / "runs", workers=1, progress=False, thumbnails=False)
+    text = (res.path.parent / "data" / "crystals.js").read_text()
+    data = json.loads(json.loads(text[text.index("JSON.parse(") + len("JSON.parse("):text.rindex(")")]))
+    rows = data["crystals"]
+    assert len(rows) == 7 and res.crystals == 7
+    for row, rec in zip(rows[4:], recs[:3]):  # the cifs set (after batch): facts computed here
+        assert row["formula"] == rec.structure.composition.reduced_formula
+        assert row["spacegroup_number"] == crystal_facts(rec.structure)["spacegroup_number"]
+        assert isinstance(row["structure_valid"], bool) and isinstance(row["composition_valid"], bool)
+        assert row["files"]["cif"].endswith(f"cif/{row['id'].split('/')[-1]}.cif")
