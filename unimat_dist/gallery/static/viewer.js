@@ -199,12 +199,14 @@
     }
     var items = [];
     var P = scene.atoms.map(function (a) { return proj(a.p); });
+    var ok = P.map(function (p) { return isFinite(p[0]) && isFinite(p[1]) && isFinite(p[2]); });
     scene.atoms.forEach(function (a, i) {
-      items.push({z: P[i][2], t: 0, i: i});
+      if (ok[i]) items.push({z: P[i][2], t: 0, i: i});  // a non-finite coordinate is not drawn
     });
     scene.bonds.forEach(function (b) {
-      items.push({z: (P[b[0]][2] + P[b[1]][2]) / 2 - 0.3, t: 1, b: b});
+      if (ok[b[0]] && ok[b[1]]) items.push({z: (P[b[0]][2] + P[b[1]][2]) / 2 - 0.3, t: 1, b: b});
     });
+    if (!isFinite(s) || s <= 0) return;  // degenerate cell: nothing sensible to draw
     if (state.showCell) {
       var uc = scene.unitCorners.map(proj);
       scene.edges.forEach(function (e) { items.push({z: (uc[e[0]][2] + uc[e[1]][2]) / 2, t: 2, a: uc[e[0]], b: uc[e[1]], w: 1.6}); });
