@@ -9,10 +9,13 @@ Layout written to ``OUT`` (default ``RUN_DIR/gallery``)::
     thumbs/<hash>.png          one thumbnail per distinct structure (kept between builds: the cache)
     cache/facts.json           facts by structure hash (kept between builds)
 
-Crystals are found in the run folder in this order: ``crystals.extxyz`` (per-run file), ``cif/*.cif``,
-``samples.extxyz``, ``shards/*.extxyz`` (``generate-batch``), other ``*.extxyz`` / ``*.cif`` at the top,
-else each sub-folder that holds one of those (e.g. a quickstart folder) as its own set. A per-run
-``summary.json`` table (list of rows, or ``{"crystals": [...]}``) adds its columns to the crystals it names.
+A run with a per-crystal table (``summary.json`` "crystals", see ``unimat_dist.crystal_files``; written by
+``unimat sample`` and ``generate-batch``) gives the facts and the order; each row's structure comes from
+``samples.extxyz`` (by ``name``), the row's ``cif``, or its generate-batch ``shard`` + ``shard_index``.
+Without a table the crystals are found in this order: ``crystals.extxyz`` / ``samples.extxyz``,
+``cif/*.cif``, ``shards/*.extxyz``, other ``*.extxyz`` / ``*.cif`` at the top; and their facts are computed
+(``unimat_dist.crystal_facts`` + validity flags). A folder with none of these but sub-folders that have
+them (e.g. a quickstart folder) gives one set per sub-folder.
 """
 from __future__ import annotations
 
@@ -118,23 +121,60 @@ def _load_table_run(run: Path, rows: list[dict], limit: int | None, set_name: st
                 key = info.get("name", rec.id)
                 by_name[str(key)] = rec
             break
+    shards: dict[str, list] = {}  # generate-batch: rows name their shard and position in it
+    for row in rows:
+        shard = row.get("shard")
+        if shard and shard not in shards:
+            shards[shard] = _read_shard(run / shard)
     out = []
     for n, row in enumerate(rows):
         name = str(row.get("name", row.get("index", n)))
         rec = by_name.get(name)
         structure, error = (rec.structure, rec.error) if rec is not None else (None, None)
+        shard, pos = row.get("shard"), row.get("shard_index")
+        if structure is None and shard and isinstance(pos, int) and 0 <= pos < len(shards.get(shard, [])):
+            structure, error = shards[shard][pos]
         if structure is None and row.get("cif") and (run / row["cif"]).is_file():
             recs = load_structures(run / row["cif"])
             structure, error = recs[0].structure, recs[0].error
         if structure is None and error is None:
             error = "did not decode" if row.get("decoded") is False else "no structure file"
-        info = {k: v for k, v in row.items() if k not in FILE_KEYS and k not in ("extxyz_frame", "name", "index")}
+        info = {k: v for k, v in row.items()
+                if k not in FILE_KEYS and k not in ("extxyz_frame", "name", "index", "shard", "shard_index")}
         info = _info_values(info)
         if "index" in row:
             info["index"] = row["index"]
         files = {k: run / row[k] for k in FILE_KEYS if row.get(k) and (run / row[k]).is_file()}
         out.append(Entry(f"{set_name}/{name}" if set_name else name, structure, error, info, files, set_name))
     return out
+
+
+def _read_shard(path: Path) -> list[tuple[Any, str | None]]:
+    """(structure or None, error) of every crystal of a generate-batch shard (multi-block CIF or extxyz),
+    in file order; a block that does not parse keeps its place with its error."""
+    if not path.is_file():
+        return []
+    if path.suffix == ".cif":
+        import re
+        import warnings
+
+        from pymatgen.io.cif import CifParser
+
+        out = []
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for block in re.split(r"\n(?=data_)", text):
+            if "data_" not in block:
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    out.append((CifParser.from_str(block).parse_structures(primitive=False, on_error="raise")[0], None))
+                except Exception as exc:  # pymatgen raises several types for CIFs it refuses
+                    out.append((None, f"{type(exc).__name__}: {exc}"[:300]))
+        return out
+    from unimat_dist.evaluation.structures_io import load_structures
+
+    return [(r.structure, r.error) for r in load_structures(path)]
 
 
 def _find_sets(run: Path) -> list[tuple[str, Path, str]]:
