@@ -139,11 +139,14 @@ def test_unimat_sample_writes_every_format_and_the_table(tmp_path):
         assert facts_from_info(atoms.info)["spacegroup_symbol"] == r["spacegroup_symbol"]
         for rel in (r["cif"], r["poscar"]) + ((r["cif_sym"],) if r["cif_sym"] else ()):
             assert (out / rel).is_file() and str(out / rel) in summary["output"]
-    # --overwrite removes every file of the previous result (all formats), and only those
+    # the run's gallery: one card per decoded crystal
+    assert summary["gallery"] == "gallery/index.html" and (out / "gallery" / "index.html").is_file()
+    assert "window.UNIMAT_GALLERY_DATA" in (out / "gallery" / "data" / "crystals.js").read_text()
+    # --overwrite removes every file of the previous result (all formats, its gallery), and only those
     assert main(["sample", "--checkpoint", str(CKPT), "--num", "1", "--steps", "5", "--composition", "SrTiO3",
-                 "--threads", "1", "--out", str(out), "--overwrite", "--format", "cif"]) == 0
-    left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert left == ["cif/sample_000000.cif", "summary.csv", "summary.json"]
+                 "--threads", "1", "--out", str(out), "--overwrite", "--format", "cif", "--no-gallery"]) == 0
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert left == ["cif", "cif/sample_000000.cif", "summary.csv", "summary.json"]
 
 
 @pytest.mark.skipif(not CKPT.exists(), reason="released checkpoint not present")

@@ -38,6 +38,8 @@ def test_sample_refuses_to_mix_runs_and_overwrite_replaces_only_its_files(tmp_pa
     assert _sample(out, "--overwrite", "--seed", "1") == 0
     second = json.loads((out / "summary.json").read_text())
     assert second["request"]["seed"] == 1 and len(list((out / "cif").glob("*.cif"))) == 2
+    assert first["gallery"] == second["gallery"] == "gallery/index.html"
+    assert len(list((out / "gallery" / "thumbs").glob("*.png"))) <= 2  # the first run's gallery went with it
 
 
 def test_sample_never_writes_into_or_deletes_unrelated_content(tmp_path, capsys):
@@ -55,6 +57,13 @@ def test_sample_never_writes_into_or_deletes_unrelated_content(tmp_path, capsys)
     before = sorted(str(p.relative_to(res)) for p in res.rglob("*"))
     assert _sample(res, "--overwrite") == 2
     assert "did not write" in capsys.readouterr().err
+    assert sorted(str(p.relative_to(res)) for p in res.rglob("*")) == before
+    # the same for a foreign file in the run's gallery folder (a gallery holding only its own files is replaced)
+    (res / "cif" / "notes.txt").unlink()
+    (res / "gallery" / "notes.txt").write_text("mine")
+    before = sorted(str(p.relative_to(res)) for p in res.rglob("*"))
+    assert _sample(res, "--overwrite") == 2
+    assert "gallery/ holds files a gallery build did not write" in capsys.readouterr().err
     assert sorted(str(p.relative_to(res)) for p in res.rglob("*")) == before
 
 

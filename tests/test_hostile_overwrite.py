@@ -139,13 +139,26 @@ def test_generate_batch_overwrite_keeps_foreign_files_and_refuses_foreign_folder
     mine = _sentinel(out / "shards" / "keep-me.txt")
     first = run_generate_batch(_gen_cfg(out, 0, "output.allow_nonempty=true"))
     assert first.samples == 1 and "shards/part-000000.cif" in _files(out)
+    assert first.gallery == str(out / "gallery" / "index.html") and (out / "gallery" / "index.html").is_file()
+    old_thumbs = {f for f in _files(out) if f.startswith("gallery/thumbs/")}
+    notes = _sentinel(out / "gallery" / "notes.txt")  # not a gallery file: stays
     with pytest.raises(OutputRefused, match="holds the output of a different generation job"):
         run_generate_batch(_gen_cfg(out, 1))
     second = run_generate_batch(_gen_cfg(out, 1, "output.overwrite=true"))
     assert second.requests_run == 1 and mine.read_text() == "precious"
     assert json.loads((out / "_job.json").read_text())["job"] == "generate-batch"
-    assert _files(out) == {"_job.json", "manifest.json", "summary.csv", "summary.json", "shards/part-000000.cif",
-                           "_units/part-000000.json", "shards/keep-me.txt"}
+    assert notes.read_text() == "precious"
+    files = _files(out)
+    gallery = {f for f in files if f.startswith("gallery/")}
+    assert files - gallery == {"_job.json", "manifest.json", "summary.csv", "summary.json", "shards/part-000000.cif",
+                               "_units/part-000000.json", "shards/keep-me.txt"}
+    # the previous job's gallery was deleted with its files and this job wrote its own (one crystal)
+    new_thumbs = {f for f in gallery if f.startswith("gallery/thumbs/")}
+    assert len(old_thumbs) == len(new_thumbs) == 1 and old_thumbs != new_thumbs
+    assert {"gallery/index.html", "gallery/data/crystals.js", "gallery/notes.txt"} <= gallery
+    # without a gallery (output.gallery=false) an overwrite leaves only the foreign files of that folder
+    run_generate_batch(_gen_cfg(out, 2, "output.overwrite=true", "output.gallery=false"))
+    assert {f for f in _files(out) if f.startswith("gallery/")} == {"gallery/notes.txt"}
 
 
 # ------------------------------------------------------------------------------------------ object store

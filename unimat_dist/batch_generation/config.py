@@ -55,6 +55,8 @@ class OutputConfig:
     # and the names the job writes; any other file stays); refused where no generate-batch job owns uri
     overwrite: bool = False
     allow_nonempty: bool = False  # write into a folder that already holds other files (never touched)
+    gallery: bool = True  # write gallery/index.html (static offline gallery) after the manifest; local outputs only
+    gallery_limit: int = 10000  # crystals in the gallery (the first ones of the job's table)
 
 
 @dataclass

@@ -14,12 +14,16 @@ Output layout (``output.uri``; file path, file://, s3:// or gs://):
     _units/part-000000.json   the unit's commit record (written after its shard): per request seed,
                               formulas, validity flags and facts of every sample; rejected requests
     _job.json                 fingerprint of the job that owns this output
+    gallery/index.html        the static offline gallery of the first ``output.gallery_limit`` crystals
+                              (``unimat_dist.gallery``), written after the manifest on a local output
+                              (``output.gallery=false`` skips it; for s3:// / gs:// run ``unimat gallery`` on
+                              a local copy); a gallery that cannot be built is a warning, never a failed job
 
 Rerunning the same job resumes: units with a commit record are skipped, so their request ids are never
 redone, and the others run (an interrupted unit rewrites its shard with the same seeds). A different
 job on the same output (other checkpoint, requests, sampler settings, format or shard size) is refused
 unless ``output.overwrite`` is set, which deletes only the files a generate-batch job writes (``LAYOUT``);
-a non-empty folder that no generate-batch job owns is refused (``output.allow_nonempty`` to write next to
+the gallery folder included (only the files a gallery build writes); a non-empty folder that no generate-batch job owns is refused (``output.allow_nonempty`` to write next to
 other files), and so is an output overlapping the checkpoint or the request list
 (rules: ``unimat_dist.output_guard``).
 """
@@ -36,6 +40,7 @@ from typing import Any, Callable, Iterator
 
 from unimat_dist.config import load_config, to_dict
 from unimat_dist.data.storage import exists, join_uri, list_files, read_bytes, write_bytes_atomic
+from unimat_dist.gallery.build import GALLERY_FILES, GALLERY_SUBDIRS
 from unimat_dist.output_guard import OutputLayout, claim_output, sweep_partials
 
 from .config import GenerateBatchConfig
@@ -49,6 +54,7 @@ JOB_FILE = "_job.json"
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "unimat-dist/generated-structures"
 TABLE_CSV, TABLE_JSON = "summary.csv", "summary.json"
+GALLERY_DIR = "gallery"
 
 
 def load_batch_config(path=None, overrides: list[str] | None = None) -> GenerateBatchConfig:
@@ -68,6 +74,8 @@ class BatchSummary:
     units_skipped: int
     validity: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    gallery: str | None = None  # gallery/index.html of a local output
+    gallery_seconds: float = 0.0
 
     def lines(self) -> list[str]:
         v = self.validity
@@ -84,7 +92,7 @@ class BatchSummary:
             f"  decoded {rate('decoded')} | structure valid {rate('structure_valid')} | composition valid "
             f"{rate('composition_valid')} | match request {rate('matches_request')} | valid {rate('valid')}",
             f"  manifest    {self.manifest_uri}",
-        ]
+        ] + ([f"  gallery     {self.gallery}   ({self.gallery_seconds:.1f} s)"] if self.gallery else [])
 
 
 # ----------------------------------------------------------------------------------------- identity
@@ -129,8 +137,9 @@ LAYOUT = OutputLayout(
         re.escape(TABLE_JSON),
         rf"{SHARDS_DIR}/part-\d{{6}}\.(cif|extxyz)",
         rf"{UNITS_DIR}/part-\d{{6}}\.json",
+        *(f"{GALLERY_DIR}/{p}" for p in GALLERY_FILES),
     ),
-    dirs=(SHARDS_DIR, UNITS_DIR),
+    dirs=(SHARDS_DIR, UNITS_DIR, GALLERY_DIR, *(f"{GALLERY_DIR}/{d}" for d in GALLERY_SUBDIRS)),
     title="generation",
 )
 
@@ -320,6 +329,27 @@ def _absolute(uri: str | None) -> str | None:
     return uri if uri is None or "://" in uri else os.path.abspath(os.path.expanduser(uri))
 
 
+def write_job_gallery(cfg: GenerateBatchConfig, output: str) -> tuple[str | None, float]:
+    """The job's gallery (``gallery/index.html``) on a local output; (its path or None, seconds)."""
+    import os
+
+    from unimat_dist.data.storage import is_local, split_uri
+
+    if not cfg.output.gallery:
+        return None, 0.0
+    if not is_local(output):
+        log.info("gallery not written: %s is not a local folder (run `unimat gallery` on a local copy)", output)
+        return None, 0.0
+    from unimat_dist.gallery import write_gallery
+
+    t = time.perf_counter()
+    root = split_uri(output)[1]
+    limit = cfg.output.gallery_limit
+    page = write_gallery(root, os.path.join(root, GALLERY_DIR), limit=limit,
+                         title=f"generate-batch: {os.path.basename(root.rstrip('/'))}")
+    return (str(page) if page is not None else None), time.perf_counter() - t
+
+
 def run_generate_batch(cfg: GenerateBatchConfig, runner: UnitRunner | None = None) -> BatchSummary:
     """Run (or resume) a batch generation job; returns the summary after ``manifest.json`` is written."""
     import dataclasses
@@ -371,6 +401,7 @@ def run_generate_batch(cfg: GenerateBatchConfig, runner: UnitRunner | None = Non
     swept = sweep_partials(output, LAYOUT)  # only partials of our own file names: the folder may be shared
     if swept:
         log.info("removed %d leftover temporary files of interrupted writes", swept)
+    gallery, gallery_s = write_job_gallery(cfg, output)
     summary = BatchSummary(
         output_uri=output,
         manifest_uri=muri,
@@ -383,6 +414,8 @@ def run_generate_batch(cfg: GenerateBatchConfig, runner: UnitRunner | None = Non
         units_skipped=len(done),
         validity=manifest["validity"],
         seconds=time.perf_counter() - t0,
+        gallery=gallery,
+        gallery_seconds=gallery_s,
     )
     for line in summary.lines():
         log.info(line)

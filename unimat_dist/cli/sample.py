@@ -11,10 +11,12 @@ Writes, per decoded sample ``sample_000042`` (``unimat_dist.crystal_files``): ``
 multi-frame ``samples.extxyz`` whose frames carry the facts in ``atoms.info``; and for the run
 ``summary.csv`` (one row of facts per sample: formula, space group, density, shortest distance, validity
 flags...; keys in ``unimat_dist.crystal_facts``) and ``summary.json`` (request, timings, how many decoded,
-the same per-crystal rows under ``"crystals"``). ``--format cif`` writes only the P1 CIFs, ``--format
+the same per-crystal rows under ``"crystals"``) and ``gallery/index.html``, the run's static offline gallery
+(``unimat_dist.gallery``: thumbnails, filters, 3D viewer; ``--no-gallery`` skips it). ``--format cif`` writes only the P1 CIFs, ``--format
 extxyz`` only samples.extxyz (the two tables always). ``--out`` must be new or empty: a folder that
 already holds crystals would mix two runs. ``--overwrite`` replaces a previous ``unimat sample`` result
-there, deleting only the files its summary.json lists; any other content is refused, never deleted.
+there, deleting only the files its summary.json lists and its gallery/ folder (when that holds only the files a
+gallery build writes); any other content is refused, never deleted.
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="spglib tolerance (A) of the space groups in the table and the symmetrised CIFs")
     p.add_argument("--facts-workers", type=int, default=None,
                    help="processes computing the per-crystal facts of 2,000+ crystals (default: all CPUs; 1 = none)")
+    p.add_argument("--no-gallery", action="store_true", help="do not write the run's gallery (gallery/index.html)")
     p.add_argument("--out", default="out/samples", help="output folder (new or empty)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a previous `unimat sample` result in --out (only the files it lists are removed)")
@@ -85,6 +88,7 @@ def sample_to_folder(
     overwrite: bool = False,
     symprec: float = 0.1,
     facts_workers: int | None = None,
+    gallery: bool = True,
 ) -> dict:
     """Generate ``num`` crystals and write them plus summary.json into ``out``; returns the summary."""
     import json
@@ -143,6 +147,14 @@ def sample_to_folder(
         "crystals": rows,
     }
     write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=1))
+    if gallery:  # after summary.json, which it reads; never fails the run (a warning instead)
+        from unimat_dist.gallery import write_gallery
+
+        t0 = time.perf_counter()
+        page = write_gallery(out_dir, out_dir / GALLERY_DIR, workers=facts_workers, title=f"unimat sample: {out_dir.name}")
+        summary["gallery"] = f"{GALLERY_DIR}/{page.name}" if page is not None else None
+        summary["gallery_seconds"] = time.perf_counter() - t0
+        write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=1))
     return summary
 
 
@@ -150,6 +162,7 @@ FORMATS = {"all": ("cif", "cif_sym", "poscar", "extxyz"), "cif": ("cif",), "extx
 EXTXYZ_NAME = "samples.extxyz"
 CSV_NAME = "summary.csv"
 CRYSTAL_DIRS = {"cif": ".cif", "cif_sym": ".cif", "poscar": ".vasp"}  # folder -> suffix of its sample_* files
+GALLERY_DIR = "gallery"  # the run's gallery (unimat_dist.gallery): replaced by --overwrite when it holds only its files
 
 
 def _previous_outputs(out) -> list | None:
@@ -191,14 +204,22 @@ def prepare_output(out, overwrite: bool) -> None:
     if not overwrite:
         raise ValueError(f"--out {out} already holds a `unimat sample` result ({len(previous)} files); new crystals "
                          "would mix with them. Choose a new folder, or pass --overwrite to replace that result")
+    from unimat_dist.gallery import gallery_files, remove_gallery
+
     expected = {out.resolve() / "summary.json", *previous}
     dirs = [out.resolve() / d for d in CRYSTAL_DIRS]
-    extra = [p for p in out.resolve().iterdir() if p not in expected and not (p in dirs and p.is_dir())]
+    gallery = out.resolve() / GALLERY_DIR
+    if gallery_files(gallery) is None:
+        raise ValueError(f"--out {out}: {GALLERY_DIR}/ holds files a gallery build did not write; refusing to "
+                         "overwrite there, choose a new folder (nothing was written or deleted)")
+    extra = [p for p in out.resolve().iterdir()
+             if p not in expected and not (p in dirs and p.is_dir()) and p != gallery]
     for d in dirs:
         extra += [p for p in d.iterdir() if p not in expected] if d.is_dir() else []
     if extra:
         raise ValueError(f"--out {out} holds files the previous `unimat sample` did not write (e.g. {extra[0].name!r}); "
                          "refusing to overwrite there, choose a new folder")
+    remove_gallery(gallery)
     for f in previous:
         f.unlink(missing_ok=True)
     for d in dirs:
@@ -223,9 +244,13 @@ def run(args) -> int:
         properties=parse_properties(args.property), guidance=args.guidance, sampler=args.sampler, steps=args.steps,
         eta=args.eta, seed=args.seed, batch_size=args.batch_size, device=args.device, precision=args.precision,
         fmt=args.format, overwrite=args.overwrite, symprec=args.symprec, facts_workers=args.facts_workers,
+        gallery=not args.no_gallery,
     )
     logging.getLogger("unimat.sample").info(
         "%d/%d decoded in %.1f s (%.2f structures/s) -> %s/summary.json",
         summary["num_decoded"], args.num, summary["sample_seconds"], summary["structures_per_second"], args.out,
     )
+    if summary.get("gallery"):
+        logging.getLogger("unimat.sample").info("gallery (%.1f s): %s/%s", summary["gallery_seconds"], args.out,
+                                                summary["gallery"])
     return 0

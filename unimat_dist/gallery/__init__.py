@@ -27,4 +27,16 @@ def write_gallery(*args, **kwargs):
     return _write(*args, **kwargs)
 
 
-__all__ = ["STATIC_DIR", "build_gallery", "write_gallery"]
+def gallery_files(*args, **kwargs):
+    from .build import gallery_files as _files
+
+    return _files(*args, **kwargs)
+
+
+def remove_gallery(*args, **kwargs):
+    from .build import remove_gallery as _remove
+
+    return _remove(*args, **kwargs)
+
+
+__all__ = ["STATIC_DIR", "build_gallery", "gallery_files", "remove_gallery", "write_gallery"]

@@ -61,6 +61,63 @@ class GalleryResult:
     timings: dict
 
 
+# ---------------------------------------------------------------- what a gallery folder holds
+
+# the files build_gallery writes, relative to its folder (full-match regexes): a run's --overwrite removes a
+# gallery folder only when everything in it is one of these (anything else there is someone else's)
+GALLERY_FILES = (
+    r"[^/]+\.html",
+    r"static/(viewer\.js|cards\.js|gallery\.js|gallery\.css|LICENSE-viewer\.txt)",
+    r"data/crystals\.js",
+    r"data/structures-\d{5}\.js",
+    r"thumbs/[0-9a-f]{20}-v\d+\.png",
+    r"cache/facts\.json",
+)
+GALLERY_SUBDIRS = ("static", "data", "thumbs", "cache")
+
+
+def gallery_files(folder: str | Path) -> list[Path] | None:
+    """The files of a gallery folder written by ``build_gallery``, or None when it holds anything else (another
+    file, a symlink, a folder of its own) or is not a folder; [] for an absent folder."""
+    import re
+
+    root = Path(folder)
+    if not root.exists() and not root.is_symlink():
+        return []
+    if root.is_symlink() or not root.is_dir():
+        return None
+    out = []
+    for d, dirnames, filenames in os.walk(root, followlinks=False):
+        rel_dir = Path(d).relative_to(root).as_posix()
+        for name in dirnames:
+            if os.path.islink(os.path.join(d, name)) or rel_dir != "." or name not in GALLERY_SUBDIRS:
+                return None
+        for name in filenames:
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            full = Path(d) / name
+            if full.is_symlink() or not any(re.fullmatch(p, rel) for p in GALLERY_FILES):
+                return None
+            out.append(full)
+    return out
+
+
+def remove_gallery(folder: str | Path) -> int | None:
+    """Delete a gallery folder written by ``build_gallery`` (its files, then its empty folders); returns how
+    many files, or None (deleting nothing) when it holds anything ``build_gallery`` does not write."""
+    files = gallery_files(folder)
+    if files is None:
+        return None
+    for f in files:
+        f.unlink()
+    root = Path(folder)
+    for sub in GALLERY_SUBDIRS:
+        if (root / sub).is_dir() and not any((root / sub).iterdir()):
+            (root / sub).rmdir()
+    if root.is_dir() and not any(root.iterdir()):
+        root.rmdir()
+    return len(files)
+
+
 # ---------------------------------------------------------------- reading a run
 
 def _info_values(info: dict) -> dict:
