@@ -189,8 +189,10 @@ def test_cli_energy_baseline_and_compare_end_to_end(bundled, tmp_path):
     assert model[0]["e_form_per_atom"] == pytest.approx(-2.1, abs=0.25)  # MP: -2.10 eV/atom
     # no Na-Cl phase among the bundled MP-20 hull points: the hull at NaCl is the elements' 0
     assert model[0]["e_hull"] == pytest.approx(model[0]["e_form_per_atom"] - ReferenceHull.from_mp20().hull_energy("NaCl"))
-    for f in ("summary.md", "summary.html", "plots/e_hull.png", "plots/e_form.png"):
+    for f in ("summary.md", "summary.html", "plots/e_hull.png", "plots/e_form.png", "gallery/index.html"):
         assert (tmp_path / "model_report" / f).exists(), f
+    gallery = (tmp_path / "model_report" / "gallery" / "data" / "crystals.js").read_text()
+    assert gallery.count("e_hull") >= 2 and "NaCl" in gallery  # the relaxed crystals with their energies
 
     # AIRSS-like baseline for the same composition, tiny: 2 random structures, few steps
     airss = tmp_path / "airss"

@@ -129,6 +129,12 @@ def test_cli_proxy_on_cif_folder_and_extxyz(bundled, tmp_path, cache_dir):
     for f in ("metrics.json", "summary.md", "summary.html", "plots/density.png", "plots/num_elements.png"):
         assert (tmp_path / "report" / f).exists(), f
     assert "CDVAE (Xie et al. 2022)" in (tmp_path / "report" / "summary.md").read_text()
+    # the report's gallery: the 24 generated crystals, reference crystals of the same composition, COV at the top
+    text = (tmp_path / "report" / "gallery" / "data" / "crystals.js").read_text()
+    data = json.loads(json.loads(text[text.index("(") + 1:text.rindex(")")]))
+    assert len(data["crystals"]) == 24 and data["references"] and data["meta"]["reference"] == "carbon_24:test"
+    assert data["meta"]["metrics"][0]["values"]["cov_recall"] == 1.0
+    assert (tmp_path / "report" / "gallery" / "index.html").is_file()
     out2 = tmp_path / "m2.json"
     assert main(["evaluate", "proxy", "--generated", str(xyz), "--reference", "carbon_24:test", "--dataset",
                  "carbon_24", "--limit-reference", "24", "--no-novelty", "--no-uniqueness", "--workers", "1",

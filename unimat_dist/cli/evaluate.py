@@ -10,6 +10,11 @@
     unimat evaluate csp    --generated csp_samples/ --reference mp_20:test --k 1 20 --out csp.json
 
 Metrics are fractions in [0, 1]; see docs/evaluation.md for every definition and departure.
+
+``--report DIR`` of ``proxy`` also writes ``DIR/gallery/index.html``: the generated crystals (the first
+``--gallery-limit``, default 10,000) next to the reference crystals of the same composition, with the
+report's COV/EMD numbers at the top; ``energy --report`` the gallery of its relaxed crystals and energies
+(``unimat_dist.gallery``; ``--no-gallery`` skips it, a gallery that fails is a warning).
 """
 from __future__ import annotations
 
@@ -39,6 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     pp.add_argument("--limit-generated", type=int, default=None)
     pp.add_argument("--limit-reference", type=int, default=None)
     pp.add_argument("--limit-train", type=int, default=None)
+    pp.add_argument("--no-gallery", action="store_true", help="no gallery in the --report folder")
+    pp.add_argument("--gallery-limit", type=int, default=10000, help="crystals in the report's gallery")
     pp.set_defaults(func=run_proxy)
 
     pe = esub.add_parser("energy", help="CHGNet relaxation, E_f, E_hull, #stable/#metastable, S.U.N.")
@@ -58,6 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     pe.add_argument("--key", choices=["formula", "target"], default=None, help="composition key of the comparison")
     pe.add_argument("--workers", type=int, default=None)
     pe.add_argument("--limit", type=int, default=None)
+    pe.add_argument("--no-gallery", action="store_true", help="no gallery in the --report folder")
     pe.set_defaults(func=run_energy)
 
     pc = esub.add_parser("compare", help="Delta E_f per composition, E_f reduction rate, convergence rates")
@@ -91,6 +99,28 @@ def _emit(metrics: dict, out: str | None) -> None:
         write_json(metrics, out)
 
 
+def report_gallery(generated: str, report: str, *, reference: str | None = None, limit: int | None = None,
+                   workers: int | None = None, title: str | None = None):
+    """``REPORT/gallery/index.html`` of ``generated`` (a path or NAME:SPLIT) with the report's metrics.json
+    at the top; never raises (the page path or None)."""
+    import logging
+    from pathlib import Path
+
+    from unimat_dist.gallery import write_gallery
+
+    try:
+        from unimat_dist.evaluation.sources import resolve_source
+
+        path = resolve_source(generated)[0]
+    except Exception:  # noqa: BLE001 - write_gallery reports what it cannot read
+        path = generated
+    page = write_gallery(path, Path(report) / "gallery", reference=reference, limit=limit, workers=workers,
+                         metrics=Path(report) / "metrics.json", title=title)
+    if page is not None:
+        logging.getLogger("unimat.evaluate").info("gallery: %s", page)
+    return page
+
+
 def run_proxy(args) -> int:
     from unimat_dist.evaluation.coverage import protocol_name
     from unimat_dist.evaluation.property_model import property_function
@@ -106,6 +136,9 @@ def run_proxy(args) -> int:
     )
     if args.report:
         proxy_report(result, args.report)
+        if not args.no_gallery:
+            report_gallery(args.generated, args.report, reference=args.reference, limit=args.gallery_limit,
+                           workers=args.workers, title=f"Generated crystals vs {args.reference} ({args.dataset})")
     _emit(result.metrics, args.out)
     return 0
 
@@ -138,6 +171,8 @@ def run_energy(args) -> int:
                      args.relaxed)
     if args.report:
         energy_report(result, args.report, compare=compare, compare_label=label or "reference")
+        if not args.no_gallery and getattr(result, "relaxed", None):  # the report's own relaxed crystals + table
+            report_gallery(args.report, args.report, workers=args.workers, title="Relaxed crystals")
     _emit(result.metrics, args.out)
     return 0
 
