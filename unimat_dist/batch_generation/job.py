@@ -22,9 +22,10 @@ Output layout (``output.uri``; file path, file://, s3:// or gs://):
 Rerunning the same job resumes: units with a commit record are skipped, so their request ids are never
 redone, and the others run (an interrupted unit rewrites its shard with the same seeds). A different
 job on the same output (other checkpoint, requests, sampler settings, format or shard size) is refused
-unless ``output.overwrite`` is set, which deletes only the files a generate-batch job writes (``LAYOUT``);
-the gallery folder included (only the files a gallery build writes); a non-empty folder that no generate-batch job owns is refused (``output.allow_nonempty`` to write next to
-other files), and so is an output overlapping the checkpoint or the request list
+unless ``output.overwrite`` is set, which deletes only the files a generate-batch job writes (``LAYOUT``,
+its gallery's files included); a non-empty folder that no generate-batch job owns is refused
+(``output.allow_nonempty`` to write next to other files), and so is an output overlapping the checkpoint or
+the request list
 (rules: ``unimat_dist.output_guard``).
 """
 from __future__ import annotations

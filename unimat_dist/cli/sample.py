@@ -151,7 +151,8 @@ def sample_to_folder(
         from unimat_dist.gallery import write_gallery
 
         t0 = time.perf_counter()
-        page = write_gallery(out_dir, out_dir / GALLERY_DIR, workers=facts_workers, title=f"unimat sample: {out_dir.name}")
+        page = write_gallery(out_dir, out_dir / GALLERY_DIR, workers=facts_workers,
+                             title=f"unimat sample: {out_dir.name}")
         summary["gallery"] = f"{GALLERY_DIR}/{page.name}" if page is not None else None
         summary["gallery_seconds"] = time.perf_counter() - t0
         write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=1))
