@@ -16,13 +16,18 @@ PYTEST_ARGS ?=
 setup: $(VENV)/.installed browser
 
 # The browser tests (tests/browser.py) drive the system Chromium through Playwright (no browser download):
-# install the Debian package when it is missing and we are root; a no-op once it is there.
+# install the Debian package when no browser is there (UNIMAT_CHROMIUM, or the names tests/browser.py looks
+# for) and we are root; a no-op once it is there. `make test` sets UNIMAT_REQUIRE_BROWSER=1: a missing
+# browser fails the browser tests instead of skipping them (UNIMAT_REQUIRE_BROWSER=0 to skip).
+UNIMAT_REQUIRE_BROWSER ?= 1
 browser:
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
-		{ if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
-		else echo "chromium not found: install it (apt-get install chromium) or set UNIMAT_CHROMIUM;" \
-			"the browser tests skip without it"; fi; }
+	@if [ -n "$$UNIMAT_CHROMIUM" ] || command -v chromium >/dev/null 2>&1 || \
+		command -v chromium-browser >/dev/null 2>&1 || command -v google-chrome >/dev/null 2>&1 || \
+		command -v google-chrome-stable >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else echo "chromium not found: install it (apt-get install chromium) or set UNIMAT_CHROMIUM;" \
+		"make test fails the browser tests without it (UNIMAT_REQUIRE_BROWSER=0 skips them)"; fi
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +42,8 @@ quickstart: setup
 	$(VENV)/bin/unimat quickstart --out $(OUT)
 
 test: setup
-	RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_AUTH_MODE=disabled $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	UNIMAT_REQUIRE_BROWSER=$(UNIMAT_REQUIRE_BROWSER) RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_AUTH_MODE=disabled \
+		$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 bench: setup
 	$(VENV)/bin/python -m bench

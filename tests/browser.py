@@ -8,7 +8,8 @@ Playwright, with no browser download (``playwright install`` is never run).
         screenshot(page, "gallery")              # -> out/test-artifacts/gallery.png
         assert canvas_drawn(page, "#viewer canvas") > 0.01  # fraction of non-background pixels
 
-Everything stays on 127.0.0.1: every request to another host is aborted (a page that pulls an asset from a
+Everything stays on this machine: file:, data: and blob: URLs (a gallery opened from disk) and 127.0.0.1 /
+localhost pass, every request to another host is aborted (a page that pulls an asset from a
 CDN fails its test instead of silently working online), and the browser gets no proxy. ``make setup``
 installs Chromium on a Debian machine as root (``apt-get install chromium``); elsewhere point
 ``UNIMAT_CHROMIUM`` at a Chromium/Chrome binary. ``UNIMAT_REQUIRE_BROWSER=1`` turns the skip into a failure
@@ -60,9 +61,15 @@ def _require_browser() -> str:
     return path
 
 
+_LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:")
+
+
 def _local_only(route) -> None:
-    host = urlsplit(route.request.url).hostname or ""
-    if route.request.url.startswith(("data:", "blob:", "about:")) or host in _LOCAL_HOSTS:
+    """Continue requests for file:, data:, blob: and about: URLs and http(s)/ws to 127.0.0.1 / localhost;
+    abort everything else (a CDN asset, any other host)."""
+    url = route.request.url
+    host = urlsplit(url).hostname or ""
+    if url.startswith(_LOCAL_SCHEMES) or host in _LOCAL_HOSTS:
         route.continue_()
     else:
         route.abort()

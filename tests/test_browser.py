@@ -45,3 +45,18 @@ def test_headless_chromium_local_only_and_canvases():
     finally:
         server.shutdown()
     assert seen[:1] == ["/"]
+
+
+def test_file_pages_load_their_local_files_and_nothing_remote(tmp_path):
+    """A page opened from disk (the gallery) loads its own file: scripts and data: images; a CDN URL is aborted."""
+    (tmp_path / "s.js").write_text("document.body.dataset.loaded = 'yes';")
+    (tmp_path / "p.html").write_text(
+        "<!doctype html><html><body><img id=d src='data:image/gif;base64,R0lGODlhAQABAAAAACw='>"
+        "<img id=cdn src='https://cdn.example.com/x.png'><script src='s.js'></script></body></html>")
+    with chromium_page() as page:
+        failed = []
+        page.on("requestfailed", lambda r: failed.append(r.url))
+        page.goto((tmp_path / "p.html").as_uri())
+        page.wait_for_load_state("load")
+        assert page.evaluate("document.body.dataset.loaded") == "yes"
+        assert failed == ["https://cdn.example.com/x.png"]

@@ -25,14 +25,6 @@ CHECKPOINT = ROOT / "checkpoints" / "perov5_transformer_cpu.pt"
 pytestmark = pytest.mark.timeout(300)
 
 
-def _offline(page) -> None:
-    """Allow file:, data: and blob: URLs only (the gallery is opened from disk)."""
-    ctx = page.context
-    ctx.unroute("**/*")
-    ctx.route("**/*", lambda route: route.continue_() if route.request.url.startswith(("file:", "data:", "blob:"))
-              else route.abort())
-
-
 THUMBS = "Array.from(document.querySelectorAll('#um-grid img.um-thumb'))"
 THUMBS_LOADED = THUMBS + ".every(i => i.complete && i.naturalWidth > 0)"
 
@@ -86,7 +78,6 @@ def test_gallery_in_headless_chromium(sample_run):
 
     errors: list[str] = []
     with chromium_page(errors=errors) as page:
-        _offline(page)
         page.goto(page_path.resolve().as_uri())
         page.wait_for_function("window.UnimatGallery && UnimatGallery.ready")
         page.wait_for_function(THUMBS_LOADED)
@@ -188,7 +179,6 @@ def test_gallery_cache_single_file_and_hook(sample_run, tmp_path):
     assert not re.search(r"<script[^>]+src=|<link[^>]+href=|src=\"(?!data:)", text)  # nothing loaded from elsewhere
     errors: list[str] = []
     with chromium_page(errors=errors) as page:
-        _offline(page)
         page.goto(single.as_uri())
         page.wait_for_function("window.UnimatGallery && UnimatGallery.ready")
         assert page.locator("#um-grid .um-card").count() == first.crystals
