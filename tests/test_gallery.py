@@ -68,6 +68,13 @@ def test_gallery_in_headless_chromium(sample_run):
 
     run, rows, ref = sample_run
     rows = [r for r in rows if r["decoded"]]
+    # the gallery `unimat sample` wrote itself (summary.json names it): one card per decoded crystal
+    assert json.loads((run / "summary.json").read_text())["gallery"] == "gallery/index.html"
+    with chromium_page() as page:
+        page.goto((run / "gallery" / "index.html").resolve().as_uri())
+        page.wait_for_function("window.UnimatGallery && UnimatGallery.ready")
+        assert page.locator("#um-grid .um-card").count() == len(rows)
+        screenshot(page, "gallery_of_unimat_sample")
     assert main(["gallery", str(run), "--reference", str(ref), "--workers", "1"]) == 0
     page_path = run / "gallery" / "index.html"
     assert page_path.is_file()
