@@ -64,7 +64,11 @@ def run_on_ray(units: list[WorkUnit], ctx: JobContext, cfg: GenerateBatchConfig)
     run = cfg.run
     try:
         threads = run.torch_threads or max(1, math.ceil(run.cpus_per_actor))
-        concurrency = (run.actors, run.max_actors) if run.max_actors and run.max_actors > run.actors else run.actors
+        # an actor pool of `actors` (autoscaling up to `max_actors`); `compute=`, not the deprecated `concurrency=`
+        if run.max_actors and run.max_actors > run.actors:
+            pool = ray.data.ActorPoolStrategy(min_size=run.actors, max_size=run.max_actors)
+        else:
+            pool = ray.data.ActorPoolStrategy(size=run.actors)
         items = [{"unit": json.dumps(u.to_dict())} for u in units]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         ds = ds.map_batches(
@@ -72,7 +76,7 @@ def run_on_ray(units: list[WorkUnit], ctx: JobContext, cfg: GenerateBatchConfig)
             fn_constructor_kwargs={"ctx": asdict(ctx), "model": asdict(cfg.model), "torch_threads": threads},
             batch_size=1,
             batch_format="numpy",
-            concurrency=concurrency,
+            compute=pool,
             num_cpus=run.cpus_per_actor,
             num_gpus=run.gpus_per_actor,
         )

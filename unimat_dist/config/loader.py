@@ -186,7 +186,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping")
         data = loaded
-    return from_dict(cls, apply_overrides(data, overrides))
+    from unimat_dist.job_paths import resolve_job_paths  # relative outputs under `ray job submit`
+
+    return resolve_job_paths(from_dict(cls, apply_overrides(data, overrides)))
 
 
 def save_config(cfg, path: str | Path) -> None:
