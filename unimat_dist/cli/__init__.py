@@ -17,9 +17,16 @@ import pkgutil
 import sys
 
 
+def _version() -> str:
+    from unimat_dist import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unimat", description="UniMat crystal diffusion on Ray")
     parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING, ...)")
+    parser.add_argument("--version", action="version", version=f"unimat-dist {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
@@ -38,8 +45,19 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from unimat_dist.cpu_threads import configure  # threads from the CPUs this process has (issue 18)
+
+    configure(getattr(args, "threads", None), what=f"unimat {args.command}")
     try:
         rc = args.func(args)
+    except ModuleNotFoundError as exc:  # an optional dependency (extra) this subcommand needs is not installed
+        from unimat_dist.extras import missing_extra_message
+
+        message = missing_extra_message(exc)
+        if message is None or logging.getLogger().isEnabledFor(logging.DEBUG):
+            raise
+        print(f"unimat {args.command}: error: {message}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError) as exc:  # user errors: one clear line, no traceback
         if logging.getLogger().isEnabledFor(logging.DEBUG):
             raise
