@@ -49,7 +49,10 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, log_to_
         ray_constants.ENABLE_RAY_CLUSTER = False  # this process imported ray before the variable was set
     kwargs.setdefault("include_dashboard", False)
     # address="local": a new cluster, never an unrelated `ray start` cluster found on this machine
-    ray.init(address="local", num_cpus=num_cpus, log_to_driver=log_to_driver, **kwargs)
+    from unimat_dist.cpu_threads import without_auto_env
+
+    with without_auto_env():  # Ray gives each worker OMP_NUM_THREADS = its reserved CPUs, not ours
+        ray.init(address="local", num_cpus=num_cpus, log_to_driver=log_to_driver, **kwargs)
     log.info("started a local Ray (%s CPUs) bound to %s", ray.cluster_resources().get("CPU"),
              "127.0.0.1" if loopback_requested() else "the machine's network address")
     return True

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import asdict
 from typing import Any, Iterator
 
@@ -27,12 +26,14 @@ class UnitGenerator:
     """Ray Data actor: loads the generator in ``__init__``, generates and commits units in ``__call__``."""
 
     def __init__(self, ctx: dict[str, Any], model: dict[str, Any], torch_threads: int | None) -> None:
-        import torch
+        import torch  # noqa: F401 - imported before the thread policy applies to it
 
+        from unimat_dist.cpu_threads import configure
         from unimat_dist.generation import open_generator
 
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
+        # The CPUs Ray reserved for this actor (cpus_per_actor), or the explicit torch_threads (warned
+        # when more than those).
+        configure(torch_threads, what="generate-batch actor")
         self.ctx = JobContext(**ctx)
         self.g = open_generator(model["checkpoint"], model["storage_options"], device=model["device"],
                                 precision=model["precision"])
@@ -63,7 +64,7 @@ def run_on_ray(units: list[WorkUnit], ctx: JobContext, cfg: GenerateBatchConfig)
     started = _start_ray(cfg)
     run = cfg.run
     try:
-        threads = run.torch_threads or max(1, math.ceil(run.cpus_per_actor))
+        threads = run.torch_threads  # None: each actor uses the CPUs Ray reserved for it (cpu_threads)
         # an actor pool of `actors` (autoscaling up to `max_actors`); `compute=`, not the deprecated `concurrency=`
         if run.max_actors and run.max_actors > run.actors:
             pool = ray.data.ActorPoolStrategy(min_size=run.actors, max_size=run.max_actors)

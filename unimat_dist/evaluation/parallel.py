@@ -18,14 +18,17 @@ log = logging.getLogger(__name__)
 
 
 def default_workers() -> int:
-    """All CPUs this process may use (``UNIMAT_EVAL_WORKERS`` overrides)."""
+    """All CPUs this process may use: affinity, cgroup quota, Ray's reservation (``cpu_threads``); each
+    worker runs one thread. ``UNIMAT_EVAL_WORKERS`` overrides (warned when it exceeds the usable CPUs)."""
+    from unimat_dist.cpu_threads import usable_cpus
+
+    usable = usable_cpus()
     env = os.environ.get("UNIMAT_EVAL_WORKERS")
     if env:
+        if int(env) > usable:
+            log.warning("UNIMAT_EVAL_WORKERS=%s > %d usable CPU(s): oversubscribed", env, usable)
         return max(1, int(env))
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
+    return usable
 
 
 def _limit_memory() -> None:

@@ -92,8 +92,9 @@ def _child_main(conn, source: dict[str, Any], max_requests: int, max_rows: int, 
             conn.send_bytes(data)
 
     try:
-        if torch_threads:
-            torch.set_num_threads(int(torch_threads))
+        from unimat_dist.cpu_threads import configure
+
+        configure(int(torch_threads) if torch_threads else None, what="sampling engine process")
         g = open_generator(**source)
         engine = ContinuousSampler(g, max_requests=max_requests, max_rows=max_rows, share_rows=share_rows,
                                    on_admit=lambda n: send(("admit", n)),
@@ -161,6 +162,10 @@ class ProcessSampler(SamplerBase):
                  name: str = "unimat-sampling") -> None:
         super().__init__(max_requests, max_rows, on_admit, on_step, share_rows)
         ctx = multiprocessing.get_context("spawn")  # never fork a process holding threads / a CUDA context
+        if not torch_threads:  # decided here, where Ray's reservation of a Serve replica is known
+            from unimat_dist.cpu_threads import resolve
+
+            torch_threads = resolve(None, what="sampling engine process")
         self._conn, child = ctx.Pipe(duplex=True)
         self._proc = ctx.Process(target=_child_main, name=name, daemon=True,
                                  args=(child, dict(source), self.max_requests, self.max_rows, torch_threads,

@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 def build_local_trainer(cfg: TrainConfig) -> Trainer:
     """A ``Trainer`` on one device with the plain PyTorch engine and the in-memory data source."""
     t = cfg.train
-    if t.num_threads:
-        torch.set_num_threads(t.num_threads)
+    from unimat_dist.cpu_threads import configure
+
+    configure(t.num_threads or None, what="train")
     device = resolve_device(t.device)
     amp = resolve_autocast(t.precision, device)
     if amp is not None and device.type == "cpu":
