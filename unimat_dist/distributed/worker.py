@@ -40,8 +40,9 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
+    from unimat_dist.cpu_threads import configure  # Ray's CPUs for this worker; explicit num_threads warned
+
+    configure(cfg.train.num_threads or None, what=f"train worker {rank}", export_env=False)
     d = cfg.distributed
 
     setup = prepare_run(cfg, device=device, rank=rank)
