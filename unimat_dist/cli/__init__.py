@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as exc:  # an optional dependency (extra) this subcommand needs is not installed
         from unimat_dist.extras import missing_extra_message
 
-        message = missing_extra_message(exc)
+        message = missing_extra_message(exc, args.command)
         if message is None or logging.getLogger().isEnabledFor(logging.DEBUG):
             raise
         print(f"unimat {args.command}: error: {message}", file=sys.stderr)

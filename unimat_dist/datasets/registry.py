@@ -110,9 +110,14 @@ DATASETS: dict[str, DatasetInfo] = {
 
 
 def repo_data_dir() -> Path:
-    """The bundled data folder: ``$UNIMAT_DATA_DIR`` or the repository's ``data/``."""
+    """The bundled data folder: ``$UNIMAT_DATA_DIR``, else the repository's ``data/`` (its copy in a wheel
+    install: ``unimat_dist/_bundled/data``)."""
     env = os.environ.get("UNIMAT_DATA_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "data"
+    if env:
+        return Path(env)
+    from unimat_dist.bundled import bundled_dir
+
+    return bundled_dir("data")
 
 
 def cache_dir() -> Path:

@@ -127,14 +127,19 @@ def load_torch(uri: str, map_location: str | torch.device = "cpu") -> Any:
 
 def resolve_inference_path(uri: str) -> str:
     """A checkpoint file, or a directory holding one: a step directory, a checkpoints directory or a run
-    directory (the newest complete step wins)."""
+    directory (the newest complete step wins); a bare released name (``perov5_transformer_cpu``) is the
+    released checkpoint of that name (``unimat_dist.bundled``)."""
     import fsspec
 
+    from unimat_dist.bundled import released_checkpoints, resolve_released
+
+    uri = resolve_released(uri)
     fs, path = fsspec.core.url_to_fs(uri)
     if fs.isfile(path):
         return uri
     if not fs.isdir(path):
-        raise FileNotFoundError(f"no checkpoint at {uri}")
+        names = ", ".join(released_checkpoints()) or "none"
+        raise FileNotFoundError(f"no checkpoint at {uri} (released checkpoints by name: {names})")
     base = uri.rstrip("/")
     if fs.isfile(f"{path.rstrip('/')}/{INFERENCE_FILE}"):
         return f"{base}/{INFERENCE_FILE}"
