@@ -330,8 +330,10 @@ def _absolute(uri: str | None) -> str | None:
     return uri if uri is None or "://" in uri else os.path.abspath(os.path.expanduser(uri))
 
 
-def write_job_gallery(cfg: GenerateBatchConfig, output: str) -> tuple[str | None, float]:
-    """The job's gallery (``gallery/index.html``) on a local output; (its path or None, seconds)."""
+def write_job_gallery(cfg: GenerateBatchConfig, output: str,
+                      tables_changed: bool = True) -> tuple[str | None, float]:
+    """The job's gallery (``gallery/index.html``) on a local output; (its path or None, seconds). Like the
+    tables, it is left as it is when a rerun of a finished job changed neither table."""
     import os
 
     from unimat_dist.data.storage import is_local, split_uri
@@ -345,10 +347,14 @@ def write_job_gallery(cfg: GenerateBatchConfig, output: str) -> tuple[str | None
 
     t = time.perf_counter()
     root = split_uri(output)[1]
+    page = os.path.join(root, GALLERY_DIR, "index.html")
+    if not tables_changed and os.path.isfile(page) and os.path.isfile(os.path.join(root, GALLERY_DIR, "data",
+                                                                                      "crystals.js")):
+        return page, 0.0
     limit = cfg.output.gallery_limit
-    page = write_gallery(root, os.path.join(root, GALLERY_DIR), limit=limit,
-                         title=f"generate-batch: {os.path.basename(root.rstrip('/'))}")
-    return (str(page) if page is not None else None), time.perf_counter() - t
+    written = write_gallery(root, os.path.join(root, GALLERY_DIR), limit=limit,
+                            title=f"generate-batch: {os.path.basename(root.rstrip('/'))}")
+    return (str(written) if written is not None else None), time.perf_counter() - t
 
 
 def run_generate_batch(cfg: GenerateBatchConfig, runner: UnitRunner | None = None) -> BatchSummary:
@@ -395,14 +401,14 @@ def run_generate_batch(cfg: GenerateBatchConfig, runner: UnitRunner | None = Non
     missing = [unit_name(u.index) for u in units if u.index not in records]
     if missing:
         raise RuntimeError(f"units {missing[:10]} did not complete; rerun the same command to resume")
-    write_tables(output, opts, list(records.values()), fp)  # before the manifest, which is written last
+    tables = write_tables(output, opts, list(records.values()), fp)  # before the manifest, which is written last
     manifest = build_manifest(cfg, checkpoint, fp, list(records.values()), len(requests))
     muri = join_uri(output, MANIFEST_NAME)
     write_bytes_atomic(muri, json.dumps(manifest, indent=1).encode(), opts)
     swept = sweep_partials(output, LAYOUT)  # only partials of our own file names: the folder may be shared
     if swept:
         log.info("removed %d leftover temporary files of interrupted writes", swept)
-    gallery, gallery_s = write_job_gallery(cfg, output)
+    gallery, gallery_s = write_job_gallery(cfg, output, tables_changed=bool(tables))
     summary = BatchSummary(
         output_uri=output,
         manifest_uri=muri,
