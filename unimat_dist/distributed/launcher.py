@@ -106,7 +106,11 @@ def run_ray_training(cfg: TrainConfig) -> TrainResult:
         resources_per_worker={"CPU": d.cpus_per_worker, **({"GPU": 1} if d.use_gpu else {})},
         elastic_resize_monitor_interval_s=d.elastic_resize_interval_s,
     )
+    from .progress import ProgressPrinter
+
+    printer = ProgressPrinter(cfg.train.steps, cfg.train.global_batch_size)
     payload = {
+        "progress": printer.start(),  # rank 0 pushes step/loss/samples-per-s records; this driver prints them
         "config": to_dict(cfg),
         "run_name": run_name,
         "storage_path": storage,
@@ -127,7 +131,12 @@ def run_ray_training(cfg: TrainConfig) -> TrainResult:
     )
     log.info("run=%s storage=%s workers=%s ZeRO-%d backend=%s", run_name, storage,
              scaling.num_workers, d.zero_stage, backend)
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        printer.close()
+    if printer.restarts:
+        log.info("run %s: %d worker-group restart(s) by Ray Train's failure handling", run_name, printer.restarts)
     if getattr(result, "error", None) is not None:
         raise RuntimeError(f"run {run_name} failed: {result.error}")
     return _collect(cfg, result, run_name)

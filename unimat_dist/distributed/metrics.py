@@ -1,16 +1,36 @@
-"""Prometheus metrics of a distributed training run, exported by rank 0 (prometheus-client).
+"""Metrics of a distributed training run, exported by rank 0.
 
-    unimat_train_step                      optimizer steps done
-    unimat_train_loss                      training loss (mean over the last logging window)
-    unimat_train_samples_per_second        crystals per second over all ranks
-    unimat_train_slots_per_second          tensor slots (L*H*W per crystal) per second: the tokens/s analogue
-    unimat_train_data_wait_seconds_total   time rank 0 spent waiting for its next batch
-    unimat_train_step_seconds              histogram of optimizer-step wall time
-    unimat_train_gpu_memory_bytes          peak CUDA memory allocated on rank 0 (0 on CPU)
-    unimat_train_world_size                workers in the current worker group
-    unimat_train_restarts_total            times this run resumed from a checkpoint
+Two exporters, the same series:
 
-Every series carries the label ``run`` (the Ray Train run name). Scrape ``http://HOST:PORT/metrics``.
+* **Ray's metrics system** (always, inside a Ray worker): ``ray.util.metrics`` objects, reported to the
+  node's Ray metrics agent and served with Ray's own series on the node's metrics export port
+  (``ray start --metrics-export-port``; KubeRay: port ``metrics`` 8080). Ray's Prometheus service
+  discovery (``/tmp/ray/prom_metrics_service_discovery.json``) and the PodMonitor in
+  ``deploy/monitoring/`` find them on whichever node rank 0 runs, also after a restart moved it. Ray
+  prefixes the names with ``ray_``:
+
+  ==========================================  =========  ==========================================
+  ``ray_unimat_train_step``                   gauge      optimizer steps done
+  ``ray_unimat_train_total_steps``            gauge      ``train.steps`` of the run
+  ``ray_unimat_train_loss``                   gauge      training loss (mean over the logging window)
+  ``ray_unimat_train_samples_per_second``     gauge      crystals/s over all ranks
+  ``ray_unimat_train_slots_per_second``       gauge      tensor slots (L*H*W per crystal) per second
+  ``ray_unimat_train_data_wait_seconds_total``  counter  rank-0 time waiting for its next batch
+  ``ray_unimat_train_step_seconds``           histogram  optimizer-step wall time
+  ``ray_unimat_train_gpu_memory_bytes``       gauge      peak CUDA memory on rank 0 (0 on CPU)
+  ``ray_unimat_train_world_size``             gauge      workers in the current worker group
+  ``ray_unimat_train_restarts``               gauge      times this run resumed from a checkpoint;
+                                                         carried in the checkpoint, so it is right
+                                                         after rank 0 moved to another node
+  ==========================================  =========  ==========================================
+
+  Every series carries the tag ``run`` (the Ray Train run name); Ray adds ``NodeAddress``,
+  ``WorkerId`` and ``SessionName``.
+
+* **prometheus-client** on a fixed port (``distributed.metrics_port``; off by default): the same
+  names without ``ray_`` (the counters ``unimat_train_data_wait_seconds_total`` and
+  ``unimat_train_restarts_total``), scraped at ``http://HOST:PORT/metrics`` of rank 0's node - handy
+  on one machine, but the port moves with rank 0.
 """
 from __future__ import annotations
 
@@ -18,10 +38,53 @@ import logging
 
 log = logging.getLogger(__name__)
 
+STEP_BUCKETS = (0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100)
+
+# name (as passed to ray.util.metrics) -> (kind, description); Ray exports them as ray_<name>
+RAY_SERIES = {
+    "unimat_train_step": ("gauge", "optimizer steps done"),
+    "unimat_train_total_steps": ("gauge", "train.steps of the run"),
+    "unimat_train_loss": ("gauge", "training loss (mean over the logging window)"),
+    "unimat_train_samples_per_second": ("gauge", "crystals/s over all ranks"),
+    "unimat_train_slots_per_second": ("gauge", "L*H*W tensor slots/s over all ranks"),
+    "unimat_train_data_wait_seconds_total": ("counter", "rank-0 time waiting for batches, seconds"),
+    "unimat_train_step_seconds": ("histogram", "optimizer step wall time, seconds"),
+    "unimat_train_gpu_memory_bytes": ("gauge", "peak CUDA memory allocated on rank 0"),
+    "unimat_train_world_size": ("gauge", "workers in the current worker group"),
+    "unimat_train_restarts": ("gauge", "times this run resumed from a checkpoint"),
+}
+
+
+def _ray_series(run: str) -> dict | None:
+    """The ``ray.util.metrics`` objects with the default tag ``run``; None outside Ray."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        from ray.util.metrics import Counter, Gauge, Histogram
+    except Exception:  # noqa: BLE001
+        return None
+    out = {}
+    for name, (kind, desc) in RAY_SERIES.items():
+        if kind == "gauge":
+            m = Gauge(name, desc, tag_keys=("run",))
+        elif kind == "counter":
+            m = Counter(name, desc, tag_keys=("run",))
+        else:
+            m = Histogram(name, desc, boundaries=list(STEP_BUCKETS), tag_keys=("run",))
+        m.set_default_tags({"run": run})
+        out[name.removeprefix("unimat_train_")] = m
+    return out
+
 
 class TrainMetrics:
-    def __init__(self, port: int | None, host: str, run: str) -> None:
-        self.enabled = port is not None
+    """Rank 0's series. ``port``: the prometheus-client exporter (None = off); ``ray_metrics``: export
+    through Ray's metrics agent when running inside Ray."""
+
+    def __init__(self, port: int | None, host: str, run: str, *, ray_metrics: bool = False) -> None:
+        self.enabled = port is not None  # the prometheus-client exporter
+        self.ray = _ray_series(run) if ray_metrics else None
         if not self.enabled:
             return
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -35,8 +98,7 @@ class TrainMetrics:
         self.slots = Gauge("unimat_train_slots_per_second", "L*H*W tensor slots/s over all ranks", labels, registry=r).labels(run)
         self.data_wait = Counter("unimat_train_data_wait_seconds", "rank-0 time waiting for batches", labels, registry=r).labels(run)
         self.step_time = Histogram(
-            "unimat_train_step_seconds", "optimizer step wall time", labels, registry=r,
-            buckets=(0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100),
+            "unimat_train_step_seconds", "optimizer step wall time", labels, registry=r, buckets=STEP_BUCKETS,
         ).labels(run)
         self.gpu_mem = Gauge("unimat_train_gpu_memory_bytes", "peak CUDA memory on rank 0", labels, registry=r).labels(run)
         self.world = Gauge("unimat_train_world_size", "workers", labels, registry=r).labels(run)
@@ -44,23 +106,50 @@ class TrainMetrics:
         self.server, self.thread = start_http_server(port, addr=host, registry=r)
         log.info("Prometheus metrics on http://%s:%d/metrics", host, port)
 
+    def started(self, *, world_size: int, total_steps: int, step: int, resumes: int) -> None:
+        """A worker group started (``resumes``: times the run resumed from a checkpoint, this start included)."""
+        if self.enabled:
+            self.world.set(world_size)
+            self.step.set(step)
+            if resumes:
+                self.restarts.inc()
+        if self.ray:
+            self.ray["world_size"].set(world_size)
+            self.ray["total_steps"].set(total_steps)
+            self.ray["step"].set(step)
+            self.ray["restarts"].set(resumes)
+
     def observe_step(self, *, step: int, seconds: float, data_wait: float, samples_per_step: int, slots: int) -> None:
-        if not self.enabled:
+        if not (self.enabled or self.ray):
             return
         import torch
 
-        self.step.set(step)
-        self.step_time.observe(seconds)
-        self.data_wait.inc(data_wait)
-        if seconds > 0:
-            self.samples.set(samples_per_step / seconds)
-            self.slots.set(samples_per_step * slots / seconds)
-        if torch.cuda.is_available():
-            self.gpu_mem.set(torch.cuda.max_memory_allocated())
+        gpu = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+        if self.enabled:
+            self.step.set(step)
+            self.step_time.observe(seconds)
+            self.data_wait.inc(data_wait)
+            if seconds > 0:
+                self.samples.set(samples_per_step / seconds)
+                self.slots.set(samples_per_step * slots / seconds)
+            if gpu:
+                self.gpu_mem.set(gpu)
+        if self.ray:
+            r = self.ray
+            r["step"].set(step)
+            r["step_seconds"].observe(seconds)
+            if data_wait > 0:
+                r["data_wait_seconds_total"].inc(data_wait)
+            if seconds > 0:
+                r["samples_per_second"].set(samples_per_step / seconds)
+                r["slots_per_second"].set(samples_per_step * slots / seconds)
+            r["gpu_memory_bytes"].set(gpu)
 
     def observe_loss(self, loss: float) -> None:
         if self.enabled:
             self.loss.set(loss)
+        if self.ray:
+            self.ray["loss"].set(loss)
 
     def close(self) -> None:
         if self.enabled:

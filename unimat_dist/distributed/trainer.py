@@ -161,6 +161,7 @@ class DistributedTrainer(Trainer):
         marker_fs=None,
         marker_dir: str | None = None,
         metrics: TrainMetrics | None = None,
+        progress=None,
         **kwargs,
     ) -> None:
         kwargs["train_source"] = TimedSource(kwargs["train_source"])
@@ -169,6 +170,7 @@ class DistributedTrainer(Trainer):
         self.run_name = run_name
         self.marker_fs, self.marker_dir = marker_fs, marker_dir
         self.metrics = metrics or TrainMetrics(None, "", run_name)
+        self.progress = progress  # ProgressReporter of rank 0: the driver's console (progress.py)
         self.resumes = 0
         self._slots = self.spec.L * self.spec.H * self.spec.W
 
@@ -208,6 +210,8 @@ class DistributedTrainer(Trainer):
         super()._log(record)
         if self.is_main and "loss" in record:
             self.metrics.observe_loss(float(record["loss"]))
+            if self.progress is not None:
+                self.progress.step(record)
             log.info("run=%s step=%d loss=%.5f lr=%.3g samples/s=%.1f", self.run_name, record["step"], record["loss"],
                      record.get("lr", float("nan")), record.get("samples_per_s", float("nan")))
 
@@ -366,8 +370,6 @@ class DistributedTrainer(Trainer):
                      self.rank, meta["world_size"], self.world_size)
         self.resumes = int(meta.get("resumes", 0)) + 1
         self._iter = None
-        if self.is_main and self.metrics.enabled:
-            self.metrics.restarts.inc()
         if self.is_main and self.run_dir is not None and (ckpt / ck.METRICS_FILE).exists():
             shutil.copy(ckpt / ck.METRICS_FILE, self.run_dir / ck.METRICS_FILE)
             _truncate_metrics(self.run_dir / ck.METRICS_FILE, self.state.step)

@@ -32,6 +32,7 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
     from . import checkpointing as ck
     from .deepspeed_engine import DeepSpeedEngine, deepspeed_config, resolve_precision
     from .metrics import TrainMetrics
+    from .progress import ProgressReporter
     from .sharded_ema import ShardedEMA
     from .trainer import DistributedTrainer, verified_copy
 
@@ -87,9 +88,8 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
         run_dir = Path(tempfile.mkdtemp(prefix=f"unimat-{run_name}-rank{rank}-"))
         marker_fs, marker_dir = _marker_storage(payload)
         amp = torch.bfloat16 if resolve_precision(d.precision, device.type) == "bf16" else None
-        metrics = TrainMetrics(d.metrics_port if rank == 0 else None, d.metrics_host, run_name)
-        if rank == 0:
-            metrics.world.set(world) if metrics.enabled else None
+        metrics = TrainMetrics(d.metrics_port if rank == 0 else None, d.metrics_host, run_name, ray_metrics=rank == 0)
+        progress = ProgressReporter(payload.get("progress") if rank == 0 else None, world)
         trainer = DistributedTrainer(
             cfg,
             template=template,
@@ -97,6 +97,7 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
             marker_fs=marker_fs,
             marker_dir=marker_dir,
             metrics=metrics,
+            progress=progress,
             engine=engine,
             ema=ema,
             batcher=setup.batcher,
@@ -122,6 +123,8 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
             shutil.rmtree(ckpt_tmp, ignore_errors=True)
 
     if rank == 0:
+        metrics.started(world_size=world, total_steps=cfg.train.steps, step=trainer.state.step, resumes=trainer.resumes)
+        progress.started(trainer.state.step, trainer.resumes)
         log.info("run=%s rank 0/%d: %s, ZeRO-%d, micro-batch %d x %d accumulation, device %s",
                  run_name, world, setup.spec.describe(), engine.zero_stage, trainer.micro_batch, trainer.accum, device)
     try:
