@@ -24,14 +24,20 @@ def test_aws_cluster_launcher_yaml_passes_rays_schema():
     assert cfg["head_node_type"] in types and types[cfg["head_node_type"]]["resources"] == {"CPU": 0}
     gpu = [t for t in types.values() if t["node_config"]["InstanceType"].startswith(("p4", "p5", "g5"))]
     assert gpu and all(t["max_workers"] > t["min_workers"] for t in gpu)  # autoscaling GPU workers
-    setup = " ".join(cfg["setup_commands"])
-    assert f"ray[train,serve,data]=={ray.__version__}" in setup and "--no-build-isolation" in setup
+    # every node runs the image of the repository's Dockerfile (Ray, CUDA torch, DeepSpeed, this package):
+    # nothing left to install, so `unimat` / `python -m unimat_dist` exist on every node (tests/test_docker_image.py)
+    assert cfg["docker"]["image"] and cfg["docker"]["container_name"] and not cfg.get("setup_commands")
+
+
+IMAGE_WORKDIR = "/home/ray/unimat-dist"  # the Dockerfile's WORKDIR: the repository inside the image
 
 
 def _entry_config(entrypoint: str) -> Path:
     args = shlex.split(entrypoint)
-    assert args[0] == "unimat" and "--config" in args
-    path = ROOT / args[args.index("--config") + 1]
+    assert args[:3] == ["python", "-m", "unimat_dist"] and "--config" in args
+    inside = args[args.index("--config") + 1]
+    assert inside.startswith(IMAGE_WORKDIR + "/"), inside  # absolute: the job's cwd is not the WORKDIR
+    path = ROOT / inside.removeprefix(IMAGE_WORKDIR + "/")
     assert path.exists(), path
     return path
 
@@ -48,8 +54,8 @@ def test_kuberay_rayjobs(name):
     for group in cluster["workerGroupSpecs"]:
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
         images |= {c["image"] for c in group["template"]["spec"]["containers"]}
-    assert len(images) == 1  # head and workers run the same image (deploy/Dockerfile)
-    assert (ROOT / "deploy" / "Dockerfile").exists()
+    assert len(images) == 1  # head and workers run the same image (the repository's Dockerfile)
+    assert (ROOT / "Dockerfile").exists()
     path = _entry_config(spec["entrypoint"])
     if name == "rayjob-train.yaml":
         cfg = load_train_config(path)
