@@ -41,7 +41,8 @@ def test_dry_run_bad_batch_divisibility_fails_before_data(tmp_path, capsys):
     cap = capsys.readouterr()
     assert rc == 2
     err = [ln for ln in cap.err.splitlines() if ln.startswith("unimat train: error:")]
-    assert len(err) == 1 and "train.global_batch_size: 30 is not divisible by workers x train.micro_batch_size = 2 x 8" in err[0]
+    assert len(err) == 1
+    assert "train.global_batch_size: 30 is not divisible by workers x train.micro_batch_size = 2 x 8" in err[0]
     assert "ok  data" not in cap.out  # failed before the data sources were looked at
 
 
@@ -53,7 +54,8 @@ def test_dry_run_unreachable_storage_names_the_key(tmp_path, capsys):
     cap = capsys.readouterr()
     assert rc == 2
     err = [ln for ln in cap.err.splitlines() if ln.startswith("unimat train: error:")]
-    assert len(err) == 1 and err[0].startswith(f"unimat train: error: distributed.storage_path: storage {blocker}/runs:"), err
+    assert len(err) == 1, err
+    assert err[0].startswith(f"unimat train: error: distributed.storage_path: storage {blocker}/runs:"), err
 
 
 def test_dry_run_local_trainer_unwritable_out_dir(tmp_path, capsys):
