@@ -29,11 +29,11 @@ browser:
 	else echo "chromium not found: install it (apt-get install chromium) or set UNIMAT_CHROMIUM;" \
 		"make test fails the browser tests without it (UNIMAT_REQUIRE_BROWSER=0 skips them)"; fi
 
-$(VENV)/.installed: pyproject.toml $(LOCK)
+$(VENV)/.installed: pyproject.toml setup.py $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -c $(LOCK) -e ".[all,test]"
+	$(PIP) install -q -c $(LOCK) -e ".[all,test]"  # all = ray, serve, eval (the `train` extra is DeepSpeed, next line)
 	DS_BUILD_OPS=0 $(PIP) install -q --no-build-isolation -c $(LOCK) deepspeed
 	$(PIP) check
 	touch $@
