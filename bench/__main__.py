@@ -20,6 +20,7 @@ BENCHES = {
     "fairness": "bench_fairness.py",
     "soak": "bench_soak.py",
     "gallery": "bench_gallery.py",
+    "threads": "bench_threads.py",
 }
 
 if __name__ == "__main__":
