@@ -2,7 +2,7 @@
 
     unimat generate-batch --config cluster/jobs/generate_tiny_cpu.yaml
     unimat generate-batch --config cluster/jobs/generate_mp20_gpu.yaml output.uri=s3://bucket/gen run.actors=8
-    ray job submit --working-dir . -- unimat generate-batch --config cluster/jobs/generate_mp20_gpu.yaml
+    ray job submit --working-dir . -- python -m unimat_dist generate-batch --config cluster/jobs/generate_mp20_gpu.yaml
 
 Trailing ``section.key=value`` items override the YAML. Rerunning the same command resumes an
 interrupted job (committed requests are not redone). Writes shards, per-unit commit records and

@@ -2,7 +2,7 @@
 
     unimat ingest --config cluster/jobs/ingest_mp20.yaml                       # local Ray cluster
     unimat ingest --config cluster/jobs/ingest_gnome.yaml output.uri=gs://b/gnome run.num_cpus=8
-    ray job submit --working-dir . -- unimat ingest --config cluster/jobs/ingest_gnome.yaml
+    ray job submit --working-dir . -- python -m unimat_dist ingest --config cluster/jobs/ingest_gnome.yaml
     unimat ingest --source perov_5 --format cdvae-csv --output file:///data/perov5
     unimat ingest --source gs://b/gnome_data --format gnome --output s3://b/gnome --max-atoms-per-element 24
 
