@@ -74,6 +74,7 @@ def test_in_a_ray_job_relative_paths_go_under_unimat_storage(in_ray_job, monkeyp
                                  "requests.uri=cluster/req.csv"])
     assert b.output.uri == str(storage / "out" / "gen") and b.model.checkpoint == str(storage / "out" / "run")
     assert b.requests.uri == "cluster/req.csv"  # shipped with the working dir: stays relative to it
+    assert load_train_config(None, ["out_dir=file://out/run"]).out_dir == str(storage / "out" / "run")
     monkeypatch.setenv("UNIMAT_STORAGE", "s3://bucket/unimat/")
     assert load_train_config(None, ["out_dir=out/run"]).out_dir == "s3://bucket/unimat/out/run"
     monkeypatch.setenv("UNIMAT_STORAGE", "relative/dir")

@@ -50,13 +50,14 @@ def ray_job_working_dir() -> str | None:
 def _is_relative(value: str | None) -> bool:
     if not value:
         return False
+    value = value.removeprefix("file://")  # file://out/run is as relative as out/run
     if "://" in value:
         return False
     return not os.path.isabs(os.path.expanduser(value))
 
 
 def _join(root: str, rel: str) -> str:
-    rel = os.path.normpath(rel)
+    rel = os.path.normpath(rel.removeprefix("file://"))
     if rel.startswith(".."):
         raise ValueError(f"{rel!r} leaves {STORAGE_ENV}")
     if "://" in root and not root.startswith("file://"):
