@@ -85,7 +85,8 @@ def test_driver_console_and_ray_metrics_of_a_restarted_run(tmp_path, capsys):
     t.start()
     try:
         cfg = load_train_config(CONFIG, [
-            f"out_dir={tmp_path / 'obs'}", "train.steps=4", "train.ckpt_every=2", "distributed.num_workers=1", "train.val_every=0",
+            f"out_dir={tmp_path / 'obs'}", "train.steps=4", "train.ckpt_every=2", "distributed.num_workers=1",
+            "train.val_every=0",
             "train.log_every=1", "train.val_batches=1", "train.global_batch_size=8", "train.micro_batch_size=8",
             "optim.warmup_steps=1", "data.limit_train=32", "data.limit_val=8", "distributed.metrics_port=null",
             "distributed.fail_at.step=3", "distributed.fail_at.rank=0",

@@ -13,8 +13,8 @@ a worker died) announces itself; the driver counts the second and later ones as 
 
     [train] restart 1: 2 worker(s) resumed at step 5
 
-The hub is an actor with ``num_cpus=0`` owned by the driver: it outlives worker-group restarts and
-dies with the driver.
+The hub is an actor with ``num_cpus=0`` on the driver's node, owned by the driver: it outlives
+worker-group restarts and dies with the driver.
 """
 from __future__ import annotations
 
@@ -73,7 +73,11 @@ class ProgressPrinter:
         """Create the hub actor and the polling thread; returns the hub's handle (for the workers)."""
         import ray
 
-        self.handle = ray.remote(num_cpus=0, max_restarts=0)(_Hub).remote()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        # on the driver's node: it lives as long as the driver, whichever worker node dies
+        self.handle = ray.remote(num_cpus=0, max_restarts=0)(_Hub).options(scheduling_strategy=here).remote()
         self._thread = threading.Thread(target=self._run, name="unimat-train-progress", daemon=True)
         self._thread.start()
         return self.handle
