@@ -27,17 +27,90 @@ import unimat_dist
 ROOT = Path(__file__).resolve().parents[1]
 TORCH = os.environ.get("UNIMAT_WHEEL_TEST_TORCH", "torch==2.13.0")  # the Makefile's CPU wheel
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.timeout(900),
-    pytest.mark.skipif(os.environ.get("UNIMAT_SKIP_WHEEL_TEST") == "1", reason="UNIMAT_SKIP_WHEEL_TEST=1"),
-]
+# Python modules of the extras: a lean install has none of them (the core test tools are not installed either)
+EXTRA_MODULES = ("ray", "deepspeed", "fastapi", "uvicorn", "starlette", "chgnet", "pyxtal", "webdataset", "pyarrow",
+                 "gcsfs", "s3fs", "prometheus_client")
+
+# Imports these modules as if they were not installed, then runs the lean paths' imports and parsers in-process.
+_BLOCKED_IMPORTS = """
+import importlib.abc, sys
+BLOCKED = set(sys.argv[1].split(","))
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+sys.meta_path.insert(0, Block())
+from unimat_dist.cli import build_parser, main
+parser = build_parser()  # every subcommand module: none may import an extra at import time
+for argv in (["sample", "--checkpoint", "x", "--num", "1"], ["evaluate", "proxy", "--generated", "g",
+             "--reference", "r", "--dataset", "perov_5"], ["gallery", "run"], ["data", "list"]):
+    parser.parse_args(argv)
+import unimat_dist.sampling.generator, unimat_dist.evaluation, unimat_dist.evaluation.proxy
+import unimat_dist.gallery.build, unimat_dist.crystal_files, unimat_dist.crystal_facts, unimat_dist.sampling.writers
+leaked = sorted({m.split(".")[0] for m in sys.modules} & BLOCKED)
+assert not leaked, leaked
+sys.exit(main(["serve", "--checkpoint", "perov5_transformer_cpu"]))
+"""
+
+
+def test_lean_paths_import_no_extra():
+    """The modules behind sample / evaluate proxy / gallery import without any extra installed, and a command
+    that needs one (serve) fails with one line naming it (fast: in this environment, extras hidden)."""
+    env = _clean_env(Path("/nonexistent"))
+    proc = subprocess.run([sys.executable, "-c", _BLOCKED_IMPORTS, ",".join(EXTRA_MODULES)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "unimat serve: error: this needs the 'serve' extra (ray is not installed): pip install 'unimat-dist[serve]'"
+    ), proc.stderr[-3000:]
+
+
+def test_missing_extra_messages_and_released_names(tmp_path, monkeypatch):
+    from unimat_dist.bundled import released_checkpoints, resolve_released
+    from unimat_dist.extras import missing_extra_message
+
+    def err(name):
+        return ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+    assert missing_extra_message(err("ray.train"), "train").endswith("pip install 'unimat-dist[ray]'")
+    assert "--no-build-isolation 'unimat-dist[train]'" in missing_extra_message(err("deepspeed"), "train")
+    assert missing_extra_message(err("ray"), "serve").endswith("pip install 'unimat-dist[serve]'")
+    assert missing_extra_message(err("chgnet.model"), "evaluate").endswith("pip install 'unimat-dist[eval]'")
+    assert missing_extra_message(err("numpy"), "sample") is None  # a broken core install is not an extra
+    released = released_checkpoints()
+    assert {"perov5_transformer_cpu", "carbon24_transformer_cpu"} <= set(released)
+    assert resolve_released("perov5_transformer_cpu") == str(released["perov5_transformer_cpu"])
+    assert resolve_released("perov5_transformer_cpu.pt") == str(released["perov5_transformer_cpu"])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "perov5_transformer_cpu").mkdir()  # a local folder of that name wins over the released file
+    assert resolve_released("perov5_transformer_cpu") == "perov5_transformer_cpu"
+    assert resolve_released("s3://b/perov5_transformer_cpu") == "s3://b/perov5_transformer_cpu"
+
+
+def test_licence_changelog_version():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+    assert f"[{unimat_dist.__version__}]" in (ROOT / "CHANGELOG.md").read_text()
+    for extra in ("ray", "train", "serve", "eval", "all", "test"):
+        assert extra in project["optional-dependencies"], extra
+    core = " ".join(project["dependencies"])
+    for module in EXTRA_MODULES:
+        assert module.replace("_", "-") not in core, module
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(os.environ.get("UNIMAT_SKIP_WHEEL_TEST") == "1", reason="UNIMAT_SKIP_WHEEL_TEST=1")
 
 
 def _run(cmd, *, cwd, env, timeout=600, check=True):
     proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} -> {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        command = " ".join(map(str, cmd))
+        raise AssertionError(f"{command} -> {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
 
 
@@ -100,7 +173,7 @@ def test_wheel_installs_lean_and_samples_and_evaluates(tmp_path):
     assert where[0].startswith(str(venv)), where
 
     # 3. lean: none of the extras came along
-    for module in ("ray", "deepspeed", "fastapi", "chgnet", "pytest"):
+    for module in (*EXTRA_MODULES, "pytest"):
         proc = _run([py, "-c", f"import {module}"], cwd=work, env=env, check=False)
         assert proc.returncode != 0 and "ModuleNotFoundError" in proc.stderr, (module, proc.stderr[-500:])
     proc = _run([unimat, "serve", "--checkpoint", "perov5_transformer_cpu"], cwd=work, env=env, check=False)
@@ -137,5 +210,6 @@ def test_wheel_installs_lean_and_samples_and_evaluates(tmp_path):
     # 7. the data sets the wheel carries
     listing = _run([unimat, "data", "list"], cwd=work, env=env).stdout
     assert "perov_5/test: bundled official split" in listing and str(venv) in listing, listing
+    assert f"perov5_transformer_cpu: {venv}" in listing, listing  # the released checkpoints, from the wheel
     timings["total"] = time.monotonic() - t0
     print(f"wheel {size_mb:.1f} MB; " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))

@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="list, download and verify benchmark data sets")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
-    ls = dsub.add_parser("list", help="known data sets and where their splits come from")
+    ls = dsub.add_parser("list", help="known data sets, where their splits come from, and the released checkpoints")
     ls.set_defaults(func=_list)
 
     dl = dsub.add_parser("download", help="fetch the full official CSV splits (needs internet)")
@@ -42,6 +42,11 @@ def _list(args) -> int:
                 print(f"  {split:5s} {r.note}")
             except FileNotFoundError:
                 print(f"  {split:5s} not available (unimat data download {name})")
+    from unimat_dist.bundled import released_checkpoints
+
+    print("released checkpoints (unimat sample --checkpoint NAME):")
+    for name, path in released_checkpoints().items():
+        print(f"  {name}: {path}")
     return 0
 
 
