@@ -18,7 +18,7 @@ FROM rayproject/ray:${RAY_VERSION}-${PYTHON_TAG}-${VARIANT}
 ARG VARIANT
 ARG TORCH_VERSION=2.13.0
 ARG DEEPSPEED_VERSION=0.19.8
-ARG EXTRAS=ray,eval
+ARG EXTRAS=all
 
 ENV PYTHONUNBUFFERED=1 \
     RAY_DEDUP_LOGS=0
@@ -30,7 +30,8 @@ RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "https://do
 WORKDIR /home/ray/unimat-dist
 COPY --chown=ray:users . .
 
-# The package (editable: the bundled data/ and checkpoints/ stay next to it), pinned by the lock, then
+# The package with every extra but DeepSpeed (ray, serve, eval; editable: the bundled data/ and checkpoints/
+# stay next to it), pinned by the lock, then
 # DeepSpeed without compiling its ops (they are JIT-built on first use where a toolchain exists).
 RUN pip install --no-cache-dir -c requirements/lock-cpu.txt -e ".[${EXTRAS}]" \
  && DS_BUILD_OPS=0 pip install --no-cache-dir --no-build-isolation "deepspeed==${DEEPSPEED_VERSION}" \

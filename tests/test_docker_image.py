@@ -121,6 +121,14 @@ def test_dockerfile_instructions(dockerfile):
         if w == "ARG":
             stage_args.update(_kv(a))
     assert "VARIANT" in stage_args and stage_args["DEEPSPEED_VERSION"]
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    wanted = stage_args["EXTRAS"].split(",")
+    assert set(wanted) <= set(extras), (wanted, sorted(extras))  # the extras the image installs exist
+    closure = set(wanted) | {e.split("[", 1)[1].rstrip("]") for w in wanted for e in extras[w] if "unimat-dist[" in e}
+    closure = {x.strip() for c in closure for x in c.split(",")}
+    assert {"ray", "serve"} <= closure  # Ray Data/Train for the jobs, Ray Serve for the RayService
     runs = " ".join(a for _, w, a in dockerfile if w == "RUN")
     assert "download.pytorch.org/whl/${VARIANT}" in runs and "-e \".[${EXTRAS}]\"" in runs
     assert "requirements/lock-cpu.txt" in runs and (ROOT / "requirements" / "lock-cpu.txt").is_file()
