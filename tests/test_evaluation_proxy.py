@@ -20,7 +20,9 @@ def cache_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("unimat_cache")
     old = os.environ.get("UNIMAT_CACHE")
     os.environ["UNIMAT_CACHE"] = str(d)
+    os.environ["UNIMAT_SHIPPED_FEATURES"] = "0"  # these tests exercise computing and the user cache
     yield d
+    os.environ.pop("UNIMAT_SHIPPED_FEATURES")
     if old is None:
         os.environ.pop("UNIMAT_CACHE")
     else:

@@ -130,6 +130,7 @@ def proxy_evaluation(
     if uniqueness or novelty:
         _add_uniqueness_novelty(m, gen, train, dataset, uniqueness, novelty, limit_train, workers, use_cache, progress)
     m["reference_cache_hit"] = ref_info.get("cache_hit", False)
+    m["reference_shipped"] = ref_info.get("shipped", False)  # read from the fingerprints shipped with the package
     m["reference_sha256"] = ref_info.get("sha256")
     m["wall_seconds"] = round(time.time() - t0, 2)
     m.update(_versions())
