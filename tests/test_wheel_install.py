@@ -198,7 +198,7 @@ def test_wheel_installs_lean_and_samples_and_evaluates(tmp_path):
 
     # 6. proxy metrics against the bundled Perov-5 test split (a few reference crystals: fingerprints are slow)
     t1 = time.monotonic()
-    _run([unimat, "evaluate", "proxy", "--generated", work / "samples" / "samples.extxyz",
+    _run([unimat, "evaluate", "proxy", "--generated", work / "samples",  # the run folder: its cif/
           "--reference", "perov_5:test", "--dataset", "perov_5", "--limit-reference", "6", "--no-novelty",
           "--workers", "1", "--out", work / "proxy.json"], cwd=work, env=env)
     metrics = json.loads((work / "proxy.json").read_text())

@@ -79,7 +79,12 @@ def load_structures(path: str | Path, limit: int | None = None, id_column: str =
         return _load_extxyz(p, limit)
     files = sorted(p.glob("*.cif")) if kind == "cif_dir" else [p]
     if kind == "cif_dir" and not files:
-        raise ValueError(f"{p}: folder holds no .cif files")
+        # a `unimat sample` output folder: its P1 CIFs (cif/) or, with --format extxyz, its samples.extxyz
+        if any((p / "cif").glob("*.cif")):
+            return load_structures(p / "cif", limit, id_column)
+        if (p / "samples.extxyz").is_file():
+            return _load_extxyz(p / "samples.extxyz", limit)
+        raise ValueError(f"{p}: folder holds no .cif files (nor cif/*.cif or samples.extxyz of a unimat sample run)")
     out = []
     for f in files[: limit if limit is not None else None]:
         out.append(_record_from_cif(f.read_text(encoding="utf-8", errors="replace"), f.stem))
