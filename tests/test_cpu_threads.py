@@ -192,3 +192,15 @@ def test_dispatcher_applies_the_policy(monkeypatch):
     finally:
         torch.set_num_threads(before)
     assert seen == [("1", 1), ("2", 2)]
+
+
+def test_evaluation_pool_size_follows_usable_cpus(monkeypatch, caplog):
+    from unimat_dist.evaluation import parallel
+
+    monkeypatch.delenv("UNIMAT_EVAL_WORKERS", raising=False)
+    monkeypatch.setattr(ct, "usable_cpus", lambda: 3)
+    assert parallel.default_workers() == 3
+    monkeypatch.setenv("UNIMAT_EVAL_WORKERS", "8")
+    with caplog.at_level(logging.WARNING, logger="unimat_dist.evaluation.parallel"):
+        assert parallel.default_workers() == 8
+    assert "UNIMAT_EVAL_WORKERS=8 > 3 usable CPU(s)" in caplog.text
