@@ -82,6 +82,22 @@ def test_in_a_ray_job_relative_paths_go_under_unimat_storage(in_ray_job, monkeyp
         load_train_config(None, ["out_dir=out/run"])
 
 
+def test_in_a_ray_job_a_relative_out_flag_goes_under_a_local_storage_or_is_refused(in_ray_job, monkeypatch, capsys):
+    """``--out`` flags (sample, quickstart, ...) write local folders: under a local UNIMAT_STORAGE, else refused."""
+    from unimat_dist.cli import main
+
+    argv = ["sample", "--checkpoint", "perov5_transformer_cpu", "--num", "1", "--out", "out/s"]
+    assert main(argv) == 2
+    assert "--out 'out/s' is a relative path" in capsys.readouterr().err
+    monkeypatch.setenv("UNIMAT_STORAGE", "s3://bucket/unimat")
+    assert main(argv) == 2 and "set UNIMAT_STORAGE to such a local path" in capsys.readouterr().err
+    assert not (in_ray_job / "out").exists()
+    storage = in_ray_job / "storage"
+    monkeypatch.setenv("UNIMAT_STORAGE", str(storage))
+    assert main(argv + ["--steps", "5", "--no-gallery"]) == 0
+    assert (storage / "out" / "s" / "summary.json").exists() and not (in_ray_job / "out").exists()
+
+
 def test_python_dash_m_unimat_dist_is_the_unimat_command(tmp_path):
     r = subprocess.run([sys.executable, "-m", "unimat_dist", "--help"], cwd=tmp_path, capture_output=True,
                        text=True, timeout=120)

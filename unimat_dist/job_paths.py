@@ -124,3 +124,32 @@ def resolve_job_paths(cfg: Any) -> Any:
                 except ValueError:
                     continue
     return cfg
+
+
+OUTPUT_FLAGS = ("out", "output_dir")
+"""argparse destinations of the commands' output-folder flags (``--out``): local folders, so in a submitted
+job they go under a *local* ``UNIMAT_STORAGE`` (a shared mount) or are refused."""
+
+
+def resolve_output_flags(args: Any) -> Any:
+    """``args`` (an argparse namespace) with a relative ``--out`` placed under a local ``UNIMAT_STORAGE``
+    when this is a submitted Ray job; a ``ValueError`` naming the flag when that cannot be done. Unchanged
+    outside a job."""
+    workdir = ray_job_working_dir()
+    if workdir is None:
+        return args
+    for dest in OUTPUT_FLAGS:
+        value = getattr(args, dest, None)
+        if not isinstance(value, (str, os.PathLike)) or not _is_relative(os.fspath(value)):
+            continue
+        flag = "--" + dest.replace("_", "-")
+        root = storage_root()
+        if root is None or ("://" in root and not root.startswith("file://")):
+            raise ValueError(
+                f"{flag} {os.fspath(value)!r} is a relative path, and this command runs in a Ray job's working "
+                f"directory ({workdir}), a temporary copy that Ray deletes: pass an absolute path on storage "
+                f"every node shares, or set {STORAGE_ENV} to such a local path (this flag writes local files)"
+            )
+        setattr(args, dest, type(value)(_join(root, os.fspath(value))) if not isinstance(value, str)
+                else _join(root, value))
+    return args

@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
 
     configure(getattr(args, "threads", None), what=f"unimat {args.command}")
     try:
+        from unimat_dist.job_paths import resolve_output_flags  # --out inside `ray job submit` (issue 18)
+
+        resolve_output_flags(args)
         rc = args.func(args)
     except ModuleNotFoundError as exc:  # an optional dependency (extra) this subcommand needs is not installed
         from unimat_dist.extras import missing_extra_message
