@@ -14,13 +14,12 @@ from __future__ import annotations
 import json
 import math
 import socket
-import threading
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from metrics_scrape import MetricsScraper
 from storage_emulators import s3_emulator  # noqa: F401 (fixture)
 from unimat_dist.config import ConfigError
 from unimat_dist.training import load_train_config, run_training
@@ -66,25 +65,9 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
     local = run_training(cfg(root / "local", "trainer=local"))
     port = free_port()
-    scraped: list[str] = []
-    stop = threading.Event()
-
-    def scrape():
-        while not stop.is_set():
-            try:
-                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
-                if "unimat_train_step{" in text:
-                    scraped.append(text)
-            except OSError:
-                pass
-            time.sleep(0.3)
-
-    t = threading.Thread(target=scrape, daemon=True)
-    t.start()
-    zero2 = run_training(cfg(root / "zero2", f"distributed.metrics_port={port}"))
-    stop.set()
-    t.join()
-    return {"root": root, "local": local, "zero2": zero2, "scraped": scraped}
+    with MetricsScraper(port, "unimat_train_step{", interval=0.3, timeout=1) as scraper:
+        zero2 = run_training(cfg(root / "zero2", f"distributed.metrics_port={port}"))
+    return {"root": root, "local": local, "zero2": zero2, "scraped": scraper.pages}
 
 
 def test_zero2_matches_local_loop(runs):

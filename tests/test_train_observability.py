@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import re
 import socket
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from metrics_scrape import MetricsScraper
 from unimat_dist.distributed.progress import ProgressPrinter, format_eta
 from unimat_dist.training import load_train_config, run_training
 
@@ -68,40 +68,25 @@ def test_driver_console_and_ray_metrics_of_a_restarted_run(tmp_path, capsys):
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=port)
     finally:
         os.environ.pop("RAY_metrics_report_interval_ms", None)
-    scraped: list[str] = []
-    stop = threading.Event()
-
-    def scrape():
-        while not stop.is_set():
-            try:
-                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-                if "ray_unimat_train_step{" in text:
-                    scraped.append(text)
-            except OSError:
-                pass
-            stop.wait(0.5)
-
-    t = threading.Thread(target=scrape, daemon=True)
-    t.start()
     try:
-        cfg = load_train_config(CONFIG, [
-            f"out_dir={tmp_path / 'obs'}", "train.steps=4", "train.ckpt_every=2", "distributed.num_workers=1",
-            "train.val_every=0",
-            "train.log_every=1", "train.val_batches=1", "train.global_batch_size=8", "train.micro_batch_size=8",
-            "optim.warmup_steps=1", "data.limit_train=32", "data.limit_val=8", "distributed.metrics_port=null",
-            "distributed.fail_at.step=3", "distributed.fail_at.rank=0",
-        ])
-        t0 = time.time()
-        res = run_training(cfg)
-        elapsed = time.time() - t0
-        # bounded wait for the restarted rank 0's last values to reach the agent's export
-        deadline = time.time() + 20
-        while time.time() < deadline and not any(_value(s, "ray_unimat_train_step") == 4 for s in scraped):
-            time.sleep(0.5)
+        with MetricsScraper(port, "ray_unimat_train_step{") as scraper:
+            cfg = load_train_config(CONFIG, [
+                f"out_dir={tmp_path / 'obs'}", "train.steps=4", "train.ckpt_every=2", "distributed.num_workers=1",
+                "train.val_every=0",
+                "train.log_every=1", "train.val_batches=1", "train.global_batch_size=8", "train.micro_batch_size=8",
+                "optim.warmup_steps=1", "data.limit_train=32", "data.limit_val=8", "distributed.metrics_port=null",
+                "distributed.fail_at.step=3", "distributed.fail_at.rank=0",
+            ])
+            t0 = time.time()
+            res = run_training(cfg)
+            elapsed = time.time() - t0
+            # bounded wait for the restarted rank 0's last values to reach the agent's export
+            deadline = time.time() + 20
+            while time.time() < deadline and not any(_value(s, "ray_unimat_train_step") == 4 for s in scraper.pages):
+                time.sleep(0.5)
     finally:
-        stop.set()
-        t.join()
         ray.shutdown()
+    scraped = scraper.pages
     assert res.steps == 4
     out = capsys.readouterr().out
     lines = [ln for ln in out.splitlines() if ln.startswith("[train]")]
