@@ -165,6 +165,11 @@ class Progress:
         self.last = 0.0
         self.units = self.read = self.written = self.quarantined = 0
 
+    def rate(self) -> float:
+        """Records read per second since the first unit started."""
+        now = getattr(self, "_now", 0.0)
+        return self.read / now if now > 0 else 0.0
+
     def update(self, record: dict[str, Any]) -> None:
         if self.units == 0:  # rates count from the first unit's start, not from cluster start-up
             self.t0 = time.perf_counter() - float(record.get("seconds", 0.0))
@@ -174,6 +179,7 @@ class Progress:
         self.written += c["written"]
         self.quarantined += c["quarantined"]
         now = time.perf_counter() - self.t0
+        self._now = now
         if self.units <= 3 or self.units == self.total_units or now - self.last >= self.every_s:
             self.last = now
             rate = self.read / now if now > 0 else 0.0
@@ -399,11 +405,15 @@ def run_ingest(cfg: IngestConfig, runner: UnitRunner | None = None) -> IngestSum
         log.info("%d of %d units already committed; running the other %d", len(done), len(plan.units), len(pending))
     ctx = make_context(cfg, spec, mode, fp)
     progress = Progress(len(pending), total_rows - sum(r["counts"]["read"] for r in done.values()))
+    from .metrics import IngestMetrics
+
+    metrics = IngestMetrics(f"{output.rsplit('/', 1)[-1]}-{fp[:8]}", len(plan.units), units_skipped=len(done))
     records = dict(done)
     if pending:
         for rec in (runner or runner_for(cfg))(pending, ctx):
             records[rec["unit"]] = rec
             progress.update(rec)
+            metrics.unit(rec, progress.rate())
     missing = [u.index for u in plan.units if u.index not in records]
     if missing:
         raise RuntimeError(f"units {missing[:10]} did not complete; rerun the same command to resume")

@@ -1,5 +1,5 @@
 """deploy/grafana and deploy/monitoring: every metric the dashboard queries is one the code exports
-(ours: ``ray_`` + a name passed to ``ray.util.metrics`` in unimat_dist/ or deploy/; Ray's own
+(ours: ``ray_`` + a name passed to ``ray.util.metrics`` in unimat_dist/, data_pipeline/ or deploy/; Ray's own
 ``ray_data_*`` / ``ray_serve_*``: defined in the installed Ray), and the monitors scrape the port the
 KubeRay manifests name ``metrics``."""
 from __future__ import annotations
@@ -44,9 +44,9 @@ def test_every_dashboard_metric_exists_in_the_code():
 
     names = dashboard_metrics()
     ours = {n for n in names if n.startswith("ray_unimat_")}
-    assert {n.split("_")[2] for n in ours} == {"train", "serve"}
+    assert {n.split("_")[2] for n in ours} == {"train", "serve", "ingest"}
     assert any(n.startswith("ray_data_") for n in names), "no ingest (Ray Data) panel"
-    code = _source(ROOT / "unimat_dist", ROOT / "deploy")
+    code = _source(ROOT / "unimat_dist", ROOT / "deploy", ROOT / "data_pipeline")
     missing = [n for n in ours if not re.search(rf"[\"']{n.removeprefix('ray_')}[\"']", code)]
     assert not missing, f"dashboard queries metrics no code exports: {missing}"
     ray_code = _source(Path(ray.__file__).parent / "data", Path(ray.__file__).parent / "serve")
@@ -60,6 +60,14 @@ def test_training_series_exported_through_ray_match_the_dashboard():
     names = dashboard_metrics()
     train = {n.removeprefix("ray_") for n in names if n.startswith("ray_unimat_train_")}
     assert train == set(RAY_SERIES), f"panels missing for {set(RAY_SERIES) - train}, unknown {train - set(RAY_SERIES)}"
+
+
+def test_ingest_series_exported_through_ray_match_the_dashboard():
+    from data_pipeline.metrics import RAY_SERIES
+
+    names = dashboard_metrics()
+    ingest = {n.removeprefix("ray_") for n in names if n.startswith("ray_unimat_ingest_")}
+    assert ingest == set(RAY_SERIES), f"panels missing for {set(RAY_SERIES) - ingest}, unknown {ingest - set(RAY_SERIES)}"
 
 
 def test_dashboard_is_importable_grafana_json():
