@@ -9,15 +9,16 @@ reading (worker) streams one unit's records, so no process ever holds more than 
   a folder holding ``{train,val,test}.csv[.gz]``.
 * ``gnome``: the GNoME release layout (``data/GNOME_FORMAT.md``): ``stable_materials_summary.csv``
   (one row per material, no coordinates) + ``by_id.zip`` holding ``by_id/<MaterialId>.CIF``. A unit is
-  a byte range of summary rows; each worker indexes the zip once (``zip_index``: 29 bytes per member,
-  remote archives staged to node-local scratch) and reads the members it needs. Columns are matched
+  a byte range of summary rows; each node indexes the zip once into scratch (``zip_disk_index``: 32
+  bytes per member on disk, none in worker memory; remote archives staged to node-local scratch) and
+  workers read the members they need. Columns are matched
   case-insensitively.
 * ``structure-dir``: a folder or ``.zip`` of CIF / POSCAR / extxyz / ASE ``.traj`` files (``.gz``
   allowed); a unit is a run of files in sorted order; multi-block CIFs and multi-frame files yield one
   record per block/frame (id ``path#k``). Hidden files and ``__MACOSX`` are ignored; anything else
   unrecognised is quarantined as ``unsupported_file``.
 
-Untrusted input (issue 16): every read is capped at ``validate.max_record_bytes`` decompressed and
+Untrusted input: every read is capped at ``validate.max_record_bytes`` decompressed and
 streamed (a CSV row, a file, a zip member, a .gz), so memory never depends on what a file claims; a
 bad row or member is one quarantined record, never a failed job; symlinks that leave a local source
 folder are not followed (``source.follow_links``) and are counted; zip member names with ``..`` or an
@@ -49,7 +50,8 @@ from unimat_dist.data.storage import filesystem, is_local, join_uri, open_input,
 from .csv_index import OverLong, RangeReader, index_csv, iter_row_bytes, skip_to
 from .quarantine import Rejected
 from .records import RawRecord
-from .zip_index import TooLarge, ZipIndex, local_copy
+from .zip_disk_index import node_index
+from .zip_index import TooLarge, local_copy
 
 csv.field_size_limit(sys.maxsize)
 
@@ -367,12 +369,14 @@ def _open_zip(uri: str, opts_key: str) -> zipfile.ZipFile:
 
 
 class Archive:
-    """An open zip (node-local copy) and its compact member index, kept per worker process."""
+    """An open zip (node-local copy) and the node's on-disk index of its members, kept per worker process
+    (``zip_disk_index``: built once per node, read with ``pread``; worker memory does not grow with it)."""
 
     def __init__(self, uri: str, storage_options: dict | None, scratch_dir: str | None) -> None:
         self.uri = uri
-        self.fh = open(local_copy(uri, storage_options, scratch_dir), "rb")
-        self.index = ZipIndex.build(self.fh)
+        path = local_copy(uri, storage_options, scratch_dir)
+        self.fh = open(path, "rb")
+        self.index = node_index(path, self.fh, scratch_dir)
 
     def read(self, name: str, max_bytes: int | None = None) -> bytes | None:
         return self.index.read(self.fh, name, max_bytes)
@@ -380,7 +384,8 @@ class Archive:
 
 @lru_cache(maxsize=2)
 def _archive(uri: str, opts_key: str, scratch_dir: str | None) -> Archive:
-    """Built once per worker: the index of a 2.2M-member archive takes ~5 s and ~60 MB."""
+    """Opened once per worker; the node's index of a 2.2M-member archive is built once (~10 s, 71 MB on
+    local disk) by the first worker that needs it."""
     return Archive(uri, json.loads(opts_key), scratch_dir)
 
 

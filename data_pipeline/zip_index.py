@@ -1,9 +1,11 @@
 """Random access to the members of a huge zip (GNoME's ``by_id.zip``) with a compact index.
 
 ``zipfile.ZipFile`` keeps a Python ``ZipInfo`` object per member (~0.5 kB each): 2.2M members would
-cost ~1 GB in every worker. ``ZipIndex`` parses the central directory once, streaming, into NumPy
-arrays (name hash, local-header offset, compressed size, CRC, method: 25 bytes per member) and reads a
-member with one seek + one read. Zip64 archives (more than 65,535 members or 4 GiB) are supported.
+cost ~1 GB in every worker. ``iter_central_directory`` parses the central directory, streaming, into
+NumPy arrays (name hash, local-header offset, compressed size, CRC, method) and ``read_member`` reads a
+member with one seek + one read. ``ZipIndex`` keeps those arrays in memory (29 bytes per member: fine
+for small archives and tests); the ingest job uses ``zip_disk_index.DiskZipIndex``, the same records in
+a file shared by a node's workers. Zip64 archives (more than 65,535 members or 4 GiB) are supported.
 
 Remote archives (``s3://``, ``gs://``) are first copied to node-local scratch space (once per node,
 under a file lock): members are read in summary-CSV order, i.e. scattered over the archive, and one
@@ -56,47 +58,11 @@ class ZipIndex:
     @classmethod
     def build(cls, fh: BinaryIO) -> "ZipIndex":
         """Parse the central directory of a seekable zip stream."""
-        fh.seek(0, os.SEEK_END)
-        size = fh.tell()
-        tail_len = min(size, 65536 + _EOCD.size + _EOCD64_LOCATOR.size)
-        fh.seek(size - tail_len)
-        tail = fh.read(tail_len)
-        pos = tail.rfind(b"PK\x05\x06")
-        if pos < 0:
-            raise ValueError("not a zip archive (no end-of-central-directory record)")
-        _, _, _, _, count, cd_size, cd_offset, _ = _EOCD.unpack_from(tail, pos)
-        loc = pos - _EOCD64_LOCATOR.size
-        if loc >= 0 and tail[loc : loc + 4] == b"PK\x06\x07":
-            _, _, eocd64_offset, _ = _EOCD64_LOCATOR.unpack_from(tail, loc)
-            fh.seek(eocd64_offset)
-            rec = _EOCD64.unpack(fh.read(_EOCD64.size))
-            count, cd_size, cd_offset = rec[7], rec[8], rec[9]
-        keys = np.empty(count, dtype=np.uint64)
-        offsets = np.empty(count, dtype=np.uint64)
-        csizes = np.empty(count, dtype=np.uint64)
-        crcs = np.empty(count, dtype=np.uint32)
-        methods = np.empty(count, dtype=np.uint8)
-        fh.seek(cd_offset)
-        buf = b""
-        p = 0
-        left = cd_size
-        for i in range(count):
-            if len(buf) - p < _CENTRAL.size + 65535 * 3 and left > 0:  # refill: a record is < 200 kB
-                chunk = fh.read(min(left, 8 << 20))
-                left -= len(chunk)
-                buf = buf[p:] + chunk
-                p = 0
-            (sig, _, _, _, method, _, _, crc, csize, _usize, n, m, k, _, _, _, offset) = _CENTRAL.unpack_from(buf, p)
-            if sig != 0x02014B50:
-                raise ValueError(f"corrupt central directory at entry {i}")
-            start = p + _CENTRAL.size
-            name = buf[start : start + n].decode("utf-8", errors="surrogateescape")
-            if csize == 0xFFFFFFFF or offset == 0xFFFFFFFF:
-                csize, offset = _zip64_extra(buf[start + n : start + n + m], csize, _usize, offset)
-            keys[i] = _key(name)
-            offsets[i], csizes[i], crcs[i], methods[i] = offset, csize, crc, method
-            p = start + n + m + k
-        return cls(keys, offsets, csizes, crcs, methods)
+        parts = list(iter_central_directory(fh))
+        if not parts:
+            empty = np.empty(0, dtype=np.uint64)
+            return cls(empty, empty, empty, np.empty(0, np.uint32), np.empty(0, np.uint8))
+        return cls(*(np.concatenate([p[k] for p in parts]) for k in range(1, 6)))
 
     def read(self, fh: BinaryIO, name: str, max_bytes: int | None = None) -> bytes | None:
         """The member's uncompressed bytes, or None if the archive has no such member.
@@ -108,28 +74,95 @@ class ZipIndex:
         i = int(np.searchsorted(self.keys, key))
         if i >= self.keys.size or self.keys[i] != key:
             return None
-        fh.seek(int(self.offsets[i]))
-        header = fh.read(_LOCAL.size + len(name.encode("utf-8")))
-        sig, *_rest, n, m = _LOCAL.unpack_from(header)
-        if sig != 0x04034B50 or header[_LOCAL.size : _LOCAL.size + n].decode("utf-8", errors="surrogateescape") != name:
-            raise ValueError(f"zip member {name!r}: local header does not match the central directory")
-        fh.seek(int(self.offsets[i]) + _LOCAL.size + n + m)
-        csize = int(self.csizes[i])
-        cap = max_bytes if max_bytes is not None else 1 << 62
-        method = int(self.methods[i])
-        if method == 0:
-            if csize > cap:
-                raise TooLarge(name, csize, cap)
-            data = fh.read(csize)
-        elif method == 8:
-            if csize > cap + cap // 1000 + 1024:  # deflate never shrinks data this much below its stored size
-                raise TooLarge(name, csize, cap)
-            data = _inflate_capped(fh, csize, cap, name)
-        else:
-            raise ValueError(f"zip member {name!r}: compression method {method} is not supported")
-        if zlib.crc32(data) != int(self.crcs[i]):
-            raise ValueError(f"zip member {name!r}: CRC mismatch (corrupt archive)")
-        return data
+        return read_member(fh, name, int(self.offsets[i]), int(self.csizes[i]), int(self.crcs[i]),
+                           int(self.methods[i]), max_bytes)
+
+
+def _central_directory(fh: BinaryIO) -> tuple[int, int, int]:
+    """(members, central directory size, its offset) of a seekable zip stream."""
+    fh.seek(0, os.SEEK_END)
+    size = fh.tell()
+    tail_len = min(size, 65536 + _EOCD.size + _EOCD64_LOCATOR.size)
+    fh.seek(size - tail_len)
+    tail = fh.read(tail_len)
+    pos = tail.rfind(b"PK\x05\x06")
+    if pos < 0:
+        raise ValueError("not a zip archive (no end-of-central-directory record)")
+    _, _, _, _, count, cd_size, cd_offset, _ = _EOCD.unpack_from(tail, pos)
+    loc = pos - _EOCD64_LOCATOR.size
+    if loc >= 0 and tail[loc : loc + 4] == b"PK\x06\x07":
+        _, _, eocd64_offset, _ = _EOCD64_LOCATOR.unpack_from(tail, loc)
+        fh.seek(eocd64_offset)
+        rec = _EOCD64.unpack(fh.read(_EOCD64.size))
+        count, cd_size, cd_offset = rec[7], rec[8], rec[9]
+    # a central record is at least 46 bytes: a count the directory cannot hold is a lie, refused before
+    # anything is sized by it
+    if cd_offset + cd_size > size or count * _CENTRAL.size > cd_size:
+        raise ValueError(f"corrupt zip: {count:,} members in a {cd_size:,}-byte central directory at {cd_offset:,} "
+                         f"of a {size:,}-byte file")
+    return count, cd_size, cd_offset
+
+
+def iter_central_directory(fh: BinaryIO, chunk: int = 1 << 16):
+    """The central directory in chunks of at most ``chunk`` members, streaming (8 MB reads): tuples
+    (members in the archive, name keys, local-header offsets, compressed sizes, CRCs, methods)."""
+    count, cd_size, cd_offset = _central_directory(fh)
+    fh.seek(cd_offset)
+    buf = b""
+    p = 0
+    left = cd_size
+    i = 0
+    while i < count:
+        m_count = min(chunk, count - i)
+        keys = np.empty(m_count, dtype=np.uint64)
+        offsets = np.empty(m_count, dtype=np.uint64)
+        csizes = np.empty(m_count, dtype=np.uint64)
+        crcs = np.empty(m_count, dtype=np.uint32)
+        methods = np.empty(m_count, dtype=np.uint8)
+        for j in range(m_count):
+            if len(buf) - p < _CENTRAL.size + 65535 * 3 and left > 0:  # refill: a record is < 200 kB
+                part = fh.read(min(left, 8 << 20))
+                left -= len(part)
+                buf = buf[p:] + part
+                p = 0
+            (sig, _, _, _, method, _, _, crc, csize, _usize, n, m, k, _, _, _, offset) = _CENTRAL.unpack_from(buf, p)
+            if sig != 0x02014B50:
+                raise ValueError(f"corrupt central directory at entry {i + j}")
+            start = p + _CENTRAL.size
+            name = buf[start : start + n].decode("utf-8", errors="surrogateescape")
+            if csize == 0xFFFFFFFF or offset == 0xFFFFFFFF:
+                csize, offset = _zip64_extra(buf[start + n : start + n + m], csize, _usize, offset)
+            keys[j] = _key(name)
+            offsets[j], csizes[j], crcs[j], methods[j] = offset, csize, crc, method
+            p = start + n + m + k
+        i += m_count
+        yield count, keys, offsets, csizes, crcs, methods
+
+
+def read_member(fh: BinaryIO, name: str, offset: int, csize: int, crc: int, method: int,
+                max_bytes: int | None = None) -> bytes:
+    """The uncompressed bytes of the member at ``offset`` (its central-directory facts given), checked
+    against its local header and CRC; with ``max_bytes``, ``TooLarge`` past the cap (see ``ZipIndex.read``)."""
+    fh.seek(offset)
+    header = fh.read(_LOCAL.size + len(name.encode("utf-8")))
+    sig, *_rest, n, m = _LOCAL.unpack_from(header)
+    if sig != 0x04034B50 or header[_LOCAL.size : _LOCAL.size + n].decode("utf-8", errors="surrogateescape") != name:
+        raise ValueError(f"zip member {name!r}: local header does not match the central directory")
+    fh.seek(offset + _LOCAL.size + n + m)
+    cap = max_bytes if max_bytes is not None else 1 << 62
+    if method == 0:
+        if csize > cap:
+            raise TooLarge(name, csize, cap)
+        data = fh.read(csize)
+    elif method == 8:
+        if csize > cap + cap // 1000 + 1024:  # deflate never shrinks data this much below its stored size
+            raise TooLarge(name, csize, cap)
+        data = _inflate_capped(fh, csize, cap, name)
+    else:
+        raise ValueError(f"zip member {name!r}: compression method {method} is not supported")
+    if zlib.crc32(data) != crc:
+        raise ValueError(f"zip member {name!r}: CRC mismatch (corrupt archive)")
+    return data
 
 
 class TooLarge(ValueError):

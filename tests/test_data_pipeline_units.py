@@ -8,6 +8,7 @@ import io
 import itertools
 import json
 import tarfile
+import os
 import zipfile
 from pathlib import Path
 
@@ -295,3 +296,37 @@ def test_zip_index_reads_zip64_archives_and_detects_corruption(tmp_path):
     with open(tmp_path / "bad.zip", "rb") as fh:
         with pytest.raises(ValueError, match="CRC mismatch"):
             ZipIndex.build(fh).read(fh, "raw.txt")
+
+
+def test_disk_zip_index_matches_zipfile_is_shared_per_node_and_refuses_lying_counts(tmp_path):
+    """The ingest job's index (zip_disk_index): every member of a zip64 archive read back equal to
+    ``zipfile``'s, built once (a second opener reuses the file), a member count the central directory cannot
+    hold refused before anything is sized by it."""
+    import struct as st
+    from concurrent.futures import ThreadPoolExecutor
+
+    from data_pipeline.zip_disk_index import DiskZipIndex, index_path, node_index
+
+    path = tmp_path / "big.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:  # > 65,535 members: zip64, several chunks
+        for i in range(70000):
+            zf.writestr(f"by_id/{i:010x}.CIF", f"data_{i}\n" * (i % 7 + 1))
+        zf.writestr("raw.txt", b"stored", compress_type=zipfile.ZIP_STORED)
+    scratch = tmp_path / "scratch"
+    with open(path, "rb") as fh, ThreadPoolExecutor(4) as pool:
+        idxs = list(pool.map(lambda _: node_index(str(path), open(path, "rb"), str(scratch)), range(4)))
+        assert len({os.stat(i.path).st_ino for i in idxs}) == 1 and len(idxs[0]) == 70001
+        assert os.path.getsize(index_path(str(path), str(scratch))) < 70001 * 32 + 64 + 8 * (idxs[0].buckets + 1) + 1
+        rng = np.random.default_rng(0)
+        for i in [0, 65535, 69999, *rng.integers(0, 70000, 300).tolist()]:
+            assert idxs[1].read(fh, f"by_id/{i:010x}.CIF") == (f"data_{i}\n" * (i % 7 + 1)).encode()
+        assert idxs[2].read(fh, "raw.txt") == b"stored" and idxs[3].read(fh, "by_id/missing.CIF") is None
+    # an end-of-central-directory record that claims 10^9 members
+    data = bytearray(path.read_bytes())
+    eocd = data.rfind(b"PK\x06\x06")  # zip64 EOCD: members at offset 24 and 32
+    st.pack_into("<QQ", data, eocd + 24, 10**9, 10**9)
+    (tmp_path / "lying.zip").write_bytes(bytes(data))
+    with open(tmp_path / "lying.zip", "rb") as fh:
+        with pytest.raises(ValueError, match="corrupt zip"):
+            DiskZipIndex.write(fh, str(tmp_path / "lying.uzi"))
+    assert not (tmp_path / "lying.uzi").exists()
