@@ -21,6 +21,7 @@ BENCHES = {
     "soak": "bench_soak.py",
     "gallery": "bench_gallery.py",
     "threads": "bench_threads.py",
+    "scale": "bench_scale.py",
 }
 
 if __name__ == "__main__":

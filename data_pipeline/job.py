@@ -43,6 +43,7 @@ from unimat_dist.output_guard import OutputLayout, claim_output, sweep_partials
 from unimat_dist.representation import LatticeStats, Normalizer, UniMatSpec
 
 from .config import IngestConfig
+from .metrics import IngestMetrics
 from .readers import SourcePlan, WorkUnit, plan_source
 from .splits import check_fractions
 from .unit_worker import QUARANTINE_DIR, UNITS_DIR, JobContext, process_unit, unit_name
@@ -164,11 +165,11 @@ class Progress:
         self.t0 = time.perf_counter()
         self.last = 0.0
         self.units = self.read = self.written = self.quarantined = 0
+        self.elapsed = 0.0  # seconds since the first unit started, at the last update
 
     def rate(self) -> float:
         """Records read per second since the first unit started."""
-        now = getattr(self, "_now", 0.0)
-        return self.read / now if now > 0 else 0.0
+        return self.read / self.elapsed if self.elapsed > 0 else 0.0
 
     def update(self, record: dict[str, Any]) -> None:
         if self.units == 0:  # rates count from the first unit's start, not from cluster start-up
@@ -179,7 +180,7 @@ class Progress:
         self.written += c["written"]
         self.quarantined += c["quarantined"]
         now = time.perf_counter() - self.t0
-        self._now = now
+        self.elapsed = now
         if self.units <= 3 or self.units == self.total_units or now - self.last >= self.every_s:
             self.last = now
             rate = self.read / now if now > 0 else 0.0
@@ -405,8 +406,6 @@ def run_ingest(cfg: IngestConfig, runner: UnitRunner | None = None) -> IngestSum
         log.info("%d of %d units already committed; running the other %d", len(done), len(plan.units), len(pending))
     ctx = make_context(cfg, spec, mode, fp)
     progress = Progress(len(pending), total_rows - sum(r["counts"]["read"] for r in done.values()))
-    from .metrics import IngestMetrics
-
     metrics = IngestMetrics(f"{output.rsplit('/', 1)[-1]}-{fp[:8]}", len(plan.units), units_skipped=len(done))
     records = dict(done)
     if pending:

@@ -36,9 +36,12 @@ class DataConfig:
     shuffle_buffer: int = 2000  # shard reader shuffle buffer, samples per stream
     loader_workers: int = 0  # DataLoader worker processes per rank reading shards (0 = in the training process)
     skip_invalid: bool = True  # drop rows that cannot be encoded (count and ids logged) instead of failing
+    # Measurement knob: read this rank's first N micro-batches once, then train on them again and again from
+    # memory - the same tensors without the loading cost, to check that loading keeps up (bench/bench_scale.py).
+    replay_batches: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("limit_train", "limit_val"):
+        for name in ("limit_train", "limit_val", "replay_batches"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ValueError(f"{name} must be >= 1 or null, got {v}")
@@ -172,7 +175,7 @@ class LoopConfig:
 
 @dataclass
 class TrainConfig:
-    trainer: Literal["local", "ray"] = "local"  # local: this process; ray: Ray Train + DeepSpeed (issue 7)
+    trainer: Literal["local", "ray"] = "local"  # local: this process; ray: Ray Train + DeepSpeed
     out_dir: str = "out/train"  # run directory: config, metrics, plots, checkpoints
     checkpoint_dir: str | None = None  # local path or fsspec URI; None = <out_dir>/checkpoints
     seed: int = 0

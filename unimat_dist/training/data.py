@@ -209,6 +209,34 @@ class InMemorySource:
         return {"epoch": int(state["epoch"]), "cursor": int(state["cursor"]) // stride * stride, "seed": int(state["seed"])}
 
 
+class ReplaySource:
+    """The first ``n`` micro-batches of another source, read once (before the first step) and then
+    repeated from memory: the training loop with data loading taken out (``data.replay_batches``).
+    A measurement tool, not a way to train: its position is the step within the replayed window."""
+
+    def __init__(self, source, n: int) -> None:
+        if n < 1:
+            raise ValueError(f"replay_batches must be >= 1, got {n}")
+        it = iter(source)
+        self.batches = [next(it) for _ in range(n)]
+        self.cursor = 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while True:
+            batch = self.batches[self.cursor % len(self.batches)]
+            self.cursor += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"cursor": self.cursor}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.cursor = int(state.get("cursor", 0))
+
+    def resize_state(self, state: dict[str, int], old_world: int, old_micro: int) -> dict[str, int]:
+        return dict(state)
+
+
 def iter_batches(data: EncodedSet, batch_size: int, max_batches: int | None = None) -> Iterator[dict[str, Any]]:
     """The set in order, in batches (the last one may be smaller): validation."""
     for n, start in enumerate(range(0, len(data), batch_size)):

@@ -1,7 +1,7 @@
 """Build everything a training run needs from its config, shared by the local and the distributed trainer.
 
     setup = prepare_run(cfg)             # spec, data, normalizer, property scaler, diffusion model, batcher
-    engine = LocalEngine(setup.diffusion, optimizer, ...)   # or a DeepSpeed adapter (issue 7)
+    engine = LocalEngine(setup.diffusion, optimizer, ...)   # or a DeepSpeed adapter
 """
 from __future__ import annotations
 
@@ -140,9 +140,15 @@ def make_train_source(cfg: TrainConfig, setup: RunSetup, *, rank: int = 0, world
     if setup.manifest is not None:
         from .shard_source import ShardSource
 
-        return ShardSource(
+        source = ShardSource(
             setup.manifest, cfg.data.train_split, micro, seed=cfg.seed, rank=rank, world_size=world_size,
             shuffle_buffer=cfg.data.shuffle_buffer, num_workers=cfg.data.loader_workers,
             storage_options=cfg.data.storage_options or None,
         )
-    return InMemorySource(setup.train_data, micro, seed=cfg.seed, rank=rank, world_size=world_size)
+    else:
+        source = InMemorySource(setup.train_data, micro, seed=cfg.seed, rank=rank, world_size=world_size)
+    if cfg.data.replay_batches:
+        from .data import ReplaySource
+
+        return ReplaySource(source, cfg.data.replay_batches)
+    return source
