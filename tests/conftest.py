@@ -11,9 +11,30 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # else every gcsfs call waits 60 s
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import socket  # noqa: E402
+
 import pytest  # noqa: E402
 
 from unimat_dist.datasets import resolve_split  # noqa: E402
+
+
+# Helpers shared by test modules (``from conftest import free_port``): one definition each.
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (servers, Ray heads and emulators of the tests bind there)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def randomised(net, scale: float = 0.05):
+    """``net`` with every weight perturbed by N(0, scale): zero-initialised output layers otherwise make
+    every input give the same output, and tests of conditioning or guidance would pass vacuously."""
+    import torch
+
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    return net
 
 
 @pytest.fixture(scope="session")

@@ -11,12 +11,12 @@ every module that asks for it (``COMPLETE`` marker written last).
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # the elements of the first 8 Perov-5 training crystals (the bundled val split stands in for train)
@@ -24,12 +24,6 @@ ELEMENTS = ["Cd", "Cu", "N", "V", "Ir", "O", "Ru", "W", "F", "Mg", "Ti", "S", "A
 COMPOSITIONS = ["CdCuN3", "VIrO3", "RuWNOF", "MgTiSO2", "CuAsN2O", "ScCoO2F", "RuPtSO2", "LaSnNOF"]
 TIMESTEPS = 100
 TRAIN_STEPS = 60  # ~20 s on 2 CPU cores; enough for most exact-count crystals to have distinct sites
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train_tiny_generator(run_dir: Path, cache_dir: Path) -> Path:

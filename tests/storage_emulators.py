@@ -7,7 +7,6 @@ bucket's URI and the ``storage_options`` to reach it, and the server is stopped 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import free_port  # noqa: E402
 
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # before gcsfs is imported
 
@@ -30,12 +30,6 @@ class Emulator:
 
     def uri(self, *parts: str) -> str:
         return "/".join([f"{self.scheme}://{self.bucket}", *parts])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
@@ -64,7 +58,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def s3_emulator(tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
     proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
     endpoint = f"http://127.0.0.1:{port}"
@@ -82,7 +76,7 @@ def s3_emulator(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gcs_emulator(tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path_factory.mktemp("gcs") / "gcs.log", "w")
     proc = subprocess.Popen(
         [str(BIN / "gcp-storage-emulator"), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory",

@@ -20,6 +20,7 @@ from unimat_dist.diffusion import (
 )
 from unimat_dist.model import Condition, build_unet, get_preset
 from unimat_dist.representation import UniMatSpec, spec_for_elements
+from conftest import randomised  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -115,12 +116,6 @@ def test_loss_of_a_fresh_model_is_the_noise_variance():
 
 
 # ----------------------------------------------------------------------------------- guidance
-def _randomised(net):
-    """Zero-initialised output layers make every input give the same output; perturb all weights."""
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return net.eval()
 
 
 def test_cfg_combine_formula():
@@ -135,7 +130,7 @@ def test_cfg_combine_formula():
 def test_guided_eps_mixed_batch():
     spec = spec_for_elements(["Fe", "O"], 3)
     torch.manual_seed(1)
-    net = _randomised(build_unet(get_preset("tiny"), spec, 2))
+    net = randomised(build_unet(get_preset("tiny"), spec, 2)).eval()
     b = 4
     x, y, t = torch.randn(b, 3, 2, 2, 3), torch.randn(b, 6), torch.tensor([10, 200, 500, 999])
     comp = torch.zeros(b, 3, 2, 2)
@@ -159,7 +154,7 @@ def test_guided_eps_mixed_batch():
 def test_sampling_with_zero_guidance_equals_the_conditional_model():
     spec = spec_for_elements(["Fe", "O"], 3)
     torch.manual_seed(2)
-    d = GaussianDiffusion(_randomised(build_unet(get_preset("tiny"), spec, 1)), spec.allowed_cells, timesteps=50)
+    d = GaussianDiffusion(randomised(build_unet(get_preset("tiny"), spec, 1)).eval(), spec.allowed_cells, timesteps=50)
     cond = Condition(torch.zeros(3, 3, 2, 2), torch.zeros(3, dtype=torch.bool), torch.ones(3, 1),
                      torch.ones(3, 1, dtype=torch.bool))
     a = sample(d, cond, 0.0, sampler="ddim", steps=10, generator=torch.Generator().manual_seed(0))
@@ -260,7 +255,7 @@ def test_exact_counts_fix_the_null_slots():
     """Composition constraints: outside the count mask every slot is null, inside it every slot is an atom."""
     spec = spec_for_elements(["Fe", "O"], 3)
     torch.manual_seed(3)
-    d = GaussianDiffusion(_randomised(build_unet(get_preset("tiny"), spec, 0)), spec.allowed_cells, timesteps=100)
+    d = GaussianDiffusion(randomised(build_unet(get_preset("tiny"), spec, 0)).eval(), spec.allowed_cells, timesteps=100)
     from unimat_dist.representation import count_mask, element_mask
 
     cm = torch.as_tensor(count_mask("Fe2O3", spec))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import urllib.request
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from metrics_scrape import MetricsScraper
 from storage_emulators import s3_emulator  # noqa: F401 (fixture)
 from unimat_dist.config import ConfigError
 from unimat_dist.training import load_train_config, run_training
+from conftest import free_port  # noqa: E402
 
 pytestmark = pytest.mark.slow
 CONFIG = Path(__file__).resolve().parents[1] / "cluster" / "jobs" / "train_tiny_ray_cpu.yaml"
@@ -42,12 +42,6 @@ def losses(out: Path) -> dict[int, float]:
     steps = [r["step"] for r in recs if "loss" in r]
     assert steps == sorted(set(steps)), f"loss curve has repeated/missing steps: {steps}"
     return {r["step"]: r["loss"] for r in recs if "loss" in r}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -7,6 +7,7 @@ import torch
 
 from unimat_dist.model import PRESETS, Condition, UNetConfig, UniMatUNet, build_unet, get_preset
 from unimat_dist.representation import UniMatSpec, spec_for_elements
+from conftest import randomised  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -22,13 +23,6 @@ def _inputs(b, shape, d, p, device=None):
     if device is not None:
         x, y, t, cond = x.to(device), y.to(device), t.to(device), cond.to(device)
     return x, y, t, cond
-
-
-def _randomise(net):
-    with torch.no_grad():
-        for prm in net.parameters():
-            prm.add_(torch.randn_like(prm) * 0.05)
-    return net
 
 
 @pytest.mark.parametrize("preset", ["tiny", "small"])
@@ -105,7 +99,7 @@ def test_wrong_input_shapes_are_clear_errors():
 def test_conditioning_changes_the_prediction_and_null_properties_ignore_values():
     spec = spec_for_elements(["Fe", "O", "Li"], 3)
     torch.manual_seed(0)
-    net = _randomise(build_unet(get_preset("tiny"), spec, num_properties=2)).eval()
+    net = randomised(build_unet(get_preset("tiny"), spec, num_properties=2)).eval()
     x, y, t, cond = _inputs(3, spec.shape[:3], 6, 2)
     with torch.no_grad():
         base = net(x, y, t, cond)[0]
@@ -147,7 +141,7 @@ def test_condition_channels_and_allowed_slots():
 def test_activation_checkpointing_gives_the_same_gradients():
     spec = UniMatSpec(2)
     torch.manual_seed(0)
-    a = _randomise(build_unet(get_preset("tiny"), spec, 1))
+    a = randomised(build_unet(get_preset("tiny"), spec, 1))
     b = UniMatUNet(get_preset("tiny", checkpoint_activations=True), (2, 9, 18), 6, 1)
     b.load_state_dict(a.state_dict())
     x, y, t, cond = _inputs(2, (2, 9, 18), 6, 1)
@@ -162,7 +156,7 @@ def test_bf16_autocast_forward_backward():
     """The code path used on GPUs (bf16 autocast), exercised on the CPU."""
     spec = UniMatSpec(2)
     torch.manual_seed(0)
-    net = _randomise(build_unet(get_preset("tiny"), spec, 1))
+    net = randomised(build_unet(get_preset("tiny"), spec, 1))
     x, y, t, cond = _inputs(2, (2, 9, 18), 6, 1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ex, ey = net(x, y, t, cond)
@@ -196,7 +190,7 @@ def test_rebuild_from_init_kwargs_and_flop_count():
 def test_bf16_weights_run_without_autocast():
     """DeepSpeed's bf16 mode keeps the weights themselves in bf16; float32 inputs must still work."""
     spec = spec_for_elements(["Fe", "O"], 2)
-    net = _randomise(build_unet(get_preset("tiny"), spec, 1)).to(torch.bfloat16)
+    net = randomised(build_unet(get_preset("tiny"), spec, 1)).to(torch.bfloat16)
     x, y, t, cond = _inputs(2, spec.shape[:3], 6, 1)
     ex, ey = net(x, y, t, cond)
     assert ex.dtype == torch.bfloat16 and ey.shape == (2, 6)

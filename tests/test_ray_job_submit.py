@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from unimat_dist.config import ConfigError
+from conftest import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,10 +105,6 @@ def test_python_dash_m_unimat_dist_is_the_unimat_command(tmp_path):
 
 
 # --------------------------------------------------------------------------------- end to end, ray job submit
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _deps_only_env(where: Path) -> Path:
@@ -177,12 +173,12 @@ def test_documented_ray_job_submit_from_an_environment_without_the_package():
         assert r.returncode == 0
 
         ray_cli = [str(py), "-m", "ray.scripts.scripts"]
-        dash = _free_port()
+        dash = free_port()
         started = time.time()
         subprocess.run(
-            [*ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
+            [*ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
              "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
-             f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
+             f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
              "--num-cpus=3", f"--temp-dir={tmp / 'ray'}", "--disable-usage-stats"],
             cwd=tmp, env=env, check=True, timeout=180, capture_output=True,
         )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -19,17 +18,12 @@ import pytest
 from metrics_scrape import MetricsScraper
 from unimat_dist.distributed.progress import ProgressPrinter, format_eta
 from unimat_dist.training import load_train_config, run_training
+from conftest import free_port  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "cluster" / "jobs" / "train_tiny_ray_cpu.yaml"
 STEP_LINE = re.compile(
     r"^\[train\] step (\d+)/4 \(\d+%\) loss=\d+\.\d+ samples/s=\d+\.\d ETA (\d+:\d\d:\d\d|\?) restarts=(\d) workers=1$"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_progress_lines_without_ray():

@@ -45,11 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from unimat_dist.cpu_threads import configure  # threads from the CPUs this process has (issue 18)
+    from unimat_dist.cpu_threads import configure  # threads from the CPUs this process has
 
     configure(getattr(args, "threads", None), what=f"unimat {args.command}")
     try:
-        from unimat_dist.job_paths import resolve_output_flags  # --out inside `ray job submit` (issue 18)
+        from unimat_dist.job_paths import resolve_output_flags  # --out inside `ray job submit`
 
         resolve_output_flags(args)
         rc = args.func(args)

@@ -36,6 +36,7 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
     from .sharded_ema import ShardedEMA
     from .trainer import DistributedTrainer, verified_copy
 
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")  # processes this worker starts flush their lines at once
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = from_dict(TrainConfig, payload["config"])
     ctx = ray.train.get_context()
@@ -150,5 +151,3 @@ def _marker_storage(payload: dict[str, Any]):
     fs, path = filesystem(root, payload.get("storage_options") or None)
     return fs, f"{path}/{payload['run_name']}/fault_injection"
 
-
-os.environ.setdefault("PYTHONUNBUFFERED", "1")

@@ -15,7 +15,7 @@ and its own random stream (``torch.Generator`` seeded with the job's seed, drawn
 ``RowGenerators``), so a job's crystals equal those of ``run_jobs([job])`` up to the float rounding of
 batched kernels, whatever it shares the device with (``tests/test_continuous_batching.py``).
 
-**Fair sharing of an evaluation** (issue 16). On a CPU an evaluation costs roughly in proportion to its
+**Fair sharing of an evaluation**. On a CPU an evaluation costs roughly in proportion to its
 rows (released Perov-5 model, 1 thread: 2.5 ms at 1 row, 5.2 ms at 8, 19 ms at 64), and every job in the
 loop pays for every row of every evaluation it is in. Without a limit, a one-crystal DDIM-20 request that
 joins a 64-crystal DDPM-1000 request runs each of its 20 steps at the 65-row price: admitted at once, but

@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .attention import SpatialSlotAttention
-from .blocks import Conv3x3, Downsample, ResBlock, Upsample, adamw_groups, downsampled_size, group_norm
+from .blocks import Conv3x3, Downsample, ResBlock, Upsample, adamw_groups, group_norm
 from .conditioning import Condition
 from .config import UNetConfig
 from .embeddings import PropertyEmbedding, TimestepEmbedding

@@ -9,7 +9,7 @@ The training loop only ever calls::
     engine.module                           # the unwrapped GaussianDiffusion (EMA, validation)
     engine.state_dict() / load_state_dict() # model + optimizer state for checkpoints
 
-A DeepSpeed engine adapter (issue 7) implements the same: ``loss`` calls ``ds_engine(...)`` (DeepSpeed
+A DeepSpeed engine adapter implements the same: ``loss`` calls ``ds_engine(...)`` (DeepSpeed
 handles bf16), ``backward`` calls ``ds_engine.backward(loss)`` then ``ds_engine.step()`` (a no-op except at
 the gradient-accumulation boundary, which DeepSpeed counts itself), ``step`` returns
 ``ds_engine.get_global_grad_norm()``, and checkpoints go through ``ds_engine.save_checkpoint``.
