@@ -24,6 +24,12 @@ def bases():
     return bundled_bases()
 
 
+def eval_list(text: str) -> list[str]:
+    import ast
+
+    return ast.literal_eval(text)
+
+
 def _tv(a: dict, b: dict) -> float:
     keys = set(a) | set(b)
     return 0.5 * sum(abs(float(a.get(k, 0)) - float(b.get(k, 0))) for k in keys)
@@ -46,13 +52,14 @@ def test_release_layout_and_reproducible(tmp_path, bases):
     with zipfile.ZipFile(tmp_path / "a" / "by_id.zip") as zf:
         names = zf.namelist()
         assert sorted(names) == sorted(f"by_id/{i}.CIF" for i in ids)
-        from pymatgen.core import Structure
+        from pymatgen.core import Composition, Structure
 
-        row = rows[7]
-        s = Structure.from_str(zf.read(f"by_id/{row[2]}.CIF").decode(), fmt="cif")
-        assert len(s) == int(row[6]) and s.composition.reduced_formula == \
-            __import__("pymatgen.core", fromlist=["Composition"]).Composition(row[1]).reduced_formula
-        assert abs(s.volume - float(row[7])) / s.volume < 1e-3 and abs(s.density - float(row[8])) < 0.01
+        for row in rows[:40]:  # index, Composition, MaterialId, Reduced Formula, Elements, NSites, Volume, Density
+            s = Structure.from_str(zf.read(f"by_id/{row[2]}.CIF").decode(), fmt="cif")
+            assert len(s) == int(row[5]) and s.composition == Composition(row[1])
+            assert s.composition.reduced_formula == Composition(row[3]).reduced_formula
+            assert sorted(eval_list(row[4])) == sorted(el.symbol for el in s.composition.elements)
+            assert abs(s.volume - float(row[6])) / s.volume < 1e-3 and abs(s.density - float(row[7])) < 0.01
     with zipfile.ZipFile(tmp_path / "a" / "by_composition.zip") as zf:
         comp = zf.namelist()
         assert all(c.startswith("by_composition/") and c.endswith(".CIF") for c in comp)
@@ -79,7 +86,9 @@ def test_substitution_is_chemically_local_and_cells_stay_sane(bases):
     for _ in range(300):
         z, frac, params = s.draw()
         assert z.min() >= 1 and z.max() <= 94
-        assert np.all((frac >= 0) & (frac < 1)) and np.all(params[:3] > 0.5) and np.all((params[3:] > 20) & (params[3:] < 160))
+        assert np.all((frac >= 0) & (frac < 1)) and np.all(params[:3] > 0.5) and np.all((params[3:] > 0) & (params[3:] < 180))
+        ca, cb, cg = np.cos(np.radians(params[3:]))
+        assert 1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg > 0  # a real cell (positive volume)
 
 
 def test_ids_are_distinct_at_gnome_scale():
