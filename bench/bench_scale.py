@@ -407,6 +407,8 @@ def phase_generate(args, work: Path) -> dict:
             if len(seen) >= args.compositions:
                 break
     output = work / "generated"
+    if (output / "_job.json").exists():  # this phase's earlier run (a generate-batch output): start from nothing
+        shutil.rmtree(output)
     per_unit = max(1, min(100, len(seen) // 8))
     cmd = UNIMAT + ["generate-batch", "--config", "cluster/jobs/generate_tiny_cpu.yaml", f"model.checkpoint={ckpt}",
                     f"requests.uri={reqs}", "requests.samples_column=null", "requests.property_columns=[]",
@@ -545,7 +547,8 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=10)
     ap.add_argument("--gen-steps", type=int, default=10)
     ap.add_argument("--gen-checkpoint", default="perov5_transformer_cpu",
-                    help="model for the generate phase (a released name or a path)")
+                    help="model for the generate phase (a released name or a path; the README's row used "
+                         "out/quickstart/train, the tiny U-Net `make quickstart` trains)")
     ap.add_argument("--phases", default=",".join(PHASES))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "scale_cpu.json"))
     args = ap.parse_args()
