@@ -1,8 +1,31 @@
-"""A background scraper of a Prometheus text endpoint on 127.0.0.1, for tests that watch a run's metrics."""
+"""A background scraper of a Prometheus text endpoint on 127.0.0.1, for tests that watch a run's metrics,
+and the local Ray those tests start with a metrics export port."""
 from __future__ import annotations
 
+import os
 import threading
 import urllib.request
+
+from conftest import free_port
+
+
+def init_ray_with_metrics_port(num_cpus: int = 2) -> int:
+    """Start a local Ray whose metrics agent exports every second on a free port; returns the port."""
+    import ray
+
+    port = free_port()
+    os.environ["RAY_metrics_report_interval_ms"] = "1000"  # the agent's export period (default 10 s)
+    try:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, _metrics_export_port=port)
+    finally:
+        os.environ.pop("RAY_metrics_report_interval_ms", None)
+    return port
+
+
+def metric_value(text: str, name: str) -> float | None:
+    """The largest value of series ``name`` on a scraped page (None if absent)."""
+    vals = [float(ln.rsplit(" ", 1)[-1]) for ln in text.splitlines() if ln.startswith(name + "{")]
+    return max(vals) if vals else None
 
 
 class MetricsScraper:

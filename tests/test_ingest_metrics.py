@@ -3,13 +3,10 @@ a real local Ray on 127.0.0.1 with a metrics export port, the committed GNoME-fo
 6 of them bad), the node's Prometheus page scraped while the job runs."""
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
-from metrics_scrape import MetricsScraper
-from conftest import free_port
-from test_train_observability import _value
+from metrics_scrape import MetricsScraper, init_ray_with_metrics_port, metric_value
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "gnome_mini"
 
@@ -29,12 +26,7 @@ def test_ingest_records_units_and_quarantine_reasons_reach_ray_metrics(tmp_path)
     from data_pipeline.config import IngestConfig
     from data_pipeline.job import run_ingest
 
-    port = free_port()
-    os.environ["RAY_metrics_report_interval_ms"] = "1000"  # the agent's export period (default 10 s)
-    try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=port)
-    finally:
-        os.environ.pop("RAY_metrics_report_interval_ms", None)
+    port = init_ray_with_metrics_port()
     try:
         with MetricsScraper(port, "ray_unimat_ingest_units_done{") as scraper:
             cfg = IngestConfig()
@@ -45,17 +37,17 @@ def test_ingest_records_units_and_quarantine_reasons_reach_ray_metrics(tmp_path)
             summary = run_ingest(cfg)
             deadline = time.time() + 30  # bounded wait for the last unit's values to reach the export
             while time.time() < deadline and not any(
-                    _value(s, "ray_unimat_ingest_records_read_total") == summary.read for s in scraper.pages):
+                    metric_value(s, "ray_unimat_ingest_records_read_total") == summary.read for s in scraper.pages):
                 time.sleep(0.5)
     finally:
         ray.shutdown()
     assert scraper.pages, "no ray_unimat_ingest_* series on the node's metrics export port"
-    last = [s for s in scraper.pages if _value(s, "ray_unimat_ingest_records_read_total") == summary.read]
+    last = [s for s in scraper.pages if metric_value(s, "ray_unimat_ingest_records_read_total") == summary.read]
     assert last, f"read counter never reached {summary.read}"
     page = last[-1]
-    assert _value(page, "ray_unimat_ingest_records_written_total") == summary.written
-    assert _value(page, "ray_unimat_ingest_units_done") == _value(page, "ray_unimat_ingest_units_total") == summary.units
-    assert (_value(page, "ray_unimat_ingest_records_per_second") or 0) > 0
+    assert metric_value(page, "ray_unimat_ingest_records_written_total") == summary.written
+    assert metric_value(page, "ray_unimat_ingest_units_done") == metric_value(page, "ray_unimat_ingest_units_total") == summary.units
+    assert (metric_value(page, "ray_unimat_ingest_records_per_second") or 0) > 0
     reasons = _series(page, "ray_unimat_ingest_records_quarantined_total")
     by_reason = {k.split('reason="')[1].split('"')[0]: v for k, v in reasons.items()}
     assert by_reason == {k: float(v) for k, v in summary.quarantined_by_reason.items()}

@@ -7,7 +7,6 @@ step 3 -> Ray Train restarts the worker group from step 2 -> the driver prints `
 """
 from __future__ import annotations
 
-import os
 import re
 import time
 import urllib.request
@@ -15,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from metrics_scrape import MetricsScraper
+from metrics_scrape import MetricsScraper, init_ray_with_metrics_port, metric_value
 from unimat_dist.distributed.progress import ProgressPrinter, format_eta
 from unimat_dist.training import load_train_config, run_training
-from conftest import free_port  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "cluster" / "jobs" / "train_tiny_ray_cpu.yaml"
 STEP_LINE = re.compile(
@@ -56,12 +54,7 @@ def test_progress_lines_without_ray():
 def test_driver_console_and_ray_metrics_of_a_restarted_run(tmp_path, capsys):
     import ray
 
-    port = free_port()
-    os.environ["RAY_metrics_report_interval_ms"] = "1000"  # the agent's export period (default 10 s)
-    try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=port)
-    finally:
-        os.environ.pop("RAY_metrics_report_interval_ms", None)
+    port = init_ray_with_metrics_port()
     try:
         with MetricsScraper(port, "ray_unimat_train_step{") as scraper:
             cfg = load_train_config(CONFIG, [
@@ -76,7 +69,7 @@ def test_driver_console_and_ray_metrics_of_a_restarted_run(tmp_path, capsys):
             elapsed = time.time() - t0
             # bounded wait for the restarted rank 0's last values to reach the agent's export
             deadline = time.time() + 20
-            while time.time() < deadline and not any(_value(s, "ray_unimat_train_step") == 4 for s in scraper.pages):
+            while time.time() < deadline and not any(metric_value(s, "ray_unimat_train_step") == 4 for s in scraper.pages):
                 time.sleep(0.5)
     finally:
         ray.shutdown()
@@ -99,11 +92,7 @@ def test_driver_console_and_ray_metrics_of_a_restarted_run(tmp_path, capsys):
                  "ray_unimat_train_restarts"):
         assert f"{name}{{" in text, name
     assert 'run="obs"' in text
-    assert max(_value(s, "ray_unimat_train_restarts") or 0 for s in scraped) == 1  # the new rank 0 knows
+    assert max(metric_value(s, "ray_unimat_train_restarts") or 0 for s in scraped) == 1  # the new rank 0 knows
     with capsys.disabled():
         print(f"\nobservability run: {elapsed:.1f} s; driver console:\n" + "\n".join(lines))
 
-
-def _value(text: str, name: str) -> float | None:
-    vals = [float(ln.rsplit(" ", 1)[-1]) for ln in text.splitlines() if ln.startswith(name + "{")]
-    return max(vals) if vals else None
