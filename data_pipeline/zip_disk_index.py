@@ -23,11 +23,11 @@ import hashlib
 import os
 import struct
 import tempfile
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import numpy as np
 
-from .zip_index import iter_central_directory, read_member
+from .zip_index import _key, iter_central_directory, read_member
 
 MAGIC = b"UNIMATZI"
 VERSION = 1
@@ -75,8 +75,6 @@ class DiskZipIndex:
 
     def read(self, fh: BinaryIO, name: str, max_bytes: int | None = None) -> bytes | None:
         """The member's uncompressed bytes (``fh``: the archive), or None if there is no such member."""
-        from .zip_index import _key
-
         e = self._entry(_key(name))
         if e is None:
             return None
@@ -89,12 +87,12 @@ class DiskZipIndex:
         counts = None
         n = 0
         bits = None
-        for chunk in _chunks(fh):
+        for total, keys, *_ in iter_central_directory(fh):
             if bits is None:
-                bits = _bucket_bits(chunk.total)
+                bits = _bucket_bits(total)
                 counts = np.zeros(1 << bits, dtype=np.int64)
-            counts += np.bincount((chunk.keys >> np.uint64(64 - bits)).astype(np.int64), minlength=1 << bits)
-            n += chunk.keys.size
+            counts += np.bincount((keys >> np.uint64(64 - bits)).astype(np.int64), minlength=1 << bits)
+            n += keys.size
         if bits is None:  # an empty archive
             bits = 1
             counts = np.zeros(2, dtype=np.int64)
@@ -107,16 +105,16 @@ class DiskZipIndex:
             os.pwrite(fd, starts.tobytes(), HEADER.size)
             base = HEADER.size + 8 * starts.size
             fill = starts[:-1].astype(np.int64)
-            for chunk in _chunks(fh):
-                b = (chunk.keys >> np.uint64(64 - bits)).astype(np.int64)
+            for _, keys, offsets, csizes, crcs, methods in iter_central_directory(fh):
+                b = (keys >> np.uint64(64 - bits)).astype(np.int64)
                 order = np.argsort(b, kind="stable")
                 bs = b[order]
                 first = np.searchsorted(bs, bs, side="left")  # index of each bucket's first entry in the chunk
                 pos = fill[bs] + (np.arange(bs.size) - first)
                 fill += np.bincount(b, minlength=fill.size)
                 recs = np.zeros(bs.size, dtype=RECORD)
-                recs["key"], recs["offset"], recs["csize"] = chunk.keys[order], chunk.offsets[order], chunk.csizes[order]
-                recs["crc"], recs["method"] = chunk.crcs[order], chunk.methods[order]
+                recs["key"], recs["offset"], recs["csize"] = keys[order], offsets[order], csizes[order]
+                recs["crc"], recs["method"] = crcs[order], methods[order]
                 raw = recs.tobytes()
                 size = RECORD.itemsize
                 # runs of consecutive slots (one bucket's entries of this chunk) in one write each
@@ -127,17 +125,6 @@ class DiskZipIndex:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-
-
-class _Chunk:
-    __slots__ = ("keys", "offsets", "csizes", "crcs", "methods", "total")
-
-
-def _chunks(fh: BinaryIO, size: int = 1 << 16) -> Iterator[_Chunk]:
-    for total, keys, offsets, csizes, crcs, methods in iter_central_directory(fh, size):
-        c = _Chunk()
-        c.keys, c.offsets, c.csizes, c.crcs, c.methods, c.total = keys, offsets, csizes, crcs, methods, total
-        yield c
 
 
 def index_path(archive_path: str, scratch_dir: str | None) -> str:
