@@ -13,7 +13,7 @@ import torch
 
 from unimat_dist.diffusion.positions import PositionSpace
 from unimat_dist.model import CompositionModel, Condition, TransformerConfig
-from unimat_dist.model.transformer import CrystalTransformer
+from unimat_dist.model.transformer import CrystalTransformer, token_buckets
 from unimat_dist.representation import UniMatSpec
 from unimat_dist.training import compositions_of, load_encoded_split, load_train_config, run_training
 from unimat_dist.training.setup import resolve_spec
@@ -94,6 +94,46 @@ def test_translation_and_permutation_equivariance(rbf, edge_dim):
     assert torch.allclose(eps3[0, :, o[0], o[1]], eps[0, perm, o[0], o[1]], atol=1e-4)
     assert torch.allclose(ey, ey3, atol=1e-4)
     assert torch.all(eps[~mask] == 0)  # nothing leaks into slots that hold no atom
+
+
+def test_token_buckets_cover_every_row_once():
+    counts = torch.tensor([6, 24, 8, 6, 10, 6, 8, 24, 12, 0] * 20)
+    buckets = token_buckets(counts)
+    rows = torch.cat([r for r, _ in buckets])
+    assert sorted(rows.tolist()) == list(range(len(counts)))  # each row exactly once
+    for r, a in buckets:
+        assert int(counts[r].max()) <= a  # padded to at least its largest row
+    assert 1 < len(buckets) <= len(counts.unique())
+    same = token_buckets(torch.full((7,), 5))  # one size: the plain batch, rows in order
+    assert len(same) == 1 and same[0][0].tolist() == list(range(7)) and same[0][1] == 5
+
+
+def test_crystals_of_different_sizes_batched_as_computed_alone():
+    """Rows run in buckets of similar size (a cost saving): each crystal's prediction and the gradients
+    are the ones it gets alone in the batch, to float rounding."""
+    spec = UniMatSpec(6)
+    net = _net(spec, rbf=8, edge_dim=16)
+    rng = np.random.default_rng(3)
+    c, o, si = (tuple(spec.cell_of_z[z]) for z in (6, 8, 14))
+    sizes = [{c: 1}, {c: 6}, {o: 2, si: 1}, {c: 4, o: 6}, {c: 1}, {c: 6, o: 6}, {si: 3}, {c: 2}] * 6
+    parts = [_crystal(spec, rng, s) for s in sizes]
+    frac, mask = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    cond = Condition.cat([p[2] for p in parts])
+    assert len(token_buckets(cond.composition.flatten(1).sum(1))) > 1
+    x = PositionSpace("circle").to_diffusion(frac, mask)
+    y = torch.randn(len(sizes), 6)
+    t = torch.randint(0, 1000, (len(sizes),))
+    net.zero_grad()
+    eps, ey = net(x, y, t, cond)
+    (eps.square().sum() + ey.square().sum()).backward()
+    grads = [p.grad.clone() for p in net.parameters() if p.grad is not None]
+    net.zero_grad()
+    alone = [net(x[i:i + 1], y[i:i + 1], t[i:i + 1], cond[i:i + 1]) for i in range(len(sizes))]
+    sum(e.square().sum() + ly.square().sum() for e, ly in alone).backward()
+    assert torch.allclose(eps, torch.cat([e for e, _ in alone]), atol=1e-5)
+    assert torch.allclose(ey, torch.cat([ly for _, ly in alone]), atol=1e-5)
+    for g, p in zip(grads, [p for p in net.parameters() if p.grad is not None]):
+        assert torch.allclose(g, p.grad, rtol=1e-4, atol=1e-5)
 
 
 def test_composition_prior_stays_in_the_training_support():
