@@ -40,7 +40,8 @@ def steady_rate(out: Path, skip: int) -> float:
 
 
 def overhead(preset: str, steps: int, batch: int) -> dict:
-    from unimat_dist.training import load_train_config, run_training
+    from unimat_dist.launch import run_training
+    from unimat_dist.training import load_train_config
 
     common = [
         f"model.preset={preset}", f"train.steps={steps}", f"train.global_batch_size={batch}", "train.log_every=5",
@@ -153,7 +154,8 @@ def gpu(presets: list[str], steps: int, batch_per_gpu: int) -> list[dict]:
     import torch
 
     from unimat_dist.model import build_unet
-    from unimat_dist.training import load_train_config, run_training
+    from unimat_dist.launch import run_training
+    from unimat_dist.training import load_train_config
     from unimat_dist.training.setup import resolve_spec
 
     spec_ = importlib.util.spec_from_file_location("bench_model", ROOT / "bench" / "bench_model.py")

@@ -121,7 +121,7 @@ def main() -> None:
     args = ap.parse_args()
 
     logging_setup()
-    from unimat_dist.evaluation.parallel import default_workers
+    from unimat_dist.parallel import default_workers
     from unimat_dist.gallery import build_gallery
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_gallery_"))

@@ -4,7 +4,7 @@
     python bench/bench_soak.py --duration 30 --clients 32
     python -m bench soak --out bench/results/soak
 
-The service is started the way ``unimat serve`` starts it (``unimat_dist.cli.generate.start_service``: a
+The service is started the way ``unimat serve`` starts it (``deploy.app.start_service``: a
 local Ray bound to 127.0.0.1, Serve's proxy on a free loopback port, one replica, the service's default
 settings) on the released Perov-5 checkpoint. Then, for ``--duration`` seconds:
 
@@ -411,7 +411,7 @@ def main() -> int:
     import ray
     from ray import serve
 
-    from unimat_dist.cli.generate import start_service
+    from deploy.app import start_service
 
     port = free_port()
     result: dict = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "code": code_version(),

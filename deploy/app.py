@@ -508,3 +508,23 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     that sets ``max_ongoing_requests`` itself must keep it >= ``max_batch_size``.
     """
     return application(args)
+
+
+def start_service(settings: dict, *, host: str = "127.0.0.1", port: int = 8000, route_prefix: str = "/",
+                  num_replicas: int = 1, cpus_per_replica: float = 1.0, gpus_per_replica: float = 0.0,
+                  name: str = "unimat", ray_address: str | None = None, num_cpus: int | None = None) -> str:
+    """Start (or connect to) Ray, start Serve's HTTP proxy on ``host:port``, deploy the app; returns its URL.
+
+    Serve keeps its first ``http_options`` for the life of the Ray cluster: on a cluster where Serve
+    already runs, ``host``/``port`` are those of the running proxy.
+    """
+    from unimat_dist.ray_local import init_ray
+
+    # joins ray_address / RAY_ADDRESS, else starts a new local Ray bound to 127.0.0.1 (never an unrelated
+    # `ray start` cluster found on this machine); a no-op where Ray already runs in this process
+    init_ray(ray_address, num_cpus=num_cpus)
+    serve.start(http_options={"host": host, "port": port})
+    app = application(settings, num_replicas=num_replicas,
+                      ray_actor_options={"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica})
+    serve.run(app, name=name, route_prefix=route_prefix)
+    return f"http://{host}:{port}{route_prefix.rstrip('/')}"

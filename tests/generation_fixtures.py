@@ -31,7 +31,8 @@ def train_tiny_generator(run_dir: Path, cache_dir: Path) -> Path:
     marker = run_dir / "COMPLETE"
     if marker.exists():
         return run_dir
-    from unimat_dist.training import load_train_config, run_training
+    from unimat_dist.launch import run_training
+    from unimat_dist.training import load_train_config
 
     cfg = load_train_config(ROOT / "cluster" / "jobs" / "train_tiny_cpu.yaml", [
         f"out_dir={run_dir}", f"data.cache_dir={cache_dir}", "data.limit_train=8", "data.limit_val=4",

@@ -201,6 +201,6 @@ def test_evaluation_pool_size_follows_usable_cpus(monkeypatch, caplog):
     monkeypatch.setattr(ct, "usable_cpus", lambda: 3)
     assert parallel.default_workers() == 3
     monkeypatch.setenv("UNIMAT_EVAL_WORKERS", "8")
-    with caplog.at_level(logging.WARNING, logger="unimat_dist.evaluation.parallel"):
+    with caplog.at_level(logging.WARNING, logger="unimat_dist.parallel"):
         assert parallel.default_workers() == 8
     assert "UNIMAT_EVAL_WORKERS=8 > 3 usable CPU(s)" in caplog.text

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from unimat_dist.training import load_train_config, run_training
+from unimat_dist.launch import run_training
+
+from unimat_dist.training import load_train_config
 
 pytestmark = pytest.mark.slow
 CONFIG = Path(__file__).resolve().parents[1] / "cluster" / "jobs" / "train_tiny_ray_cpu.yaml"

@@ -21,7 +21,8 @@ import pytest
 from metrics_scrape import MetricsScraper
 from storage_emulators import s3_emulator  # noqa: F401 (fixture)
 from unimat_dist.config import ConfigError
-from unimat_dist.training import load_train_config, run_training
+from unimat_dist.launch import run_training
+from unimat_dist.training import load_train_config
 from conftest import free_port  # noqa: E402
 
 pytestmark = pytest.mark.slow

@@ -224,7 +224,9 @@ def ray_run(tmp_path_factory):
     ZeRO-3 on fewer workers); here only the refused one runs on Ray, the rest calls ``verified_copy``."""
     import ray
 
-    from unimat_dist.training import load_train_config, run_training
+    from unimat_dist.launch import run_training
+
+    from unimat_dist.training import load_train_config
 
     root = tmp_path_factory.mktemp("hostile")
     out = root / "run"

@@ -68,7 +68,7 @@ def service(checkpoint):
     import ray
     from ray import serve
 
-    from unimat_dist.cli.generate import start_service
+    from deploy.app import start_service
 
     metrics_port, http_port = free_port(), free_port()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,

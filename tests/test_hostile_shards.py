@@ -116,7 +116,8 @@ def test_validation_limit_and_truncation_are_no_way_around(ds):
 
 
 def test_local_training_on_a_tampered_shard_fails_without_a_checkpoint(ds, tmp_path):
-    from unimat_dist.training import load_train_config, run_training
+    from unimat_dist.launch import run_training
+    from unimat_dist.training import load_train_config
 
     m = read_manifest(str(ds))
     for s in m.shards_of("val"):

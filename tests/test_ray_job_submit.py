@@ -3,7 +3,7 @@ with every dependency but *not* unimat-dist starts ``ray start --head``; ``ray j
 -- python -m unimat_dist ...`` ships the package with the job; relative outputs land under ``UNIMAT_STORAGE``
 (docs/cluster.md), or the job is refused with the key named when it is unset.
 
-Plus the unit checks of ``unimat_dist.job_paths`` (no Ray)."""
+Plus the unit checks of ``unimat_dist.config.job_paths`` (no Ray)."""
 from __future__ import annotations
 
 import json

@@ -30,7 +30,7 @@ def service_url():
     import ray
     from ray import serve
 
-    from unimat_dist.cli.generate import start_service
+    from deploy.app import start_service
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:

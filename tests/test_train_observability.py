@@ -16,7 +16,8 @@ import pytest
 
 from metrics_scrape import MetricsScraper, init_ray_with_metrics_port, metric_value
 from unimat_dist.distributed.progress import ProgressPrinter, format_eta
-from unimat_dist.training import load_train_config, run_training
+from unimat_dist.launch import run_training
+from unimat_dist.training import load_train_config
 
 CONFIG = Path(__file__).resolve().parents[1] / "cluster" / "jobs" / "train_tiny_ray_cpu.yaml"
 STEP_LINE = re.compile(

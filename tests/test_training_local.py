@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from unimat_dist.config import ConfigError
+from unimat_dist.launch import run_training
 from unimat_dist.training import (
     EMA,
     InMemorySource,
@@ -19,7 +20,6 @@ from unimat_dist.training import (
     load_encoded_split,
     load_train_config,
     lr_at,
-    run_training,
 )
 from unimat_dist.training.config import LoopConfig
 from unimat_dist.training.setup import resolve_spec

@@ -15,7 +15,8 @@ from unimat_dist.diffusion.positions import PositionSpace
 from unimat_dist.model import CompositionModel, Condition, TransformerConfig
 from unimat_dist.model.transformer import CrystalTransformer, token_buckets
 from unimat_dist.representation import UniMatSpec
-from unimat_dist.training import compositions_of, load_encoded_split, load_train_config, run_training
+from unimat_dist.launch import run_training
+from unimat_dist.training import compositions_of, load_encoded_split, load_train_config
 from unimat_dist.training.setup import resolve_spec
 
 torch.set_num_threads(1)

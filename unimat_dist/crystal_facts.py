@@ -315,7 +315,7 @@ def facts_table(structures: Iterable, *, symprec: float = SYMPREC, flags: Iterab
     (default: every CPU this process may use, ``UNIMAT_EVAL_WORKERS`` overrides; 1 = in-process)."""
     from functools import partial
 
-    from unimat_dist.evaluation.parallel import parallel_map
+    from unimat_dist.parallel import parallel_map
 
     structures = list(structures)
     flags = list(flags) if flags is not None else [None] * len(structures)

@@ -205,7 +205,8 @@ def measure_checkpoint(checkpoint: str, out: Path, samples: int = 64, sample_ste
 def run_ladder(config: str | None, overrides: list[str], sizes: Sequence[str], steps: int, out: Path,
                samples: int = 64, sample_steps: int = 50, eval_rows: int = 64) -> list[dict[str, Any]]:
     from unimat_dist.sampling import load_generator
-    from unimat_dist.training import load_train_config, run_training
+    from unimat_dist.launch import run_training
+    from unimat_dist.training import load_train_config
 
     out.mkdir(parents=True, exist_ok=True)
     rungs = []

@@ -33,7 +33,8 @@ COMMON = [f"train.device={DEVICE}", "train.precision=fp32", "train.quality_every
 CHILD = r'''
 import json, sys, time, torch
 torch.backends.cuda.matmul.allow_tf32 = True
-from unimat_dist.training import load_train_config, run_training
+from unimat_dist.launch import run_training
+from unimat_dist.training import load_train_config
 name, steps, extra = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 cfg = load_train_config(sys.argv[4], extra)
 t0 = time.time()

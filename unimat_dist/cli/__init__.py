@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     configure(getattr(args, "threads", None), what=f"unimat {args.command}")
     try:
-        from unimat_dist.job_paths import resolve_output_flags  # --out inside `ray job submit`
+        from unimat_dist.config.job_paths import resolve_output_flags  # --out inside `ray job submit`
 
         resolve_output_flags(args)
         rc = args.func(args)

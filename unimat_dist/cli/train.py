@@ -59,7 +59,7 @@ def run(args) -> int:
         print("dry run: the config passes every check (nothing was trained)", flush=True)
     if args.print_config or args.dry_run:
         return 0
-    from unimat_dist.training import run_training
+    from unimat_dist.launch import run_training
 
     result = run_training(cfg)
     print(json.dumps({

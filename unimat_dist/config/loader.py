@@ -16,11 +16,9 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .job_paths import ConfigError, resolve_job_paths  # relative outputs under `ray job submit`
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the offending key."""
 
 
 def _is_optional(tp) -> tuple[bool, Any]:
@@ -186,7 +184,6 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping")
         data = loaded
-    from unimat_dist.job_paths import resolve_job_paths  # relative outputs under `ray job submit`
 
     return resolve_job_paths(from_dict(cls, apply_overrides(data, overrides)))
 

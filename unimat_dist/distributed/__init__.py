@@ -3,10 +3,10 @@
     unimat train --config cluster/jobs/train_tiny_ray_cpu.yaml        # trainer: ray
     from unimat_dist.distributed import run_ray_training
 
-Only ``config`` is imported eagerly (the training config embeds its section); the rest imports Ray and
-DeepSpeed and is loaded on use.
+The ``distributed`` config section lives with the rest of the training config
+(``unimat_dist.training.distributed_config``); this package imports Ray and DeepSpeed, loaded on use.
 """
-from .config import DistributedConfig, FailureInjection
+from unimat_dist.training.distributed_config import DistributedConfig, FailureInjection
 
 
 def run_ray_training(cfg, **kwargs):

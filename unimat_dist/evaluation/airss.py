@@ -88,7 +88,7 @@ def generate_random_structures(
         counts = parse_composition(comp_text)
         jobs += [(comp_text, counts, [seed, ci, k], k, (lo, hi), prerelax, prerelax_steps)
                  for k in range(n_per_composition)]
-    from .parallel import parallel_map
+    from unimat_dist.parallel import parallel_map
 
     # each structure is seeded by (seed, composition index, k): the same set whatever the worker count
     # (1,000 Perov-5 structures: 167 s on one process, the cost of the quickstart's random baseline)

@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from .feature_cache import analyse_set
-from .parallel import parallel_map
+from unimat_dist.parallel import parallel_map
 from .structures_io import StructureRecord
 
 CSP_MATCHER = dict(stol=0.5, angle_tol=10.0, ltol=0.3)

@@ -123,7 +123,7 @@ def _relax_candidate(args):
 def build_elemental_references(elements, n_random: int = 3, steps: int = 200, fmax: float = 0.05,
                                workers: int | None = None, seed: int = 0) -> dict:
     """Relax all candidates of ``elements`` and keep the lowest energy per atom of each element."""
-    from .parallel import parallel_map
+    from unimat_dist.parallel import parallel_map
 
     tasks, owner = [], []
     for i, el in enumerate(elements):

@@ -23,7 +23,7 @@ import numpy as np
 
 from .energy_metrics import compare_sets, convergence_rate, stability_counts, sun_rate
 from .hull import ReferenceHull, formation_energy_per_atom
-from .parallel import parallel_map
+from unimat_dist.parallel import parallel_map
 from .potential import DEFAULT_FMAX, DEFAULT_STEPS, RelaxResult, relax_task
 from .structures_io import StructureRecord
 

@@ -40,7 +40,7 @@ from typing import Sequence
 import numpy as np
 
 from .fingerprints import CrystalFeatures, analyse_record
-from .parallel import parallel_map
+from unimat_dist.parallel import parallel_map
 from .structures_io import StructureRecord, file_checksum, load_structures
 
 log = logging.getLogger(__name__)

@@ -447,7 +447,7 @@ def build_gallery(run_dir: str | Path, out: str | Path | None = None, *, referen
     names the page and its folder) and return where it is. ``entries`` bypasses reading the run.
     ``single_file``: also write one HTML file with everything inlined (scripts, styles, data, thumbnails as
     data URLs) that can be mailed or archived on its own (sensible up to a few thousand crystals)."""
-    from unimat_dist.evaluation.parallel import parallel_map
+    from unimat_dist.parallel import parallel_map
     from unimat_dist.generation.records import structure_to_json
 
     t0 = time.perf_counter()

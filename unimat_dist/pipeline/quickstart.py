@@ -108,7 +108,8 @@ def stage_ingest(o: QuickstartOptions, r: Report) -> str:
 
 
 def stage_train(o: QuickstartOptions, r: Report, manifest: str) -> Path:
-    from unimat_dist.training import load_train_config, run_training
+    from unimat_dist.launch import run_training
+    from unimat_dist.training import load_train_config
 
     run = o.out / "train"
     cfg = load_train_config(ROOT / "cluster" / "jobs" / "quickstart_train.yaml", [
@@ -137,7 +138,7 @@ def _params(run: Path) -> str:
 def stage_serve(o: QuickstartOptions, r: Report, run: Path) -> None:
     from ray import serve
 
-    from unimat_dist.cli.generate import start_service
+    from deploy.app import start_service
     from unimat_dist.generation.client import GenerationClient
 
     port = _free_port()

@@ -29,6 +29,7 @@ import datetime as _dt
 import io
 import json
 import os
+import re
 from typing import Any
 
 import torch
@@ -38,6 +39,8 @@ from unimat_dist import safe_io
 FORMAT = "unimat-dist/inference"
 FORMAT_VERSION = 2  # 2: transformer denoisers, circle positions (version 1 files still load)
 INFERENCE_FILE = "inference.pt"
+COMPLETE_FILE = "COMPLETE"  # written last into a training checkpoint's step folder: the folder is whole
+_STEP_DIR = re.compile(r"step_(\d+)$")
 _REQUIRED = ("model", "diffusion", "state_dict", "spec", "normalizer", "properties")
 
 
@@ -143,13 +146,28 @@ def resolve_inference_path(uri: str) -> str:
     base = uri.rstrip("/")
     if fs.isfile(f"{path.rstrip('/')}/{INFERENCE_FILE}"):
         return f"{base}/{INFERENCE_FILE}"
-    from unimat_dist.training.checkpoint import CheckpointManager
-
     for candidate in (base, f"{base}/checkpoints"):
-        latest = CheckpointManager(candidate).latest()
+        steps = complete_steps(candidate)
+        latest = f"{candidate}/step_{steps[-1]:08d}" if steps else None
         if latest is not None and fs.isfile(fsspec.core.url_to_fs(f"{latest}/{INFERENCE_FILE}")[1]):
             return f"{latest}/{INFERENCE_FILE}"
     raise FileNotFoundError(f"no {INFERENCE_FILE} in {uri} or in a checkpoint below it")
+
+
+def complete_steps(directory: str) -> list[int]:
+    """Steps of the ``step_NNNNNNNN`` folders under ``directory`` (path or fsspec URI) that hold the
+    ``COMPLETE`` marker a training checkpoint writes last, ascending (``training/checkpoint.py``)."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(directory.rstrip("/"))
+    if not fs.isdir(root):
+        return []
+    out = []
+    for entry in fs.ls(root, detail=False):
+        m = _STEP_DIR.search(entry.rstrip("/"))
+        if m and fs.exists(f"{entry.rstrip('/')}/{COMPLETE_FILE}"):
+            out.append(int(m.group(1)))
+    return sorted(out)
 
 
 def save_inference_checkpoint(payload: dict[str, Any], uri: str, *, sidecar: bool = True) -> str:

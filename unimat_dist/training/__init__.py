@@ -1,7 +1,9 @@
 """Single-process training of the UniMat diffusion model (the loop the distributed trainer wraps).
 
-    from unimat_dist.training import load_train_config, run_training
-    result = run_training(load_train_config("cluster/jobs/train_tiny_cpu.yaml", ["train.steps=100"]))
+    from unimat_dist.training import load_train_config, train_local
+    result = train_local(load_train_config("cluster/jobs/train_tiny_cpu.yaml", ["train.steps=100"]))
+
+``unimat_dist.launch.run_training`` runs a config with either trainer (local or ``trainer: ray``).
 """
 from .batches import Batcher, ModelBatch
 from .checkpoint import CheckpointManager, RNGState
@@ -11,7 +13,7 @@ from .ema import EMA
 from .engine import Engine, LocalEngine, build_optimizer, resolve_autocast, resolve_device
 from .loop import Trainer, TrainResult, TrainState
 from .lr import lr_at
-from .run import build_local_trainer, run_training
+from .run import build_local_trainer, train_local
 from .setup import RunSetup, build_diffusion, prepare_run, resolve_spec
 
 __all__ = [
@@ -41,5 +43,5 @@ __all__ = [
     "resolve_autocast",
     "resolve_device",
     "resolve_spec",
-    "run_training",
+    "train_local",
 ]

@@ -20,18 +20,17 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from unimat_dist.sampling.checkpoint import INFERENCE_FILE, load_torch, save_inference_checkpoint, save_torch
+from unimat_dist.sampling.checkpoint import (
+    COMPLETE_FILE, INFERENCE_FILE, complete_steps, load_torch, save_inference_checkpoint, save_torch,
+)
 
 log = logging.getLogger(__name__)
 STATE_FILE = "train_state.pt"
-COMPLETE_FILE = "COMPLETE"
-_STEP_DIR = re.compile(r"step_(\d+)$")
 
 
 class Stateful(Protocol):
@@ -81,14 +80,7 @@ class CheckpointManager:
 
     def steps(self) -> list[int]:
         """Steps with a complete checkpoint, ascending."""
-        if not self.fs.isdir(self.root):
-            return []
-        out = []
-        for entry in self.fs.ls(self.root, detail=False):
-            m = _STEP_DIR.search(entry.rstrip("/"))
-            if m and self.fs.exists(f"{entry.rstrip('/')}/{COMPLETE_FILE}"):
-                out.append(int(m.group(1)))
-        return sorted(out)
+        return complete_steps(self.directory)
 
     def latest(self) -> str | None:
         steps = self.steps()

@@ -3,8 +3,8 @@
     cfg = load_train_config("cluster/jobs/train_tiny_cpu.yaml", ["train.steps=50"])
 
 One dataclass per section; every default states its unit or allowed values. The whole tree is printed
-at start, saved next to the run and stored in every checkpoint. Issue 7 adds a ``distributed`` section
-(and ``trainer: ray``) without changing the others.
+at start, saved next to the run and stored in every checkpoint. The ``distributed`` section
+(``distributed_config.py``) is read by ``trainer: ray`` only.
 """
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from unimat_dist.config import ConfigError, load_config
-from unimat_dist.distributed.config import DistributedConfig
 from unimat_dist.model.config import TransformerConfig, UNetConfig
 from unimat_dist.model.presets import ARCHS, PRESETS, TRANSFORMER_PRESETS
+
+from .distributed_config import DistributedConfig
 
 Split = Literal["train", "val", "test"]
 

@@ -1,7 +1,10 @@
-"""Entry point of a training run: ``run_training(cfg)`` dispatches on ``cfg.trainer``.
+"""A training run in this process (``trainer: local``): ``train_local(cfg)``.
+
+``unimat_dist.launch.run_training(cfg)`` is the entry point that also runs ``trainer: ray``
+(``unimat_dist.distributed``, which wraps the same loop); this package does not import it.
 
     unimat train --config cluster/jobs/train_tiny_cpu.yaml train.steps=200
-    python -c "from unimat_dist.training import load_train_config, run_training; run_training(load_train_config('x.yaml'))"
+    python -c "from unimat_dist.launch import run_training; from unimat_dist.training import load_train_config; run_training(load_train_config('x.yaml'))"
 """
 from __future__ import annotations
 
@@ -69,11 +72,10 @@ def build_local_trainer(cfg: TrainConfig) -> Trainer:
     )
 
 
-def run_training(cfg: TrainConfig) -> TrainResult:
-    if cfg.trainer == "ray":
-        from unimat_dist.distributed import run_ray_training
-
-        return run_ray_training(cfg)
+def train_local(cfg: TrainConfig) -> TrainResult:
+    if cfg.trainer != "local":
+        raise ValueError(f"train_local runs trainer: local, this config has trainer: {cfg.trainer} "
+                         "(unimat_dist.launch.run_training runs either)")
     trainer = build_local_trainer(cfg)
     result = trainer.fit()
     log.info(

@@ -26,6 +26,10 @@ import dataclasses
 import os
 from typing import Any
 
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the offending key."""
+
 STORAGE_ENV = "UNIMAT_STORAGE"
 _JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for the entrypoint of a submitted job
 _WORKING_DIR_MARK = os.sep + "runtime_resources" + os.sep + "working_dir_files" + os.sep
@@ -81,8 +85,6 @@ def _set(obj, dotted: str, value):
 def storage_root() -> str | None:
     root = os.environ.get(STORAGE_ENV, "").strip()
     if root and "://" not in root and not os.path.isabs(os.path.expanduser(root)):
-        from unimat_dist.config import ConfigError
-
         raise ConfigError(f"{STORAGE_ENV}={root!r}: must be an absolute path or a URI (s3://, gs://, file://)")
     return root or None
 
@@ -96,8 +98,6 @@ def resolve_job_paths(cfg: Any) -> Any:
     workdir = ray_job_working_dir()
     if workdir is None:
         return cfg
-    from unimat_dist.config import ConfigError
-
     outputs, inputs = keys
     root = storage_root()
     for key in outputs:
