@@ -200,7 +200,9 @@ def main() -> int:
     args = ap.parse_args()
     import ray
 
-    ray.init(num_cpus=os.cpu_count() if args.gpu else 2, include_dashboard=False, log_to_driver=False)
+    from unimat_dist.ray_local import init_ray
+
+    init_ray("local", num_cpus=os.cpu_count() if args.gpu else 2, log_to_driver=False)
     result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]}}
     if args.gpu:
         result["gpu"] = gpu(args.gpu_presets, args.steps, args.gpu_batch)

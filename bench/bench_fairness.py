@@ -194,7 +194,9 @@ def serve_run(checkpoint: str, big_samples: int, seconds: float, warmup: float, 
     from deploy.app import application
 
     port = free_port()
-    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    from unimat_dist.ray_local import init_ray
+
+    init_ray("local", num_cpus=2, num_gpus=0, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(application({"checkpoint": checkpoint, "torch_threads": 1, "device": "cpu"},

@@ -305,8 +305,9 @@ def main() -> int:
     tmp = tempfile.TemporaryDirectory()
     ckpt = args.checkpoint or random_checkpoint(Path(tmp.name) / "inference.pt")
     port = free_port()
-    ray.init(address="local", num_cpus=2, num_gpus=1 if args.device == "cuda" else 0, include_dashboard=False,
-             log_to_driver=False)
+    from unimat_dist.ray_local import init_ray
+
+    init_ray("local", num_cpus=2, num_gpus=1 if args.device == "cuda" else 0, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
 
     results: dict = {"steps": args.steps, "seconds": args.seconds, "torch_threads": args.threads, "engine": args.engine,

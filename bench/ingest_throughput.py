@@ -247,7 +247,9 @@ def main() -> None:
 
     import ray
 
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    from unimat_dist.ray_local import init_ray
+
+    init_ray("local", num_cpus=args.cpus, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         ingest(small, work / "warm", "ray", 2 * 2048)  # warm the worker pool (imports) before timing

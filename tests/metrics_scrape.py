@@ -7,16 +7,15 @@ import threading
 import urllib.request
 
 from conftest import free_port
+from unimat_dist.ray_local import init_ray
 
 
 def init_ray_with_metrics_port(num_cpus: int = 2) -> int:
     """Start a local Ray whose metrics agent exports every second on a free port; returns the port."""
-    import ray
-
     port = free_port()
     os.environ["RAY_metrics_report_interval_ms"] = "1000"  # the agent's export period (default 10 s)
     try:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, _metrics_export_port=port)
+        init_ray("local", num_cpus=num_cpus, log_to_driver=False, _metrics_export_port=port)
     finally:
         os.environ.pop("RAY_metrics_report_interval_ms", None)
     return port

@@ -12,6 +12,7 @@ from storage_emulators import gcs_emulator, s3_emulator  # noqa: F401 (fixtures)
 from tests_expectations import GNOME_MINI_BAD, GNOME_MINI_GOOD
 from unimat_dist.data import open_shards, read_manifest
 from unimat_dist.data.storage import read_bytes
+from unimat_dist.ray_local import init_ray
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.slow
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_ray("local", num_cpus=2, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -24,6 +24,7 @@ from unimat_dist.config import ConfigError
 from unimat_dist.launch import run_training
 from unimat_dist.training import load_train_config
 from conftest import free_port  # noqa: E402
+from unimat_dist.ray_local import init_ray
 
 pytestmark = pytest.mark.slow
 CONFIG = Path(__file__).resolve().parents[1] / "cluster" / "jobs" / "train_tiny_ray_cpu.yaml"
@@ -49,7 +50,7 @@ def losses(out: Path) -> dict[int, float]:
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_ray("local", num_cpus=2, log_to_driver=False)
     yield
     ray.shutdown()
 

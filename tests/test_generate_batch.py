@@ -23,6 +23,7 @@ from unimat_dist.batch_generation import (
     read_unit_records,
     run_generate_batch,
 )
+from unimat_dist.ray_local import init_ray
 
 UNIMAT = str(Path(sys.executable).parent / "unimat")
 BAD = {"bad-outside": "Fe2O3", "bad-too-many": "V4O3"}  # Fe is outside the model's system; 4 V > L = 3
@@ -32,7 +33,7 @@ BAD = {"bad-outside": "Fe2O3", "bad-too-many": "V4O3"}  # Fe is outside the mode
 def ray_cluster():
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_ray("local", num_cpus=2, log_to_driver=False)
     yield
     ray.shutdown()
 

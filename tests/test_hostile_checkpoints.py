@@ -21,6 +21,7 @@ import torch
 
 from unimat_dist import safe_io
 from unimat_dist.safe_io import IntegrityError, UnsafeFileError
+from unimat_dist.ray_local import init_ray
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASED = ROOT / "checkpoints" / "perov5_transformer_cpu.pt"
@@ -234,7 +235,7 @@ def ray_run(tmp_path_factory):
     def cfg(steps: int):
         return load_train_config(CONFIG, [*COMMON, f"out_dir={out}", f"train.steps={steps}"])
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_ray("local", num_cpus=2, log_to_driver=False)
     try:
         result = run_training(cfg(4))
         shutil.copytree(_latest(out), root / "pristine")

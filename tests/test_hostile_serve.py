@@ -29,6 +29,7 @@ import pytest
 import requests
 
 from generation_fixtures import free_port
+from unimat_dist.ray_local import init_ray
 
 ROOT = Path(__file__).resolve().parents[1]
 BODY_TIMEOUT_S = 2.0  # short, so the slowloris test takes seconds; the default is 10
@@ -71,7 +72,7 @@ def service(checkpoint):
     from deploy.app import start_service
 
     metrics_port, http_port = free_port(), free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+    init_ray("local", num_cpus=2, log_to_driver=False,
              _metrics_export_port=metrics_port)
     try:
         settings = {"checkpoint": str(checkpoint), "torch_threads": 1, "engine": "thread", "max_batch_size": 32,

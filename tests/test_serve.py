@@ -19,6 +19,7 @@ import requests
 
 from generation_fixtures import COMPOSITIONS, ELEMENTS, TIMESTEPS, TRAIN_STEPS, free_port, tiny_checkpoint  # noqa: F401
 from storage_emulators import s3_emulator  # noqa: F401 (fixture)
+from unimat_dist.ray_local import init_ray
 
 MAX_SAMPLES = 16
 MAX_BYTES = 4096
@@ -44,7 +45,7 @@ def service(tiny_checkpoint):
     from deploy.app import start_service
 
     metrics_port, http_port = free_port(), free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+    init_ray("local", num_cpus=2, log_to_driver=False,
              _metrics_export_port=metrics_port)
     try:
         settings = {"checkpoint": f"file://{tiny_checkpoint}", "torch_threads": 1, "max_batch_size": 32,

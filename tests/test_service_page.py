@@ -18,6 +18,7 @@ import requests
 
 from browser import canvas_drawn, chromium_page, screenshot
 from generation_fixtures import free_port
+from unimat_dist.ray_local import init_ray
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "checkpoints" / "perov5_transformer_cpu.pt"
@@ -32,7 +33,7 @@ def service_url():
 
     from deploy.app import start_service
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_ray("local", num_cpus=2, log_to_driver=False)
     try:
         settings = {"checkpoint": str(CHECKPOINT), "torch_threads": 1, "max_samples_per_request": MAX_SAMPLES,
                     "max_sample_steps": BUDGET, "default_steps_ddim": 20}
