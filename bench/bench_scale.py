@@ -220,7 +220,7 @@ def ingest_once(release: Path, output: Path, args, log: Path, kill_at_units: int
 
 
 def summarise_output(output: Path | str, storage_options: dict | None = None) -> dict:
-    from unimat_dist.data.storage import join_uri, list_files, read_bytes
+    from unimat_dist.storage import join_uri, list_files, read_bytes
 
     m = json.loads(read_bytes(join_uri(str(output), "manifest.json"), storage_options))
     sizes = sorted(s["bytes"] for s in m["shards"])
@@ -247,7 +247,7 @@ def summarise_output(output: Path | str, storage_options: dict | None = None) ->
 
 
 def shard_key(output: Path | str, storage_options: dict | None = None) -> list[tuple]:
-    from unimat_dist.data.storage import join_uri, read_bytes
+    from unimat_dist.storage import join_uri, read_bytes
 
     m = json.loads(read_bytes(join_uri(str(output), "manifest.json"), storage_options))
     return sorted((s["path"], s["split"], s["samples"], s["sha256"]) for s in m["shards"])

@@ -38,7 +38,7 @@ import numpy as np
 from unimat_dist.config import to_dict
 from unimat_dist.data.manifest import FORMAT, MANIFEST_NAME, SCHEMA_VERSION, SPLITS
 from unimat_dist.data.sample_format import ARRAY_NAMES, META_MEMBER, ARRAYS_MEMBER
-from unimat_dist.data.storage import join_uri, list_files, read_bytes, write_bytes_atomic
+from unimat_dist.storage import join_uri, list_files, read_bytes, write_bytes_atomic
 from unimat_dist.output_guard import OutputLayout, claim_output, sweep_partials
 from unimat_dist.representation import LatticeStats, Normalizer, UniMatSpec
 

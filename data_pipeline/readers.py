@@ -45,7 +45,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from unimat_dist.data.storage import filesystem, is_local, join_uri, open_input, split_uri
+from unimat_dist.storage import filesystem, is_local, join_uri, open_input, split_uri
 
 from .csv_index import OverLong, RangeReader, index_csv, iter_row_bytes, skip_to
 from .quarantine import Rejected

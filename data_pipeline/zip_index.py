@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from unimat_dist.data.storage import filesystem, is_local, split_uri
+from unimat_dist.storage import filesystem, is_local, split_uri
 
 _EOCD = struct.Struct("<IHHHHIIH")  # end of central directory
 _EOCD64_LOCATOR = struct.Struct("<IIQI")

@@ -92,7 +92,7 @@ def check_dataset(uri: str, sources: dict[str, dict], key=lambda meta: meta["id"
 
 
 def quarantine_lines(fs_root: str, manifest: dict, storage_options=None) -> list[dict]:
-    from unimat_dist.data.storage import join_uri, read_bytes
+    from unimat_dist.storage import join_uri, read_bytes
 
     out = []
     for rel in manifest["quarantine_files"]:

@@ -166,3 +166,17 @@ def test_the_checks_see_a_violation(tmp_path, monkeypatch):
         assert "unimat_dist.model.ping" in str(exc) and "unimat_dist.model.pong" in str(exc)
     else:
         raise AssertionError("the cycle check did not see ping <-> pong")
+
+
+def test_one_storage_module():
+    """Every file system access to a URI goes through ``unimat_dist/storage.py`` (endpoints, credentials
+    and emulators resolved in one place; nothing patches fsspec's process-wide defaults)."""
+    users = []
+    for mod, f in _modules().items():
+        tree = ast.parse(f.read_text(), str(f))
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n.split(".")[0] in ("fsspec", "s3fs", "gcsfs") for n in names):
+                users.append(mod)
+    assert sorted(set(users)) == ["unimat_dist.storage"], f"fsspec imported outside unimat_dist/storage.py: {users}"

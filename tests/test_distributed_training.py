@@ -151,7 +151,7 @@ def test_shards_and_checkpoints_on_s3(tmp_path, s3_emulator):  # noqa: F811
     )
     res = run_training(c)
     assert res.steps == 4
-    from unimat_dist.data.storage import filesystem
+    from unimat_dist.storage import filesystem
 
     fs, root = filesystem(emu.uri("runs"), emu.storage_options)
     ckpts = sorted(p for p in fs.ls(f"{root}/s3run", detail=False) if Path(p).name.startswith("checkpoint_") and fs.isdir(p))

@@ -162,7 +162,7 @@ def test_gcs_output_cif_and_unconditional_requests(tmp_path, tiny_checkpoint, gc
     assert m["validity"]["matches_request_rate"] is None  # nothing to match without a composition
     records = read_unit_records(uri, gcs_emulator.storage_options)
     assert [e["id"] for r in records for e in r["requests"]] == ["uncond-0", "uncond-1", "uncond-2"]
-    from unimat_dist.data.storage import read_bytes
+    from unimat_dist.storage import read_bytes
 
     text = read_bytes(f"{uri}/{m['shards'][0]['path']}", gcs_emulator.storage_options).decode()
     assert text.count("data_uncond-0__") + text.count("data_uncond-1__") == m["shards"][0]["structures"]

@@ -163,7 +163,7 @@ def test_generate_batch_overwrite_keeps_foreign_files_and_refuses_foreign_folder
 
 # ------------------------------------------------------------------------------------------ object store
 def test_overwrite_on_s3_deletes_only_the_previous_jobs_objects(s3_emulator):
-    from unimat_dist.data.storage import filesystem
+    from unimat_dist.storage import filesystem
 
     uri = s3_emulator.uri("hostile-shared")
     opts = s3_emulator.storage_options

@@ -305,7 +305,7 @@ def test_checkpoint_from_s3_emulator(service, s3_emulator):
     from ray import serve
 
     from deploy.app import application
-    from unimat_dist.data.storage import put_file_atomic
+    from unimat_dist.storage import put_file_atomic
     from unimat_dist.sampling import resolve_inference_path
 
     local = resolve_inference_path(str(service.checkpoint))

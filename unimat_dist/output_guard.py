@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-from unimat_dist.data.storage import filesystem, is_local, join_uri, read_bytes, split_uri, write_bytes_atomic
+from unimat_dist.storage import filesystem, is_local, join_uri, read_bytes, split_uri, write_bytes_atomic
 
 log = logging.getLogger("unimat.output")
 

@@ -128,17 +128,17 @@ def _local(uri: str) -> str:
     return uri[len("file://"):] if uri.startswith("file://") else uri
 
 
-def read_file(uri: str) -> bytes | None:
-    """The bytes of a file, or None if it does not exist."""
+def read_file(uri: str, storage_options: dict[str, Any] | None = None) -> bytes | None:
+    """The bytes of a file, or None if it does not exist (``storage_options``: see ``unimat_dist.storage``)."""
     if _is_local(uri):
         try:
             with open(_local(uri), "rb") as fh:
                 return fh.read()
         except FileNotFoundError:
             return None
-    import fsspec
+    from unimat_dist.storage import filesystem
 
-    fs, path = fsspec.core.url_to_fs(uri)
+    fs, path = filesystem(uri, storage_options)
     try:
         with fs.open(path, "rb") as fh:
             return fh.read()
@@ -146,7 +146,7 @@ def read_file(uri: str) -> bytes | None:
         return None
 
 
-def write_file(uri: str, data: bytes) -> None:
+def write_file(uri: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
     """Write a file whole: locally through a temporary sibling + rename, remotely in one PUT."""
     if _is_local(uri):
         path = _local(uri)
@@ -156,9 +156,10 @@ def write_file(uri: str, data: bytes) -> None:
             fh.write(data)
         os.replace(tmp, path)
         return
-    import fsspec
+    from unimat_dist.storage import filesystem
 
-    with fsspec.open(uri, "wb") as fh:
+    fs, path = filesystem(uri, storage_options)
+    with fs.open(path, "wb") as fh:
         fh.write(data)
 
 

@@ -40,7 +40,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
 from unimat_dist.config import load_config, to_dict
-from unimat_dist.data.storage import exists, join_uri, list_files, read_bytes, write_bytes_atomic
+from unimat_dist.storage import exists, join_uri, list_files, read_bytes, write_bytes_atomic
 from unimat_dist.gallery.build import GALLERY_FILES, GALLERY_SUBDIRS
 from unimat_dist.output_guard import OutputLayout, claim_output, sweep_partials
 
@@ -100,16 +100,14 @@ class BatchSummary:
 def resolve_checkpoint(cfg: GenerateBatchConfig) -> str:
     """The exact inference file the job uses: a run directory resolves to its newest complete step now,
     so every actor (and every resumed run) loads the same weights."""
-    from unimat_dist.generation import install_storage_options
     from unimat_dist.sampling import resolve_inference_path
 
     ckpt = cfg.model.checkpoint
     if not ckpt:
         raise ValueError("model.checkpoint is required (inference.pt, a checkpoint/run directory, or a URI)")
-    install_storage_options(ckpt, cfg.model.storage_options)
     if ckpt.startswith("file://"):
         ckpt = ckpt[len("file://"):]
-    return resolve_inference_path(ckpt)
+    return resolve_inference_path(ckpt, cfg.model.storage_options)
 
 
 def fingerprint(cfg: GenerateBatchConfig, checkpoint: str, requests: list[BatchRequest]) -> str:
@@ -336,7 +334,7 @@ def write_job_gallery(cfg: GenerateBatchConfig, output: str,
     tables, it is left as it is when a rerun of a finished job changed neither table."""
     import os
 
-    from unimat_dist.data.storage import is_local, split_uri
+    from unimat_dist.storage import is_local, split_uri
 
     if not cfg.output.gallery:
         return None, 0.0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterator
 
-from unimat_dist.data.storage import join_uri, read_bytes
+from unimat_dist.storage import join_uri, read_bytes
 
 from .job import MANIFEST_FORMAT, MANIFEST_NAME
 from .shards import read_shard

@@ -64,7 +64,7 @@ def _positive_int(value: str, what: str) -> int:
 
 
 def _csv_requests(cfg: RequestsConfig) -> list[BatchRequest]:
-    from unimat_dist.data.storage import open_input
+    from unimat_dist.storage import open_input
 
     if not cfg.uri:
         raise ValueError("requests.uri is required for requests.source=csv")

@@ -72,7 +72,7 @@ def plan_units(requests: list[BatchRequest], per_unit: int) -> list[WorkUnit]:
 def generate_unit(g, unit: WorkUnit, ctx: JobContext) -> dict[str, Any]:
     """Generate, write and commit one unit with a loaded generator; returns its commit record."""
     from unimat_dist.crystal_facts import crystal_facts
-    from unimat_dist.data.storage import join_uri, write_bytes_atomic
+    from unimat_dist.storage import join_uri, write_bytes_atomic
     from unimat_dist.generation import GenerationJob, prepare_job, run_jobs, validity_flags
     from unimat_dist.sampling import SampleRequest
 

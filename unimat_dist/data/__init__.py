@@ -5,7 +5,7 @@
     for batch in open_shards("gs://bucket/mp20", "train", spec, rank=r, world_size=n, batch_size=64):
         ...  # {"positions", "mask", "lattice", "properties", "id"}
 
-``storage`` resolves URIs (file://, s3://, gs://, emulators), ``manifest`` reads/validates the
+``unimat_dist.storage`` resolves URIs (file://, s3://, gs://, emulators); ``manifest`` reads/validates the
 manifest, ``sample_format`` defines a sample's bytes, ``tar_shards`` writes/reads deterministic tars,
 ``shards`` is the sharded, shuffled, resumable batch reader.
 """

@@ -28,7 +28,7 @@ from typing import Any
 
 from unimat_dist.representation import Normalizer, UniMatSpec
 
-from .storage import join_uri, read_bytes
+from unimat_dist.storage import join_uri, read_bytes
 
 SCHEMA_VERSION = 1
 FORMAT = "unimat-webdataset"

@@ -51,7 +51,7 @@ from unimat_dist.representation import UniMatSpec
 
 from .manifest import Manifest, ShardInfo, check_spec, read_manifest
 from .sample_format import unpack_sample
-from .storage import filesystem
+from unimat_dist.storage import filesystem
 from .tar_shards import HashingReader, iter_tar_samples
 
 log = logging.getLogger(__name__)

@@ -88,7 +88,7 @@ def latest_complete(storage_path: str, run_name: str, storage_options: dict | No
     heard of; resuming from what is in storage (complete = meta.json, every rank's loop state and the
     DeepSpeed files are there) never loses that progress.
     """
-    from unimat_dist.data.storage import filesystem
+    from unimat_dist.storage import filesystem
 
     fs, root = filesystem(f"{storage_path.rstrip('/')}/{run_name}", storage_options or None)
     try:
@@ -116,7 +116,7 @@ def latest_complete(storage_path: str, run_name: str, storage_options: dict | No
 
 def local_copy(uri: str, storage_options: dict | None = None) -> tuple[str, str | None]:
     """(local directory, temp dir to delete or None) holding a checkpoint given by path or URI."""
-    from unimat_dist.data.storage import filesystem, is_local, split_uri
+    from unimat_dist.storage import filesystem, is_local, split_uri
 
     if is_local(uri):
         return split_uri(uri)[1], None

@@ -87,7 +87,7 @@ def run_ray_training(cfg: TrainConfig) -> TrainResult:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from unimat_dist.data.storage import pyarrow_filesystem
+    from unimat_dist.storage import pyarrow_filesystem
 
     from .worker import train_worker
 
@@ -163,7 +163,7 @@ def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
 
 def _collect(cfg: TrainConfig, result, run_name: str) -> TrainResult:
     """Copy the last checkpoint's inference file and loss curve to ``out_dir``; plot loss and throughput."""
-    from unimat_dist.data.storage import filesystem
+    from unimat_dist.storage import filesystem
     from unimat_dist.sampling.checkpoint import INFERENCE_FILE
 
     from . import checkpointing as ck

@@ -55,7 +55,7 @@ def _bounded(fn: Callable[[], Any], timeout_s: float, what: str) -> Any:
 
 def probe_storage(uri: str, storage_options: dict[str, Any] | None, key: str, timeout_s: float = 30.0) -> str:
     """List (creating if needed) ``uri`` and write + delete a probe file there."""
-    from unimat_dist.data.storage import filesystem
+    from unimat_dist.storage import filesystem
 
     def probe():
         fs, path = filesystem(uri, storage_options or None)

@@ -145,7 +145,7 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
 
 def _marker_storage(payload: dict[str, Any]):
     """(fsspec filesystem, folder) for fault-injection markers inside the run's storage."""
-    from unimat_dist.data.storage import filesystem
+    from unimat_dist.storage import filesystem
 
     root = payload["storage_path"].rstrip("/")
     fs, path = filesystem(root, payload.get("storage_options") or None)

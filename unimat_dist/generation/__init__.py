@@ -11,7 +11,7 @@ batch job (``unimat_dist.batch_generation``).
 ``model_source.py`` (checkpoint from a path or cloud URI, model info).
 """
 from .jobs import SEED_MAX, GenerationJob, LoopStats, plan_loops, prepare_job, resolve_steps, run_jobs
-from .model_source import install_storage_options, model_info, open_generator
+from .model_source import model_info, open_generator
 from .records import (
     FLAGS,
     element_counts,
@@ -28,7 +28,6 @@ __all__ = [
     "GenerationJob",
     "LoopStats",
     "element_counts",
-    "install_storage_options",
     "matches_request",
     "model_info",
     "open_generator",

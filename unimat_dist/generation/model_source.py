@@ -1,31 +1,12 @@
 """Open a generator from a checkpoint location, with explicit storage options for cloud URIs.
 
-``unimat_dist.sampling.load_generator`` reaches s3:// and gs:// through fsspec's defaults (endpoint and
-credentials from the environment: ``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``, ...,
-``STORAGE_EMULATOR_HOST``). A service or job configured with ``storage_options`` (an emulator
-endpoint, keys) installs them as fsspec's per-protocol defaults first (``fsspec.config.conf``), which
-every filesystem instance the loader creates in this process then uses. Serve replicas and Ray Data
-actors are dedicated processes, so the process-wide default is the intended scope.
+``storage_options`` (an emulator endpoint, keys) go with every read of the checkpoint
+(``unimat_dist.storage``: explicit options first, then ``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``, ...,
+``STORAGE_EMULATOR_HOST``); nothing process-wide is changed.
 """
 from __future__ import annotations
 
 from typing import Any
-
-
-def install_storage_options(uri: str, storage_options: dict[str, Any] | None) -> None:
-    """Make ``storage_options`` (merged with the environment, see ``unimat_dist.data.storage``) the
-    defaults of ``uri``'s protocol for this process."""
-    from unimat_dist.data.storage import resolve_storage_options, split_uri
-
-    scheme, _ = split_uri(uri)
-    if scheme == "file" or not storage_options:
-        return
-    import fsspec
-
-    opts = resolve_storage_options(scheme, storage_options)
-    protocols = {"s3": ("s3", "s3a"), "gs": ("gs", "gcs")}.get(scheme, (scheme,))
-    for proto in protocols:
-        fsspec.config.conf.setdefault(proto, {}).update(opts)
 
 
 def open_generator(
@@ -39,10 +20,10 @@ def open_generator(
 
     if not checkpoint:
         raise ValueError("a checkpoint is required (inference.pt, a checkpoint/run directory, or a URI)")
-    install_storage_options(checkpoint, storage_options)
     if checkpoint.startswith("file://"):
         checkpoint = checkpoint[len("file://"):]
-    return load_generator(checkpoint, device=None if device in (None, "auto") else device, precision=precision)
+    return load_generator(checkpoint, device=None if device in (None, "auto") else device, precision=precision,
+                          storage_options=storage_options)
 
 
 def model_info(g) -> dict[str, Any]:

@@ -89,7 +89,7 @@ def save_torch(obj: Any, uri: str, *, sidecar: bool = True) -> str:
     return safe_io.sha256_bytes(data)
 
 
-def recorded_sha256(uri: str) -> tuple[str | None, bool]:
+def recorded_sha256(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[str | None, bool]:
     """(sha256 recorded for a checkpoint file or None, whether one must exist).
 
     Looked up in the file's ``.sha256`` sidecar, then in the ``COMPLETE`` record of a training step
@@ -97,14 +97,14 @@ def recorded_sha256(uri: str) -> tuple[str | None, bool]:
     (``meta.json`` with ``"checksums"``) written by this version requires a digest for its files, so
     deleting a sidecar cannot turn the check into a warning.
     """
-    side = safe_io.read_file(uri + safe_io.SIDECAR_SUFFIX)
+    side = safe_io.read_file(uri + safe_io.SIDECAR_SUFFIX, storage_options)
     if side is not None:
         return safe_io.parse_sidecar(side.decode("utf-8", "replace"), uri + safe_io.SIDECAR_SUFFIX), True
     folder, _, name = uri.rstrip("/").rpartition("/")
     if not folder:
         folder, name = os.path.dirname(os.path.abspath(uri)), os.path.basename(uri)
     for record in ("COMPLETE", "meta.json"):
-        raw = safe_io.read_file(f"{folder}/{record}")
+        raw = safe_io.read_file(f"{folder}/{record}", storage_options)
         try:
             data = json.loads(raw) if raw is not None else None
         except ValueError:
@@ -115,29 +115,28 @@ def recorded_sha256(uri: str) -> tuple[str | None, bool]:
     return None, False
 
 
-def load_torch(uri: str, map_location: str | torch.device = "cpu") -> Any:
+def load_torch(uri: str, map_location: str | torch.device = "cpu", storage_options: dict[str, Any] | None = None) -> Any:
     """torch.load from a local path or an fsspec URI, never running code from the file: the bytes are
     checked against the recorded sha256 (``recorded_sha256``; none recorded for a file from before
     checksums: a warning), then unpickled with ``weights_only=True``. Raises ``IntegrityError`` or
     ``UnsafeFileError`` (both ``ValueError``) naming the file."""
-    data = safe_io.read_file(uri)
+    data = safe_io.read_file(uri, storage_options)
     if data is None:
         raise FileNotFoundError(f"checkpoint not found: {uri}")
-    expected, required = recorded_sha256(uri)
+    expected, required = recorded_sha256(uri, storage_options)
     safe_io.check_digest(data, expected, uri, required=required)
     return safe_io.torch_loads(data, uri, map_location)
 
 
-def resolve_inference_path(uri: str) -> str:
+def resolve_inference_path(uri: str, storage_options: dict[str, Any] | None = None) -> str:
     """A checkpoint file, or a directory holding one: a step directory, a checkpoints directory or a run
     directory (the newest complete step wins); a bare released name (``perov5_transformer_cpu``) is the
-    released checkpoint of that name (``unimat_dist.bundled``)."""
-    import fsspec
-
+    released checkpoint of that name (``unimat_dist.bundled``). ``storage_options``: see ``unimat_dist.storage``."""
     from unimat_dist.bundled import released_checkpoints, resolve_released
+    from unimat_dist.storage import filesystem
 
     uri = resolve_released(uri)
-    fs, path = fsspec.core.url_to_fs(uri)
+    fs, path = filesystem(uri, storage_options)
     if fs.isfile(path):
         return uri
     if not fs.isdir(path):
@@ -147,19 +146,19 @@ def resolve_inference_path(uri: str) -> str:
     if fs.isfile(f"{path.rstrip('/')}/{INFERENCE_FILE}"):
         return f"{base}/{INFERENCE_FILE}"
     for candidate in (base, f"{base}/checkpoints"):
-        steps = complete_steps(candidate)
+        steps = complete_steps(candidate, storage_options)
         latest = f"{candidate}/step_{steps[-1]:08d}" if steps else None
-        if latest is not None and fs.isfile(fsspec.core.url_to_fs(f"{latest}/{INFERENCE_FILE}")[1]):
+        if latest is not None and fs.isfile(filesystem(f"{latest}/{INFERENCE_FILE}", storage_options)[1]):
             return f"{latest}/{INFERENCE_FILE}"
     raise FileNotFoundError(f"no {INFERENCE_FILE} in {uri} or in a checkpoint below it")
 
 
-def complete_steps(directory: str) -> list[int]:
+def complete_steps(directory: str, storage_options: dict[str, Any] | None = None) -> list[int]:
     """Steps of the ``step_NNNNNNNN`` folders under ``directory`` (path or fsspec URI) that hold the
     ``COMPLETE`` marker a training checkpoint writes last, ascending (``training/checkpoint.py``)."""
-    import fsspec
+    from unimat_dist.storage import filesystem
 
-    fs, root = fsspec.core.url_to_fs(directory.rstrip("/"))
+    fs, root = filesystem(directory.rstrip("/"), storage_options)
     if not fs.isdir(root):
         return []
     out = []
@@ -175,10 +174,11 @@ def save_inference_checkpoint(payload: dict[str, Any], uri: str, *, sidecar: boo
     return save_torch(payload, uri, sidecar=sidecar)
 
 
-def load_inference_checkpoint(uri: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_inference_checkpoint(uri: str, map_location: str | torch.device = "cpu",
+                              storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Load and validate an inference checkpoint (file, directory or fsspec URI; see ``resolve_inference_path``)."""
-    path = resolve_inference_path(uri)
-    payload = load_torch(path, map_location)
+    path = resolve_inference_path(uri, storage_options)
+    payload = load_torch(path, map_location, storage_options)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a unimat-dist inference checkpoint (format {payload.get('format')!r})"
                          if isinstance(payload, dict) else f"{path} is not a unimat-dist inference checkpoint")

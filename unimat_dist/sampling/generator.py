@@ -278,9 +278,11 @@ class StructureGenerator:
 
 
 def load_generator(
-    path: str, device: str | torch.device | None = None, precision: str = "auto"
+    path: str, device: str | torch.device | None = None, precision: str = "auto",
+    storage_options: dict[str, Any] | None = None,
 ) -> StructureGenerator:
-    """A generator from an inference checkpoint (file, run/checkpoint directory, or fsspec URI).
+    """A generator from an inference checkpoint (file, run/checkpoint directory, or fsspec URI reached with
+    ``storage_options``: endpoint, keys; see ``unimat_dist.storage``).
 
     ``device`` defaults to CUDA when available; ``precision`` auto = bf16 autocast on CUDA, fp32 on CPU;
     ``bf16`` on a CPU casts the network's weights to bf16 (no autocast), the fast path on CPUs with
@@ -289,7 +291,7 @@ def load_generator(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
-    payload = load_inference_checkpoint(path, map_location="cpu")
+    payload = load_inference_checkpoint(path, map_location="cpu", storage_options=storage_options)
     diffusion = build_diffusion(payload, device)
     bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     amp = None

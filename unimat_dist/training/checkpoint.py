@@ -69,11 +69,11 @@ def _as_tuple(x):
 
 class CheckpointManager:
     def __init__(self, directory: str, keep: int = 3) -> None:
-        import fsspec
+        from unimat_dist.storage import filesystem
 
         self.directory = directory.rstrip("/")
         self.keep = keep
-        self.fs, self.root = fsspec.core.url_to_fs(self.directory)
+        self.fs, self.root = filesystem(self.directory)
 
     def step_dir(self, step: int) -> str:
         return f"{self.directory}/step_{step:08d}"
