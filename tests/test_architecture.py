@@ -180,3 +180,24 @@ def test_one_storage_module():
             if any(n.split(".")[0] in ("fsspec", "s3fs", "gcsfs") for n in names):
                 users.append(mod)
     assert sorted(set(users)) == ["unimat_dist.storage"], f"fsspec imported outside unimat_dist/storage.py: {users}"
+
+
+def test_no_private_names_across_packages():
+    """A leading underscore means "this package's business": other packages import public names only."""
+    mods = _modules()
+    found = []
+    for mod, f in mods.items():
+        package = mod if f.name == "__init__.py" else mod.rpartition(".")[0]
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                parts = package.split(".")
+                source = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            if source.split(".")[0] not in TOP or _package(source) == _package(mod):
+                continue
+            found += [f"{mod} imports {source}.{a.name}" for a in node.names
+                      if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not found, "private names imported across packages:\n" + "\n".join(found)

@@ -183,7 +183,7 @@ def run_compare(args) -> int:
     from unimat_dist.evaluation.energy import load_energy_records
     from unimat_dist.evaluation.energy_metrics import compare_sets
     from unimat_dist.evaluation.plots import delta_ef_per_composition
-    from unimat_dist.evaluation.report import _fmt, write_json, write_report
+    from unimat_dist.evaluation.report import fmt_value, write_json, write_report
 
     a, b = load_energy_records(args.a), load_energy_records(args.b)
     cmp = compare_sets(a, b, key=args.key)
@@ -198,7 +198,7 @@ def run_compare(args) -> int:
                                                    d / "plots" / "delta_ef.png")))
         write_json(cmp["per_composition"], d / "delta_ef_per_composition.json")
         write_report(d, f"{args.label_a} vs {args.label_b}", metrics,
-                     [("Comparison", ["metric", "value"], [[k, _fmt(v)] for k, v in metrics.items()])], plots)
+                     [("Comparison", ["metric", "value"], [[k, fmt_value(v)] for k, v in metrics.items()])], plots)
     _emit(metrics, args.out)
     return 0
 

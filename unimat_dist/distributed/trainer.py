@@ -41,7 +41,7 @@ from unimat_dist import safe_io
 from unimat_dist.sampling.checkpoint import INFERENCE_FILE, inference_payload, save_inference_checkpoint
 from unimat_dist.training.data import iter_batches
 from unimat_dist.training.ema import EMA
-from unimat_dist.training.loop import Trainer, _truncate_metrics
+from unimat_dist.training.loop import Trainer, truncate_metrics
 
 from . import checkpointing as ck
 from .metrics import TrainMetrics
@@ -372,5 +372,5 @@ class DistributedTrainer(Trainer):
         self._iter = None
         if self.is_main and self.run_dir is not None and (ckpt / ck.METRICS_FILE).exists():
             shutil.copy(ckpt / ck.METRICS_FILE, self.run_dir / ck.METRICS_FILE)
-            _truncate_metrics(self.run_dir / ck.METRICS_FILE, self.state.step)
+            truncate_metrics(self.run_dir / ck.METRICS_FILE, self.state.step)
         log.info("rank %d resumed from %s at step %d", self.rank, ckpt_dir, self.state.step)

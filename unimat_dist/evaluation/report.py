@@ -20,7 +20,8 @@ PROXY_COLUMNS = ("struct_validity", "comp_validity", "cov_recall", "cov_precisio
                  "emd_property", "emd_num_elements")
 
 
-def _fmt(v) -> str:
+def fmt_value(v) -> str:
+    """A metric as table text: "-" for None, floats to 4 significant digits."""
     if v is None:
         return "-"
     if isinstance(v, bool):
@@ -61,11 +62,11 @@ def proxy_comparison_rows(metrics: dict, protocol: str, label: str = "this run")
         if vals is None:
             rows.append([model] + ["(not transcribed)"] + [""] * (len(PROXY_COLUMNS) - 1))
             continue
-        rows.append([model] + [_fmt(vals.get(c)) for c in PROXY_COLUMNS])
+        rows.append([model] + [fmt_value(vals.get(c)) for c in PROXY_COLUMNS])
     ours = []
     for c in PROXY_COLUMNS:
         v = metrics.get(c)
-        ours.append(_fmt(100 * v if (c in PERCENT_METRICS and v is not None) else v))
+        ours.append(fmt_value(100 * v if (c in PERCENT_METRICS and v is not None) else v))
     rows.append([label] + ours)
     return header, rows
 
@@ -95,7 +96,7 @@ def write_report(out_dir: str | Path, title: str, metrics: dict, tables: Sequenc
     md = [f"# {title}", ""]
     for cap, header, rows in tables:
         md += [f"## {cap}", "", _md_table(header, rows), ""]
-    md += ["## All metrics", "", _md_table(["metric", "value"], [[k, _fmt(v)] for k, v in flat.items()]), ""]
+    md += ["## All metrics", "", _md_table(["metric", "value"], [[k, fmt_value(v)] for k, v in flat.items()]), ""]
     if plots:
         md += ["## Figures", ""]
         md += [f"![{cap}]({Path(p).relative_to(d) if Path(p).is_relative_to(d) else p})\n\n*{cap}*\n" for cap, p in plots]
@@ -105,7 +106,7 @@ def write_report(out_dir: str | Path, title: str, metrics: dict, tables: Sequenc
     body = [f"<h1>{html.escape(title)}</h1>"]
     for cap, header, rows in tables:
         body += [f"<h2>{html.escape(cap)}</h2>", _html_table(header, rows)]
-    body += ["<h2>All metrics</h2>", _html_table(["metric", "value"], [[k, _fmt(v)] for k, v in flat.items()])]
+    body += ["<h2>All metrics</h2>", _html_table(["metric", "value"], [[k, fmt_value(v)] for k, v in flat.items()])]
     for cap, p in plots:
         rel = Path(p).relative_to(d) if Path(p).is_relative_to(d) else Path(p)
         body += [f"<figure><img src='{html.escape(str(rel))}' style='max-width:720px'><figcaption>{html.escape(cap)}"
@@ -170,7 +171,7 @@ def crystal_table(rows: Sequence[dict], limit: int = CRYSTAL_TABLE_ROWS) -> tupl
     keys = ["name", "id", "formula", "num_atoms", "spacegroup_symbol", "spacegroup_number", "density",
             "min_distance", "min_distance_ratio", "too_close", "e_form_per_atom", "e_hull", "cif"]
     ranked = sorted(rows, key=lambda r: (r.get("e_hull") is None, r.get("e_hull") or 0.0))[:limit]
-    return keys, [[_fmt(r.get(k)) for k in keys] for r in ranked]
+    return keys, [[fmt_value(r.get(k)) for k in keys] for r in ranked]
 
 
 def energy_report(result, out_dir: str | Path, compare: Sequence[dict] | None = None, label: str = "generated",
@@ -201,7 +202,7 @@ def energy_report(result, out_dir: str | Path, compare: Sequence[dict] | None = 
                           delta_ef_per_composition(cmp["per_composition"], label, compare_label,
                                                    d / "plots" / "delta_ef.png")))
         tables.append((f"{label} vs {compare_label}", ["metric", "value"],
-                       [[k, _fmt(v)] for k, v in cmp.items() if k != "per_composition"]))
+                       [[k, fmt_value(v)] for k, v in cmp.items() if k != "per_composition"]))
         write_json(cmp["per_composition"], d / "delta_ef_per_composition.json")
     if getattr(result, "relaxed", None):
         extra = [{"id": r.get("id"), "converged": r.get("converged"), "target": r.get("target")} for r in recs]

@@ -65,6 +65,17 @@ def _element_data(symbol: str, oxidation_set: str) -> tuple[tuple[int, ...], flo
     return tuple(ox or ()), eneg  # 2.2.1 read an empty list for He/Ne/Ar, 4.x reads None
 
 
+def oxidation_combinations(symbols, oxidation_set: str = "smact14", stop_above: int | None = None) -> int:
+    """How many oxidation-state assignments ``smact_validity`` enumerates for these elements (an element
+    SMACT does not know counts 1); stops multiplying once the count passes ``stop_above``."""
+    n = 1
+    for s in symbols:
+        n *= max(len(_element_data(s, oxidation_set)[0]), 1)
+        if stop_above is not None and n > stop_above:
+            break
+    return n
+
+
 @lru_cache(maxsize=1)
 def _metals() -> frozenset[str]:
     import smact

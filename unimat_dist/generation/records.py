@@ -47,15 +47,12 @@ def composition_valid(structure) -> bool | None:
     try:
         import smact  # noqa: F401
 
-        from unimat_dist.evaluation.validity import _element_data, composition_counts, smact_validity
+        from unimat_dist.evaluation.validity import composition_counts, oxidation_combinations, smact_validity
     except ImportError:
         return None
     symbols, counts = composition_counts([site.specie.symbol for site in structure])
-    combinations = 1
-    for s in symbols:
-        combinations *= max(len(_element_data(s, "smact14")[0]), 1)  # () for elements SMACT does not know
-        if combinations > MAX_OXIDATION_COMBINATIONS:
-            return None
+    if oxidation_combinations(symbols, "smact14", stop_above=MAX_OXIDATION_COMBINATIONS) > MAX_OXIDATION_COMBINATIONS:
+        return None
     return bool(smact_validity(symbols, counts))
 
 

@@ -224,7 +224,7 @@ class Trainer:
         self._iter = None
         log.info("resumed from %s at step %d", path, self.state.step)
         if self.is_main and self.run_dir is not None:
-            _truncate_metrics(self.run_dir / "metrics.jsonl", self.state.step)
+            truncate_metrics(self.run_dir / "metrics.jsonl", self.state.step)
 
     # ------------------------------------------------------------------ the loop
     def _log(self, record: dict[str, Any]) -> None:
@@ -308,7 +308,7 @@ class Trainer:
         )
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
+def truncate_metrics(path: Path, step: int) -> None:
     """Drop metric lines written after ``step`` by a run that died before its next checkpoint."""
     if not path.exists():
         return
