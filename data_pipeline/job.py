@@ -96,17 +96,10 @@ class IngestSummary:
 # ----------------------------------------------------------------------------------------- resolution
 def resolve_spec(cfg: IngestConfig) -> UniMatSpec:
     """The spec from config, with the registry's L/elements for a named CDVAE data set as defaults."""
-    L = cfg.spec.max_atoms_per_element
-    elements = cfg.spec.elements
-    if cfg.source.dataset:
-        from unimat_dist.datasets import get_info
+    from unimat_dist.datasets import spec_for_dataset
 
-        info = get_info(cfg.source.dataset)
-        L = L if L is not None else info.max_atoms_per_element
-        elements = elements if elements is not None else (list(info.elements) if info.elements else None)
-    if L is None:
-        raise ValueError("spec.max_atoms_per_element (L) is required (--max-atoms-per-element)")
-    return UniMatSpec(max_atoms_per_element=L, coords=cfg.spec.coords, elements=tuple(elements) if elements else None)
+    return spec_for_dataset(cfg.source.dataset, max_atoms_per_element=cfg.spec.max_atoms_per_element,
+                            elements=cfg.spec.elements, coords=cfg.spec.coords)
 
 
 def resolve_split_mode(cfg: IngestConfig, plan: SourcePlan) -> str:

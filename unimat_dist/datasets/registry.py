@@ -132,6 +132,22 @@ def get_info(name: str) -> DatasetInfo:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}") from None
 
 
+def spec_for_dataset(dataset: str | None, *, max_atoms_per_element: int | None = None,
+                     elements=None, coords: str = "fractional"):
+    """The UniMat spec of a data set: its L and chemical system (``DATASETS``), each replaced by the value
+    given; without a data set, L must be given (training runs and ingestion jobs both resolve here)."""
+    from unimat_dist.representation import UniMatSpec
+
+    if dataset:
+        info = get_info(dataset)
+        max_atoms_per_element = max_atoms_per_element if max_atoms_per_element is not None else info.max_atoms_per_element
+        elements = elements if elements is not None else (list(info.elements) if info.elements else None)
+    if max_atoms_per_element is None:
+        raise ValueError("spec.max_atoms_per_element (L) is required (--max-atoms-per-element)")
+    return UniMatSpec(max_atoms_per_element=max_atoms_per_element, coords=coords,
+                      elements=tuple(elements) if elements else None)
+
+
 def bundled_path(name: str, split: str) -> Path | None:
     info = get_info(name)
     if info.bundled_dir is None or split not in info.bundled_splits:

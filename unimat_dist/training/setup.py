@@ -25,15 +25,10 @@ log = logging.getLogger(__name__)
 
 def resolve_spec(data: DataConfig) -> UniMatSpec:
     """The UniMat spec of a run: the data set's L and chemical system unless the config overrides them."""
-    from unimat_dist.datasets import get_info
+    from unimat_dist.datasets import spec_for_dataset
 
-    info = get_info(data.dataset)
-    elements = data.elements if data.elements is not None else info.elements
-    return UniMatSpec(
-        max_atoms_per_element=data.max_atoms_per_element or info.max_atoms_per_element,
-        coords=data.coords,
-        elements=tuple(elements) if elements else None,
-    )
+    return spec_for_dataset(data.dataset, max_atoms_per_element=data.max_atoms_per_element or None,
+                            elements=data.elements, coords=data.coords)
 
 
 @dataclass
