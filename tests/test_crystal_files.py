@@ -252,7 +252,7 @@ def test_energy_report_lists_its_relaxed_crystals_with_facts(tmp_path):
 @pytest.mark.skipif(not CKPT.exists(), reason="released checkpoint not present")
 def test_results_sampling_writes_the_table_and_frames_with_facts(tmp_path):
     from unimat_dist.evaluation.structures_io import load_structures as load
-    from unimat_dist.pipeline.results import RunOptions, sample_run
+    from unimat_dist.recipes.results import RunOptions, sample_run
 
     path, stats = sample_run(RunOptions(checkpoint=str(CKPT), dataset="perov_5", out=tmp_path, num=6, steps=20,
                                         batch_size=4))

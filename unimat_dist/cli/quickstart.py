@@ -2,7 +2,7 @@
 
 ingest (Ray Data) -> train (Ray Train + DeepSpeed) -> sample (Ray Serve over HTTP, Ray Data batch job)
 -> evaluate (CDVAE proxy metrics, CHGNet energies) -> report with plots in ``--out`` (README.md,
-metrics.json, PNGs). About 12 minutes on a 2-core CPU; see unimat_dist/pipeline/quickstart.py.
+metrics.json, PNGs). About 12 minutes on a 2-core CPU; see unimat_dist/recipes/quickstart.py.
 
     unimat quickstart --out out/quickstart [--train-steps 900]
 """
@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from unimat_dist.pipeline.quickstart import QuickstartOptions, run_quickstart
+    from unimat_dist.recipes.quickstart import QuickstartOptions, run_quickstart
 
     run_quickstart(QuickstartOptions(out=Path(args.out), train_steps=args.train_steps,
                                      unconditional=args.unconditional, compositions=args.compositions, seed=args.seed))

@@ -1,4 +1,4 @@
-"""``unimat results``: the paper-style results table of trained models (see unimat_dist/pipeline/results.py).
+"""``unimat results``: the paper-style results table of trained models (see unimat_dist/recipes/results.py).
 
     # sample 10,000 crystals from a trained model and evaluate them (proxy metrics; CHGNet on a subsample)
     unimat results evaluate --checkpoint out/perov5_small/checkpoints --dataset perov_5 \
@@ -56,7 +56,7 @@ def run_evaluate(args) -> int:
     import json
     from pathlib import Path
 
-    from unimat_dist.pipeline.results import RunOptions, evaluate_run
+    from unimat_dist.recipes.results import RunOptions, evaluate_run
 
     r = evaluate_run(RunOptions(
         checkpoint=args.checkpoint, dataset=args.dataset, out=Path(args.out), num=args.num, sampler=args.sampler,
@@ -86,7 +86,7 @@ def run_curve(args) -> int:
 def run_table(args) -> int:
     from pathlib import Path
 
-    from unimat_dist.pipeline.results import write_table
+    from unimat_dist.recipes.results import write_table
 
     print(write_table(args.results, Path(args.out), Path(args.ablation) if args.ablation else None))
     return 0
