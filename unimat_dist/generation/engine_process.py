@@ -65,17 +65,13 @@ def _portable_error(error: BaseException | None) -> BaseException | None:
 def _batch_arrays(batch: GeneratedBatch | None) -> dict[str, np.ndarray] | None:
     if batch is None:
         return None
-    return {"positions": batch.positions, "mask": batch.mask, "lattice": batch.lattice,
-            "x_model": batch.x_model.detach().float().cpu().numpy(),
-            "y_model": batch.y_model.detach().float().cpu().numpy(),
-            "decode_mask": batch.decode_mask.cpu().numpy()}
+    return {"positions": batch.positions, "mask": batch.mask, "lattice": batch.lattice}
 
 
 def _batch_from_arrays(a: dict[str, np.ndarray] | None) -> GeneratedBatch | None:
     if a is None:
         return None
-    return GeneratedBatch(a["positions"], a["mask"], a["lattice"], torch.from_numpy(a["x_model"]),
-                          torch.from_numpy(a["y_model"]), torch.from_numpy(a["decode_mask"]))
+    return GeneratedBatch(a["positions"], a["mask"], a["lattice"])
 
 
 def _child_main(conn, source: dict[str, Any], max_requests: int, max_rows: int, torch_threads: int | None,

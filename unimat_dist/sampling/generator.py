@@ -25,10 +25,11 @@ from unimat_dist.model import Condition, PropertyScaler
 from unimat_dist.representation import (
     Normalizer,
     UniMatSpec,
+    UniMatTensor,
     count_mask,
+    decode,
     element_mask,
     infer_mask,
-    structures_from_model,
 )
 
 from .checkpoint import build_diffusion, load_inference_checkpoint
@@ -48,12 +49,12 @@ class SampleRequest:
 
 @dataclass
 class GeneratedBatch:
+    """A finished reverse process in data units: everything ``to_structures`` needs (three arrays, so it
+    crosses a process pipe cheaply); converted from model space once, in ``finish``."""
+
     positions: np.ndarray  # (B, L, H, W, 3) raw positions (fractional or Angstrom), nulls at -1
     mask: np.ndarray  # (B, L, H, W) bool atoms after the decoding rule / count constraint
     lattice: np.ndarray  # (B, D) raw lattice (a, b, c, alpha, beta, gamma) or matrix, clipped to physical ranges
-    x_model: torch.Tensor  # (B, L, H, W, 3) model-space output
-    y_model: torch.Tensor  # (B, D)
-    decode_mask: torch.Tensor  # (B, L, H, W) bool used for decoding
 
 
 class StructureGenerator:
@@ -210,17 +211,20 @@ class StructureGenerator:
         return self.finish(out)
 
     def finish(self, out: SampleOutput) -> GeneratedBatch:
-        """The raw arrays of a finished reverse process (decode masks, positions and lattices in data units)."""
+        """A finished reverse process in data units (positions, the atoms the decoding rule or the count
+        constraint keeps, lattices): the one conversion out of model space."""
         decode_mask = torch.where(
             out.exact_atoms.any((1, 2, 3))[:, None, None, None], out.exact_atoms, infer_mask(out.positions) & out.allowed
         )
-        pos, mask = self.normalizer.positions_from_model(out.positions.cpu().double().numpy(), decode_mask.cpu().numpy())
-        lat = self.normalizer.lattice_from_model(out.lattice.cpu().double().numpy())
-        return GeneratedBatch(pos, mask, lat, out.positions, out.lattice, decode_mask)
+        pos, mask = self.normalizer.positions_from_model(out.positions.detach().float().cpu().numpy().astype(np.float64),
+                                                         decode_mask.cpu().numpy())
+        lat = self.normalizer.lattice_from_model(out.lattice.detach().float().cpu().numpy().astype(np.float64))
+        return GeneratedBatch(pos, mask & self.spec.allowed_cells[None, None], lat)
 
     def to_structures(self, batch: GeneratedBatch) -> list:
         """pymatgen structures of a generated batch (None where no atom is left)."""
-        return structures_from_model(batch.x_model, batch.y_model, self.spec, self.normalizer, batch.decode_mask)
+        return [decode(UniMatTensor(p, m, lat), self.spec) if m.any() else None
+                for p, m, lat in zip(batch.positions, batch.mask, batch.lattice)]
 
     def sample_requests(
         self,
