@@ -25,7 +25,8 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SEED_MAX = 2**63 - 1
+from unimat_dist.generation.jobs import SEED_MAX
+
 # The longest integer literal accepted anywhere in a request: SEED_MAX has 19 digits; anything longer is
 # out of every field's range, and refusing it before ``int()`` keeps a 5,000-digit literal from costing
 # quadratic conversion time (or Python's 4,300-digit ValueError).

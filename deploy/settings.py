@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 from unimat_dist.config import from_dict
+from unimat_dist.diffusion.samplers import DEFAULT_DDIM_STEPS
 
 
 @dataclass
@@ -49,7 +50,7 @@ class ServeSettings:
     # value overflows float32 and the samples are NaN, and already a few sigma out the model extrapolates
     max_property_sigma: float = 10.0
     max_guidance: float = 20.0  # classifier-free guidance weight upper bound
-    default_steps_ddim: int = 100  # steps when a DDIM request gives none (capped by T)
+    default_steps_ddim: int = DEFAULT_DDIM_STEPS  # steps when a DDIM request gives none (capped by T)
     default_format: Literal["cif", "json"] = "cif"
 
     def __post_init__(self) -> None:

@@ -36,6 +36,13 @@ from .noise import NoiseSource, randn
 from .schedules import sampling_timesteps
 
 SAMPLERS = ("ddpm", "ddim")
+DEFAULT_DDIM_STEPS = 100  # DDIM's steps when none are given (capped by T); DDPM runs all T
+
+
+def default_steps(sampler: str, timesteps: int) -> int:
+    """The steps a sampler runs when none are given: T for DDPM, min(``DEFAULT_DDIM_STEPS``, T) for DDIM."""
+    return int(timesteps) if sampler == "ddpm" else min(DEFAULT_DDIM_STEPS, int(timesteps))
+
 LATTICE_CLIP = 5.0  # x_0 estimates of the lattice are clipped to +-this many standard deviations
 
 
@@ -91,7 +98,7 @@ def sample(
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     T = diffusion.timesteps
-    steps = steps if steps is not None else (T if sampler == "ddpm" else min(100, T))
+    steps = steps if steps is not None else default_steps(sampler, T)
     device = diffusion.alphas_cumprod.device
     cond = cond.to(device)
     b = len(cond)

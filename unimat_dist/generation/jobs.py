@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import torch
 
 from unimat_dist.diffusion.noise import RowGenerators
-from unimat_dist.diffusion.samplers import SAMPLERS
+from unimat_dist.diffusion.samplers import DEFAULT_DDIM_STEPS, SAMPLERS, default_steps
 from unimat_dist.model import Condition
 from unimat_dist.sampling import SampleRequest, StructureGenerator
 
@@ -38,7 +38,7 @@ class GenerationJob:
     num_samples: int
     request: SampleRequest = field(default_factory=SampleRequest)
     sampler: str = "ddim"
-    steps: int = 100  # resolved (see ``resolve_steps``), so that None and the default group together
+    steps: int = DEFAULT_DDIM_STEPS  # resolved (see ``resolve_steps``), so that None and the default group together
     eta: float = 0.0
     seed: int = 0
     # (1, L, H, W) condition shared by every sample, expanded per row at run time; or one row per sample when
@@ -63,12 +63,12 @@ class LoopStats:
 
 
 def resolve_steps(g: StructureGenerator, sampler: str, steps: int | None) -> int:
-    """The step count a sampler runs with: the request's, or T for DDPM and min(100, T) for DDIM."""
+    """The step count a sampler runs with: the request's, or ``default_steps`` (T for DDPM, min(100, T) for DDIM)."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}")
     T = int(g.diffusion.timesteps)
     if steps is None:
-        return T if sampler == "ddpm" else min(100, T)
+        return default_steps(sampler, T)
     steps = int(steps)
     if not 1 <= steps <= T:
         raise ValueError(f"steps must be between 1 and the model's T={T}, got {steps}")
