@@ -38,8 +38,8 @@ import numpy as np
 from unimat_dist.config import to_dict
 from unimat_dist.data.manifest import FORMAT, MANIFEST_NAME, SCHEMA_VERSION, SPLITS
 from unimat_dist.data.sample_format import ARRAY_NAMES, META_MEMBER, ARRAYS_MEMBER
-from unimat_dist.storage import join_uri, list_files, read_bytes, write_bytes_atomic
-from unimat_dist.output_guard import OutputLayout, claim_output, sweep_partials
+from unimat_dist.storage import join_uri, write_bytes_atomic
+from unimat_dist.output_guard import OutputLayout, claim_output, committed_units, sweep_partials
 from unimat_dist.representation import LatticeStats, Normalizer, UniMatSpec
 
 from .config import IngestConfig
@@ -279,22 +279,6 @@ def build_manifest(
 
 
 # ----------------------------------------------------------------------------------------- the job
-def _committed_units(output: str, opts: dict, units: list[WorkUnit], fp: str) -> dict[int, dict[str, Any]]:
-    """Unit records already committed for this job (matching fingerprint and input digest)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    wanted = {f"{unit_name(u.index)}.json": u for u in units}
-    names = [n for n in list_files(join_uri(output, UNITS_DIR), opts) if n in wanted]
-    with ThreadPoolExecutor(16) as pool:  # one GET per record: parallel, for thousands of units in a bucket
-        bodies = list(pool.map(lambda n: read_bytes(join_uri(output, UNITS_DIR, n), opts), names))
-    done: dict[int, dict[str, Any]] = {}
-    for name, body in zip(names, bodies):
-        unit, rec = wanted[name], json.loads(body)
-        if rec.get("fingerprint") == fp and rec.get("digest") == unit.digest():
-            done[unit.index] = rec
-    return done
-
-
 SPLIT_RE = "(" + "|".join(SPLITS) + ")"
 LAYOUT = OutputLayout(
     kind="ingest",
@@ -393,7 +377,7 @@ def run_ingest(cfg: IngestConfig, runner: UnitRunner | None = None) -> IngestSum
     log.info("%s | %d work units, ~%s records | split mode %s | job %s", spec.describe(), len(plan.units),
              f"{total_rows:,}", mode, fp)
     _claim_output(output, opts, fp, cfg, plan)
-    done = _committed_units(output, opts, plan.units, fp)
+    done = committed_units(output, opts, plan.units, fp, unit_name, UNITS_DIR)
     pending = [u for u in plan.units if u.index not in done]
     if done:
         log.info("%d of %d units already committed; running the other %d", len(done), len(plan.units), len(pending))

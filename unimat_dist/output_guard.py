@@ -25,9 +25,9 @@ import os
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
-from unimat_dist.storage import filesystem, is_local, join_uri, read_bytes, split_uri, write_bytes_atomic
+from unimat_dist.storage import filesystem, is_local, join_uri, list_files, read_bytes, split_uri, write_bytes_atomic
 
 log = logging.getLogger("unimat.output")
 
@@ -234,3 +234,25 @@ def _write_job_file(output: str, opts: dict, layout: OutputLayout, fingerprint: 
     body = {"job": layout.kind, "fingerprint": fingerprint, "started_at": datetime.now(timezone.utc).isoformat(),
             "config": config}
     write_bytes_atomic(join_uri(output, layout.job_file), json.dumps(body, sort_keys=True, indent=1).encode(), opts)
+
+
+def committed_units(output: str, opts: dict, units: Sequence[Any], fingerprint: str,
+                    unit_name: Callable[[int], str], units_dir: str = "_units") -> dict[int, dict[str, Any]]:
+    """What "resume" means for every unimat job: the commit records (``<units_dir>/<unit_name(i)>.json``,
+    written last by a unit) already in ``output`` that carry this job's ``fingerprint`` and the unit's
+    current ``digest()``; those units are skipped, every other one runs (again).
+
+    ``units``: objects with ``index`` and ``digest()``. One GET per record, 16 in parallel (thousands of
+    units in a bucket)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    wanted = {f"{unit_name(u.index)}.json": u for u in units}
+    names = [n for n in list_files(join_uri(output, units_dir), opts) if n in wanted]
+    with ThreadPoolExecutor(16) as pool:
+        bodies = list(pool.map(lambda n: read_bytes(join_uri(output, units_dir, n), opts), names))
+    done: dict[int, dict[str, Any]] = {}
+    for name, body in zip(names, bodies):
+        unit, rec = wanted[name], json.loads(body)
+        if rec.get("fingerprint") == fingerprint and rec.get("digest") == unit.digest():
+            done[unit.index] = rec
+    return done

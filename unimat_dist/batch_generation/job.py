@@ -40,9 +40,9 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
 from unimat_dist.config import load_config, to_dict
-from unimat_dist.storage import exists, join_uri, list_files, read_bytes, write_bytes_atomic
+from unimat_dist.storage import exists, join_uri, read_bytes, write_bytes_atomic
 from unimat_dist.gallery.build import GALLERY_FILES, GALLERY_SUBDIRS
-from unimat_dist.output_guard import OutputLayout, claim_output, sweep_partials
+from unimat_dist.output_guard import OutputLayout, claim_output, committed_units, sweep_partials
 
 from .config import GenerateBatchConfig
 from .requests import BatchRequest, plan_requests, requests_digest
@@ -161,22 +161,6 @@ def _claim_output(output: str, opts: dict, fp: str, cfg: GenerateBatchConfig) ->
                          inputs=[cfg.model.checkpoint, cfg.requests.uri], hint=hint)
     if state == "resume":
         log.info("resuming the job in %s", output)
-
-
-def committed_units(output: str, opts: dict, units: list[WorkUnit], fp: str) -> dict[int, dict[str, Any]]:
-    """Commit records already written for this job (matching fingerprint and unit content)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    wanted = {f"{unit_name(u.index)}.json": u for u in units}
-    names = [n for n in list_files(join_uri(output, UNITS_DIR), opts) if n in wanted]
-    with ThreadPoolExecutor(16) as pool:  # one GET per record, parallel for thousands of units in a bucket
-        bodies = list(pool.map(lambda n: read_bytes(join_uri(output, UNITS_DIR, n), opts), names))
-    done: dict[int, dict[str, Any]] = {}
-    for name, body in zip(names, bodies):
-        unit, rec = wanted[name], json.loads(body)
-        if rec.get("fingerprint") == fp and rec.get("digest") == unit.digest():
-            done[unit.index] = rec
-    return done
 
 
 # ----------------------------------------------------------------------------------------- executors
@@ -378,7 +362,7 @@ def run_generate_batch(cfg: GenerateBatchConfig, runner: UnitRunner | None = Non
     log.info("%s | %s requests, %s crystals, %d units | %s-%s | job %s", checkpoint, f"{len(requests):,}",
              f"{total_samples:,}", len(units), cfg.sampling.sampler, cfg.sampling.steps or "default", fp)
     _claim_output(output, opts, fp, cfg)
-    done = committed_units(output, opts, units, fp)
+    done = committed_units(output, opts, units, fp, unit_name, UNITS_DIR)
     pending = [u for u in units if u.index not in done]
     done_requests = sum(len(u.requests) for u in units if u.index in done)
     if done:
