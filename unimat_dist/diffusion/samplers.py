@@ -74,6 +74,62 @@ def step_coefficients(sampler: str, eta: float, a_t: float, a_s: float) -> tuple
     return c0, 0.0, ct, ((1 - a_s) / (1 - a_t) * beta) ** 0.5
 
 
+@dataclass
+class RowCoefficients:
+    """Per-row coefficients of one reverse step: rows may be at different timesteps, with different
+    samplers (the service's running loop advances many jobs in one network evaluation)."""
+
+    t: torch.Tensor  # (N,) long timestep of each row
+    sq1m: torch.Tensor  # (N,) sqrt(1 - abar_t)
+    sqa: torch.Tensor  # (N,) sqrt(abar_t)
+    A: torch.Tensor  # (N,) x_s = A x_0 + B eps + C x_t + sigma z (``step_coefficients``)
+    B: torch.Tensor
+    C: torch.Tensor
+    sigma: torch.Tensor
+    final: torch.Tensor  # (N,) bool: the row's last step, which returns the constrained x_0 itself
+    noisy: bool  # some row adds ancestral noise
+
+    @classmethod
+    def build(cls, groups, abar: torch.Tensor, device) -> "RowCoefficients":
+        """``groups``: (sampler, eta, t, s, rows) in row order; s = -1 for the last step."""
+        vals: dict[str, list[float]] = {k: [] for k in ("t", "sq1m", "sqa", "A", "B", "C", "sigma", "final")}
+        for sampler, eta, t, s, n in groups:
+            a_t = float(abar[t])
+            a_s = float(abar[s]) if s >= 0 else 1.0
+            A, B, C, sigma = step_coefficients(sampler, eta, a_t, a_s)
+            if s < 0:
+                sigma = 0.0
+            for k, v in zip(vals, (t, (1 - a_t) ** 0.5, a_t**0.5, A, B, C, sigma, float(s < 0))):
+                vals[k].extend([v] * n)
+        f = {k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in vals.items() if k != "t"}
+        return cls(torch.tensor(vals["t"], dtype=torch.long, device=device), f["sq1m"], f["sqa"], f["A"], f["B"],
+                   f["C"], f["sigma"], f["final"].bool(), any(v > 0 for v in vals["sigma"]))
+
+
+def _col(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def reverse_step(space, x: torch.Tensor, y: torch.Tensor, ex: torch.Tensor, ey: torch.Tensor, c: RowCoefficients,
+                 allowed: torch.Tensor, exact: torch.Tensor, zx: torch.Tensor | None = None,
+                 zy: torch.Tensor | None = None, lattice_clip: float = LATTICE_CLIP) -> tuple[torch.Tensor, torch.Tensor]:
+    """One reverse step of every row from its predicted noise (ex, ey): the x_0 estimate, constrained
+    (``space.constrain``: composition, circle projection) and clipped, the noise re-derived from it, then
+    ``x_s = A x_0 + B eps + C x_t + sigma z`` (``zx``/``zy``: the rows' ancestral draws, or None when
+    ``c.noisy`` is false); rows at their last step get x_0 itself. The fixed-batch sampler (``sample``),
+    the service's running loop and the batch jobs all step through here."""
+    x0 = space.constrain((x - _col(c.sq1m, x) * ex) / _col(c.sqa, x), allowed, exact)
+    y0 = ((y - _col(c.sq1m, y) * ey) / _col(c.sqa, y)).clamp(-lattice_clip, lattice_clip)
+    ex = (x - _col(c.sqa, x) * x0) / _col(c.sq1m, x)
+    ey = (y - _col(c.sqa, y) * y0) / _col(c.sq1m, y)
+    xn = _col(c.A, x) * x0 + _col(c.B, x) * ex + _col(c.C, x) * x
+    yn = _col(c.A, y) * y0 + _col(c.B, y) * ey + _col(c.C, y) * y
+    if zx is not None:
+        xn = xn + _col(c.sigma, x) * zx
+        yn = yn + _col(c.sigma, y) * zy
+    return torch.where(_col(c.final, x), x0, xn), torch.where(_col(c.final, y), y0, yn)
+
+
 @torch.no_grad()
 def sample(
     diffusion: GaussianDiffusion,
@@ -123,27 +179,11 @@ def sample(
 
         iterator = tqdm(iterator, desc=f"{sampler}-{len(seq)}", leave=False)
     for i in iterator:
-        t, s = seq[i], (seq[i + 1] if i + 1 < len(seq) else -1)
-        a_t = float(abar[t])
-        a_s = float(abar[s]) if s >= 0 else 1.0
-        tt = torch.full((b,), t, device=device, dtype=torch.long)
+        c = RowCoefficients.build([(sampler, eta, seq[i], seq[i + 1] if i + 1 < len(seq) else -1, b)], abar, device)
         with amp:
-            ex, ey = guided_eps(diffusion.denoiser, x, y, tt, cond, w, rows, paired)
-        x0 = space.constrain((x - (1 - a_t) ** 0.5 * ex) / a_t**0.5, allowed, exact_atoms)
-        y0 = ((y - (1 - a_t) ** 0.5 * ey) / a_t**0.5).clamp(-lattice_clip, lattice_clip)
-        if s < 0:
-            x, y = x0, y0
-            break
-        ex = (x - a_t**0.5 * x0) / (1 - a_t) ** 0.5
-        ey = (y - a_t**0.5 * y0) / (1 - a_t) ** 0.5
-        A, B, C, sigma = step_coefficients(sampler, eta, a_t, a_s)
-        if sampler == "ddim":
-            x = A * x0 + B * ex
-            y = A * y0 + B * ey
-        else:
-            x = A * x0 + C * x
-            y = A * y0 + C * y
-        if sigma > 0:
-            x = x + sigma * randn(x.shape, generator, device)
-            y = y + sigma * randn(y.shape, generator, device)
+            ex, ey = guided_eps(diffusion.denoiser, x, y, c.t, cond, w, rows, paired)
+        zx = zy = None
+        if c.noisy:
+            zx, zy = randn(x.shape, generator, device), randn(y.shape, generator, device)
+        x, y = reverse_step(space, x, y, ex, ey, c, allowed, exact_atoms, zx, zy, lattice_clip)
     return SampleOutput(space.from_diffusion(x.float()), y.float(), allowed, exact_atoms)

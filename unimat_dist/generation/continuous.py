@@ -49,12 +49,7 @@ from typing import Callable
 import torch
 
 from unimat_dist.diffusion.guidance import guided_eps, guided_rows, paired_condition
-from unimat_dist.diffusion.samplers import (
-    LATTICE_CLIP,
-    SampleOutput,
-    constraint_masks,
-    step_coefficients,
-)
+from unimat_dist.diffusion.samplers import RowCoefficients, SampleOutput, constraint_masks, reverse_step
 from unimat_dist.diffusion.schedules import sampling_timesteps
 from unimat_dist.model import Condition
 from unimat_dist.sampling import GeneratedBatch, StructureGenerator
@@ -362,52 +357,30 @@ class ContinuousSampler(SamplerBase):
         plan, device = self._plan(), self.g.device
         m = self._membership(plan)
         x, y = torch.cat([a.x[lo:hi] for a, lo, hi in plan]), torch.cat([a.y[lo:hi] for a, lo, hi in plan])
-        coef: dict[str, list[float]] = {k: [] for k in ("t", "sq1m", "sqa", "A", "B", "C", "sigma", "final")}
+        c = RowCoefficients.build([(a.job.sampler, a.job.eta, a.seq[a.i], a.seq[a.i + 1] if a.i + 1 < len(a.seq) else -1,
+                                    hi - lo) for a, lo, hi in plan], self._abar, device)
+        start = 0
         for a, lo, hi in plan:
-            t, s = a.seq[a.i], (a.seq[a.i + 1] if a.i + 1 < len(a.seq) else -1)
-            a_t = float(self._abar[t])
-            a_s = float(self._abar[s]) if s >= 0 else 1.0
-            A, B, C, sigma = step_coefficients(a.job.sampler, a.job.eta, a_t, a_s)
-            final = s < 0
-            if final:  # the last step returns x_0 itself, as ``sample`` does
-                sigma = 0.0
             if lo == 0:  # the step starts: its ancestral draws for all the job's rows, in ``sample``'s order
                 a.zx = a.zy = None  # (the job's own stream: drawing them before the evaluation changes nothing)
-                if sigma > 0:
+                if float(c.sigma[start]) > 0:
                     a.zx = torch.randn(a.x.shape, device=device, generator=a.generator)
                     a.zy = torch.randn(a.y.shape, device=device, generator=a.generator)
-            for k, v in zip(coef, (t, (1 - a_t) ** 0.5, a_t**0.5, A, B, C, sigma, float(final))):
-                coef[k].extend([v] * (hi - lo))
-        tt = torch.tensor(coef.pop("t"), dtype=torch.long, device=device)
-        c = {k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in coef.items()}
-
-        def col(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-            return v.reshape(-1, *([1] * (like.dim() - 1)))
-
+            start += hi - lo
         with torch.no_grad(), self._amp():
-            ex, ey = guided_eps(self.g.diffusion.denoiser, x, y, tt, m["cond"], m["w"], m["rows"], m["paired"])
+            ex, ey = guided_eps(self.g.diffusion.denoiser, x, y, c.t, m["cond"], m["w"], m["rows"], m["paired"])
         sizes = [hi - lo for _, lo, hi in plan]
+        zx = zy = None
+        if any(a.zx is not None for a, _, _ in plan):  # rows without noise get zeros (sigma = 0 there)
+            zx, zy = torch.zeros_like(x), torch.zeros_like(y)
+            start = 0
+            for (a, lo, hi), size in zip(plan, sizes):
+                if a.zx is not None:
+                    zx[start:start + size] = a.zx[lo:hi]
+                    zy[start:start + size] = a.zy[lo:hi]
+                start += size
         with torch.no_grad():
-            x0 = self.g.diffusion.space.constrain((x - col(c["sq1m"], x) * ex) / col(c["sqa"], x), m["allowed"],
-                                                  m["exact"])
-            y0 = ((y - col(c["sq1m"], y) * ey) / col(c["sqa"], y)).clamp(-LATTICE_CLIP, LATTICE_CLIP)
-            ex = (x - col(c["sqa"], x) * x0) / col(c["sq1m"], x)
-            ey = (y - col(c["sqa"], y) * y0) / col(c["sq1m"], y)
-            xn = col(c["A"], x) * x0 + col(c["B"], x) * ex + col(c["C"], x) * x
-            yn = col(c["A"], y) * y0 + col(c["B"], y) * ey + col(c["C"], y) * y
-            if any(a.zx is not None for a, _, _ in plan):
-                zx, zy = torch.zeros_like(x), torch.zeros_like(y)
-                start = 0
-                for (a, lo, hi), size in zip(plan, sizes):
-                    if a.zx is not None:
-                        zx[start:start + size] = a.zx[lo:hi]
-                        zy[start:start + size] = a.zy[lo:hi]
-                    start += size
-                xn = xn + col(c["sigma"], x) * zx
-                yn = yn + col(c["sigma"], y) * zy
-            final = c["final"].bool()
-            xn = torch.where(col(final, x), x0, xn)
-            yn = torch.where(col(final, y), y0, yn)
+            xn, yn = reverse_step(self.g.diffusion.space, x, y, ex, ey, c, m["allowed"], m["exact"], zx, zy)
         rows, jobs = x.shape[0], len(plan)
         done, keep = [], []
         for (a, lo, hi), xa, ya in zip(plan, xn.split(sizes), yn.split(sizes)):
