@@ -21,9 +21,9 @@ metrics: 400 (not JSON, invalid Unicode, a proxy-hint header), 408 (body not sen
 503 (sampling loop gone), and 500 (a bug: logged with its traceback, the message names only its class).
 
 One deployment, ``UniMatGenerator``: each replica loads the model once (``__init__``), ``generate``
-only parses and validates, ``_generate_batch`` (``@serve.batch``, one request per call so each answers
-when its own job is done) hands each request to the replica's ``ContinuousSampler`` (``unimat_dist/generation/continuous.py``): one
-denoising loop running in a worker thread that requests join at the next step boundary and leave when
+only parses and validates, ``_generate_one`` hands each request to the replica's ``ContinuousSampler``
+(``unimat_dist/generation/continuous.py``, the one batching layer): one
+denoising loop (a child process by default, ``engine: process``) that requests join at the next step boundary and leave when
 their last step is done (up to ``max_batch_size`` requests and ``max_batch_samples`` rows at a time),
 each row at its own timestep, so requests with different compositions, guidance, samplers and step
 counts share every network evaluation. The event loop keeps accepting requests while the device
@@ -97,14 +97,13 @@ class _Failed:
 
 
 class _Pending:
-    """A validated request waiting for its batch."""
+    """A validated request on its way through the running loop."""
 
-    __slots__ = ("job", "fmt", "composition", "exact_counts", "ticket", "cancelled")
+    __slots__ = ("job", "fmt", "composition", "exact_counts", "ticket")
 
     def __init__(self, job, fmt: str, composition, exact_counts: bool) -> None:
         self.job, self.fmt, self.composition, self.exact_counts = job, fmt, composition, exact_counts
         self.ticket: int | None = None  # the sampler's ticket once submitted
-        self.cancelled = False  # the HTTP request was cancelled (client gone) before submission
 
 
 def _response_body(p: _Pending, structures: list, info: dict[str, Any]) -> dict[str, Any]:
@@ -225,13 +224,6 @@ class UniMatGenerator:
         self.property_ranges = {name: (m - s.max_property_sigma * sd, m + s.max_property_sigma * sd)
                                 for name, m, sd in zip(scaler.names, scaler.mean, scaler.std)}
         self._format_executor = ThreadPoolExecutor(2, thread_name_prefix="unimat-format")
-        # One request per @serve.batch call: the running loop (ContinuousSampler, max_requests =
-        # max_batch_size) already merges concurrent requests step by step, and a call answers only when all
-        # of its requests are done, so a 1-crystal request cut into the same call as a maximal one waited
-        # for it (bench soak: small-request p99 20.6x its unloaded value, every slow one ending within 1 s
-        # of a maximal request). Each request now returns when its own job is done.
-        self._generate_batch.set_max_batch_size(1)
-        self._generate_batch.set_batch_wait_timeout_s(0.0)
         self._warm_up()
         self.max_ongoing_requests = _max_ongoing_requests()
         log.info("UniMatGenerator: %s (step %s, %s parameters) on %s in %.1f s; max_batch_size %d, "
@@ -322,7 +314,6 @@ class UniMatGenerator:
             "defaults": {"sampler": "ddim", "steps_ddim": min(s.default_steps_ddim, self.info["timesteps"]),
                          "steps_ddpm": self.info["timesteps"], "format": s.default_format},
             "batching": {"max_batch_size": s.max_batch_size, "max_ongoing_requests": self.max_ongoing_requests,
-                         "batch_wait_timeout_s": s.batch_wait_timeout_s,
                          "max_batch_samples": s.max_batch_samples,
                          "policy": "continuous: one running denoising loop; requests join at the next step and "
                                    "leave after their last, each row at its own timestep (compositions, properties, "
@@ -375,13 +366,10 @@ class UniMatGenerator:
             headers = {"Connection": "close"} if exc.status == 408 else None
             return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
         try:
-            result = await self._generate_batch(pending)
+            result = await self._generate_one(pending)
         except asyncio.CancelledError:
-            # Serve cancels a request whose client disconnected; @serve.batch keeps running the batch it is
-            # in, so the job is withdrawn from the sampling loop here (or never submitted)
-            pending.cancelled = True
-            if pending.ticket is not None:
-                self._engine.cancel(pending.ticket)
+            # Serve cancels a request whose client disconnected: ``generate`` withdraws its job from the
+            # sampling loop by its ticket (dropped at the next step, queued or running)
             self.metrics.error("cancelled")
             raise
         except Exception as exc:  # noqa: BLE001 - a bug in the batch path itself; answered below
@@ -445,25 +433,22 @@ class UniMatGenerator:
             raise ApiError(422, "model_constraint", str(exc), field) from None
         return _Pending(job, req.format or s.default_format, req.composition, req.exact_counts)
 
-    # ------------------------------------------------------------------ the batch
-    # max_concurrent_batches: Serve hands every cut batch over at once; the ContinuousSampler merges them
-    # into its running loop, which is where the real batching happens.
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0, max_concurrent_batches=1024)
-    async def _generate_batch(self, items: list[_Pending]) -> list[dict[str, Any] | None]:
-        from unimat_dist.generation.continuous import JobCancelled
+    # ------------------------------------------------------------------ sampling
+    async def _generate_one(self, p: _Pending) -> dict[str, Any] | _Failed:
+        """The request's job in the running loop, then its response body (formatted off the event loop).
 
-        async def one(p: _Pending):
-            if p.cancelled:
-                return None
-            try:
-                return await self._engine.generate(p.job, on_submit=lambda ticket: setattr(p, "ticket", ticket))
-            except JobCancelled:  # its caller is gone; the others of the batch go on
-                return None
-            except Exception as exc:  # noqa: BLE001 - this request fails alone, not its batch-mates
-                return _Failed(exc)
-
-        sampled = await asyncio.gather(*(one(p) for p in items))
-        return await asyncio.get_running_loop().run_in_executor(self._format_executor, self._format, items, sampled)
+        The running loop (``ContinuousSampler``, up to ``max_batch_size`` requests and ``max_batch_samples``
+        rows) is the service's one batching layer: concurrent requests share its network evaluations step
+        by step and each answers when its own job is done. A ``@serve.batch`` in front of it only added a
+        hop: a call answers when all of its requests are done, so a 1-crystal request cut into the same
+        call as a maximal one waited for it (bench soak: small-request p99 20.6x its unloaded value), and
+        with one request per call it passed requests through (docs/generation.md, "Batching")."""
+        try:
+            done = await self._engine.generate(p.job, on_submit=lambda ticket: setattr(p, "ticket", ticket))
+        except Exception as exc:  # noqa: BLE001 - a device/model failure, answered by the caller
+            return _Failed(exc)
+        loop = asyncio.get_running_loop()
+        return (await loop.run_in_executor(self._format_executor, self._format, [p], [done]))[0]
 
     def _format(self, items: list[_Pending], sampled: list) -> list:
         """Decoded structures and response bodies (CIF/JSON, validity flags), off the device thread; per

@@ -27,10 +27,7 @@ class ServeSettings:
     engine: Literal["process", "thread"] = "process"
 
     # batching (see docs/generation.md "Batching policy")
-    max_batch_size: int = 32  # requests per @serve.batch call and in the running loop (max_ongoing_requests >= this)
-    # seconds a @serve.batch waits for more requests after its first; 0: requests arriving while the device
-    # works join the running loop anyway (ContinuousSampler), so waiting only adds latency
-    batch_wait_timeout_s: float = 0.0
+    max_batch_size: int = 32  # requests in the running loop at once (max_ongoing_requests >= this)
     max_batch_samples: int = 512  # rows (samples) in the running loop; bounds device memory
 
     # per-request limits (violations are HTTP 408/413/422 with a message)
@@ -62,8 +59,6 @@ class ServeSettings:
         for name in ("body_timeout_s", "max_property_sigma"):
             if not float(getattr(self, name)) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.batch_wait_timeout_s < 0:
-            raise ValueError(f"batch_wait_timeout_s must be >= 0, got {self.batch_wait_timeout_s}")
         if self.max_samples_per_request > self.max_batch_samples:
             raise ValueError(
                 f"max_samples_per_request ({self.max_samples_per_request}) must not exceed max_batch_samples "

@@ -49,7 +49,7 @@ def service(tiny_checkpoint):
              _metrics_export_port=metrics_port)
     try:
         settings = {"checkpoint": f"file://{tiny_checkpoint}", "torch_threads": 1, "max_batch_size": 32,
-                    "batch_wait_timeout_s": 0.1, "max_samples_per_request": MAX_SAMPLES, "max_batch_samples": 256,
+                    "max_samples_per_request": MAX_SAMPLES, "max_batch_samples": 256,
                     "max_request_bytes": MAX_BYTES, "max_guidance": 5.0}
         url = start_service(settings, host="127.0.0.1", port=http_port, name="gen", cpus_per_replica=1)
         yield Service(url, f"http://127.0.0.1:{metrics_port}/metrics", tiny_checkpoint)

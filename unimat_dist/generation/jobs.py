@@ -2,9 +2,8 @@
 loops, one random stream per job.
 
 A *job* is one request: ``num_samples`` crystals under one ``SampleRequest`` (composition, exact counts,
-properties, guidance) with its own seed. Both the online service (one job per HTTP request, a
-``@serve.batch`` call hands over a list) and the offline batch job (a shard's requests) call
-``run_jobs``:
+properties, guidance) with its own seed. The offline batch job (a shard's requests) calls
+``run_jobs``; the online service runs its jobs in ``continuous.py``'s running loop instead:
 
 * **grouping**: jobs with different compositions, exact-count flags, properties and guidance weights
   share one loop (the conditioning is per row); jobs with a different sampler, step count or DDIM eta
