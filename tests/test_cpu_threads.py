@@ -195,7 +195,7 @@ def test_dispatcher_applies_the_policy(monkeypatch):
 
 
 def test_evaluation_pool_size_follows_usable_cpus(monkeypatch, caplog):
-    from unimat_dist.evaluation import parallel
+    from unimat_dist import parallel
 
     monkeypatch.delenv("UNIMAT_EVAL_WORKERS", raising=False)
     monkeypatch.setattr(ct, "usable_cpus", lambda: 3)
