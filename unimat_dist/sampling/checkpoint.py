@@ -147,10 +147,15 @@ def resolve_inference_path(uri: str, storage_options: dict[str, Any] | None = No
         return f"{base}/{INFERENCE_FILE}"
     for candidate in (base, f"{base}/checkpoints"):
         steps = complete_steps(candidate, storage_options)
-        latest = f"{candidate}/step_{steps[-1]:08d}" if steps else None
+        latest = step_folder(candidate, steps[-1]) if steps else None
         if latest is not None and fs.isfile(filesystem(f"{latest}/{INFERENCE_FILE}", storage_options)[1]):
             return f"{latest}/{INFERENCE_FILE}"
     raise FileNotFoundError(f"no {INFERENCE_FILE} in {uri} or in a checkpoint below it")
+
+
+def step_folder(directory: str, step: int) -> str:
+    """The folder of a training checkpoint's step (``<directory>/step_00001000``)."""
+    return f"{directory.rstrip('/')}/step_{step:08d}"
 
 
 def complete_steps(directory: str, storage_options: dict[str, Any] | None = None) -> list[int]:

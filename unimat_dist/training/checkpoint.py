@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from unimat_dist.sampling.checkpoint import (
-    COMPLETE_FILE, INFERENCE_FILE, complete_steps, load_torch, save_inference_checkpoint, save_torch,
+    COMPLETE_FILE, INFERENCE_FILE, complete_steps, load_torch, save_inference_checkpoint, save_torch, step_folder,
 )
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class CheckpointManager:
         self.fs, self.root = filesystem(self.directory)
 
     def step_dir(self, step: int) -> str:
-        return f"{self.directory}/step_{step:08d}"
+        return step_folder(self.directory, step)
 
     def steps(self) -> list[int]:
         """Steps with a complete checkpoint, ascending."""
