@@ -9,7 +9,7 @@
 Endpoints (docs/generation.md has request/response examples):
 
     POST /v1/generate   {"num_samples", "composition", "exact_counts", "properties", "guidance", "sampler",
-                         "steps", "eta", "seed", "format"} -> structures (CIF or JSON) + validity flags
+                         "steps", "eta", "noise_scale", "seed", "format"} -> structures (CIF or JSON) + validity flags
     GET  /v1/model      checkpoint, spec (L, grid, elements), properties, limits, batching settings
     GET  /v1/stats      this replica's request/batch/loop counters (batch-size histogram)
     GET  /healthz       liveness; GET /openapi.json and /docs: the OpenAPI schema
@@ -147,6 +147,7 @@ def _response_body(p: _Pending, structures: list, info: dict[str, Any]) -> dict[
         "sampler": job.sampler,
         "steps": job.steps,
         "eta": job.eta,
+        "noise_scale": job.noise_scale,
         "format": p.fmt,
         "structures": out,
         "validity": {k: summary[k] for k in ("count", "decoded", "structure_valid", "composition_valid",
@@ -294,6 +295,16 @@ class UniMatGenerator:
         self.metrics.request("/v1/model", 200)
         return body
 
+    def _defaults(self) -> dict[str, Any]:
+        """What a request that leaves a field out gets: the checkpoint's sampling defaults, then the service's."""
+        s, T = self.settings, self.info["timesteps"]
+        run = self.g.sampling_settings()
+        out = {"sampler": run["sampler"], "steps_ddim": min(s.default_steps_ddim, T), "steps_ddpm": T,
+               "eta": run["eta"], "noise_scale": run["noise_scale"], "format": s.default_format}
+        if run["steps"] is not None:  # the checkpoint's own step count, for either sampler
+            out["steps_ddim"] = out["steps_ddpm"] = min(run["steps"], T)
+        return out
+
     def _model_body(self) -> dict[str, Any]:
         s = self.settings
         return {
@@ -311,8 +322,7 @@ class UniMatGenerator:
                 "property_ranges": {k: list(v) for k, v in self.property_ranges.items()},
                 "max_property_sigma": s.max_property_sigma,
             },
-            "defaults": {"sampler": "ddim", "steps_ddim": min(s.default_steps_ddim, self.info["timesteps"]),
-                         "steps_ddpm": self.info["timesteps"], "format": s.default_format},
+            "defaults": self._defaults(),
             "batching": {"max_batch_size": s.max_batch_size, "max_ongoing_requests": self.max_ongoing_requests,
                          "max_batch_samples": s.max_batch_samples,
                          "policy": "continuous: one running denoising loop; requests join at the next step and "
@@ -403,7 +413,10 @@ class UniMatGenerator:
         if req.num_samples > s.max_samples_per_request:
             raise ApiError(422, "limit_exceeded", f"num_samples {req.num_samples} exceeds this service's limit of "
                                                   f"{s.max_samples_per_request} per request", "num_samples")
-        steps = req.steps if req.steps is not None else (T if req.sampler == "ddpm" else min(s.default_steps_ddim, T))
+        # unset sampler fields: the checkpoint's sampling defaults, then the service's (DDIM, default_steps_ddim)
+        run = self.g.sampling_settings(req.sampler, req.steps, req.eta, req.noise_scale)
+        sampler = run["sampler"]
+        steps = run["steps"] if run["steps"] is not None else (T if sampler == "ddpm" else min(s.default_steps_ddim, T))
         if steps > min(s.max_steps, T):
             raise ApiError(422, "limit_exceeded", f"steps {steps} exceeds the limit of {min(s.max_steps, T)} "
                                                   f"(service max_steps {s.max_steps}, model T {T})", "steps")
@@ -421,11 +434,12 @@ class UniMatGenerator:
         if req.guidance > s.max_guidance:
             raise ApiError(422, "limit_exceeded", f"guidance {req.guidance} exceeds the limit of {s.max_guidance}",
                            "guidance")
-        if req.eta > 0 and req.sampler != "ddim":
+        if run["eta"] > 0 and sampler != "ddim":
             raise ApiError(422, "invalid_request", "eta applies to the ddim sampler only", "eta")
         seed = req.seed if req.seed is not None else secrets.randbits(63)
         sample_request = SampleRequest(req.composition, req.exact_counts, dict(req.properties or {}), req.guidance)
-        job = GenerationJob(req.num_samples, sample_request, req.sampler, steps, req.eta, seed)
+        job = GenerationJob(req.num_samples, sample_request, sampler, steps, run["eta"], seed,
+                            noise_scale=run["noise_scale"])
         try:
             prepare_job(self.g, job)
         except ValueError as exc:

@@ -63,9 +63,17 @@ class GenerateRequest(BaseModel):
         None, description="property targets in raw units (see GET /v1/model for the names the model knows)",
         examples=[{"heat_ref": -0.5}])
     guidance: float = Field(0.0, ge=0.0, description="classifier-free guidance weight w for the properties")
-    sampler: Literal["ddim", "ddpm"] = "ddim"
-    steps: Optional[int] = Field(None, ge=1, description="denoising steps; null = service default (DDIM) or T (DDPM)")
-    eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM stochasticity (0 = deterministic)")
+    sampler: Optional[Literal["ddim", "ddpm"]] = Field(
+        None, description="null = the model's default (GET /v1/model: defaults.sampler; ddim unless the checkpoint "
+                          "was released with another)")
+    steps: Optional[int] = Field(None, ge=1, description="denoising steps; null = the model's default steps, else the "
+                                                         "service default (DDIM) or T (DDPM)")
+    eta: Optional[float] = Field(None, ge=0.0, le=1.0,
+                                 description="DDIM stochasticity (0 = deterministic); null = the model's default (0)")
+    noise_scale: Optional[float] = Field(
+        None, ge=0.0, le=1.0, description="multiplies the sampler's added noise (DDPM, or DDIM with eta > 0): < 1 "
+                                          "samples at a lower temperature, less diverse and more precise crystals; "
+                                          "null = the model's default (1 unless the checkpoint says otherwise)")
     seed: Optional[int] = Field(None, ge=0, le=SEED_MAX,
                                 description="makes this request's samples reproducible whatever it is batched with; "
                                             "null = a random seed, returned in the response")
@@ -122,6 +130,7 @@ class GenerateResponse(BaseModel):
     sampler: str
     steps: int
     eta: float
+    noise_scale: float
     format: str
     structures: list[StructureOut]
     validity: ValiditySummary

@@ -85,20 +85,32 @@ def perturbed_tiny_generator():
     return StructureGenerator(d, spec, Normalizer.default(spec), PropertyScaler(("band_gap",), (1.0,), (0.5,)))
 
 
-def make_job(g, n, comp=None, seed=0, sampler="ddim", steps=4, eta=0.0, **kw):
+def save_perturbed_tiny_checkpoint(path: Path, **meta) -> Path:
+    """``perturbed_tiny_generator`` saved as an inference checkpoint at ``path`` (``meta``: e.g. step, weights)."""
+    from unimat_dist.sampling import inference_payload, save_inference_checkpoint
+
+    g = perturbed_tiny_generator()
+    d = g.diffusion
+    save_inference_checkpoint(inference_payload(d.denoiser, d.config(), g.spec, g.normalizer, g.scaler, **meta),
+                              str(path))
+    return path
+
+
+def make_job(g, n, comp=None, seed=0, sampler="ddim", steps=4, eta=0.0, noise_scale=1.0, **kw):
     """A prepared ``GenerationJob`` of ``n`` crystals (``kw``: the ``SampleRequest`` fields)."""
     from unimat_dist.generation import GenerationJob, prepare_job
     from unimat_dist.sampling import SampleRequest
 
-    return prepare_job(g, GenerationJob(n, SampleRequest(comp, **kw), sampler, steps, eta, seed))
+    job = GenerationJob(n, SampleRequest(comp, **kw), sampler, steps, eta, seed, noise_scale=noise_scale)
+    return prepare_job(g, job)
 
 
 # ------------------------------------------------------------------ running loops (thread or process)
 def mixed_jobs(g) -> list:
-    """Six jobs of mixed samplers, steps, eta, conditioning and guidance."""
+    """Six jobs of mixed samplers, steps, eta, noise scales, conditioning and guidance."""
     return [
         make_job(g, 2, "LiFePO4", seed=1, steps=6),
-        make_job(g, 1, None, seed=2, sampler="ddpm", steps=9),
+        make_job(g, 1, None, seed=2, sampler="ddpm", steps=9, noise_scale=0.5),  # lower temperature
         make_job(g, 3, "SrTiO3", seed=3, steps=3, eta=0.7),  # stochastic DDIM
         make_job(g, 1, "Li2O", seed=4, steps=12, exact_counts=False),  # element types only
         make_job(g, 2, None, seed=5, steps=5, properties={"band_gap": 1.5}, guidance=2.0),  # guided

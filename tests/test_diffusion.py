@@ -202,10 +202,11 @@ def test_samplers_recover_a_point_mass_exactly(sampler, steps):
     assert torch.allclose(out.lattice, y_target.expand_as(out.lattice), atol=1e-4)
 
 
-def chain_moments(abar, steps, sampler, eta, mu, s):
+def chain_moments(abar, steps, sampler, eta, mu, s, noise_scale=1.0):
     """Mean and std of the discrete sampler chain's output for data N(mu, s^2) with the exact denoiser,
     by propagating the Gaussian's moments step by step (scalar reference for the vectorised sampler).
-    The discrete chains are slightly under-dispersed (finite steps); continuous time would give s."""
+    The discrete chains are slightly under-dispersed (finite steps); continuous time would give s.
+    ``noise_scale`` multiplies each step's added noise and nothing else."""
     seq = sampling_timesteps(len(abar), steps).tolist()
     m, v = 0.0, 1.0
     for i, t in enumerate(seq):
@@ -225,28 +226,33 @@ def chain_moments(abar, steps, sampler, eta, mu, s):
             c0, ct = math.sqrt(a_s) * beta / (1 - a), math.sqrt(1 - beta) * (1 - a_s) / (1 - a)
             sig = math.sqrt((1 - a_s) / (1 - a) * beta)
             A, B = c0 * k + ct, c0 * b0
-        m, v = A * m + B, A * A * v + sig * sig
+        m, v = A * m + B, A * A * v + (noise_scale * sig) ** 2
     raise AssertionError("unreachable")
 
 
-@pytest.mark.parametrize("sampler,steps,eta", [("ddpm", 1000, 0.0), ("ddpm", 100, 0.0), ("ddim", 200, 0.0), ("ddim", 200, 1.0)])
-def test_samplers_draw_the_right_gaussian(sampler, steps, eta):
+@pytest.mark.parametrize("sampler,steps,eta,lam", [("ddpm", 1000, 0.0, 1.0), ("ddpm", 100, 0.0, 1.0),
+                                                  ("ddim", 200, 0.0, 1.0), ("ddim", 200, 1.0, 1.0),
+                                                  ("ddpm", 100, 0.0, 0.5), ("ddim", 200, 1.0, 0.3)])
+def test_samplers_draw_the_right_gaussian(sampler, steps, eta, lam):
     """With the exact denoiser of N(mu, s^2), samples have the moments of the discrete chain, which for
-    DDPM-1000 are within 5% of (mu, s) themselves."""
+    DDPM-1000 are within 5% of (mu, s) themselves; a noise scale λ < 1 narrows them as the chain with
+    λ-scaled noise predicts (a lower temperature, same mean)."""
     spec = spec_for_elements(["C"], 4)
     mu, s = 0.3, 0.1
     base = GaussianDiffusion(nn.Identity(), spec.allowed_cells, timesteps=1000)
     oracle = GaussianOracle(base.alphas_cumprod, torch.tensor(mu), s, torch.tensor([0.5] * 6), 0.2)
     d = GaussianDiffusion(oracle, spec.allowed_cells, timesteps=1000)
     out = sample(d, Condition.unconditional(4000, (4, 1, 1), 0), sampler=sampler, steps=steps, eta=eta,
-                 generator=torch.Generator().manual_seed(0))
+                 noise_scale=lam, generator=torch.Generator().manual_seed(0))
     x, y = out.positions.flatten().double(), out.lattice.flatten().double()
-    ref_m, ref_s = chain_moments(base.alphas_cumprod_f64, steps, sampler, eta, mu, s)
+    ref_m, ref_s = chain_moments(base.alphas_cumprod_f64, steps, sampler, eta, mu, s, lam)
     assert x.mean().item() == pytest.approx(ref_m, abs=0.002)
     assert x.std().item() == pytest.approx(ref_s, rel=0.015)
-    ref_my, ref_sy = chain_moments(base.alphas_cumprod_f64, steps, sampler, eta, 0.5, 0.2)
+    ref_my, ref_sy = chain_moments(base.alphas_cumprod_f64, steps, sampler, eta, 0.5, 0.2, lam)
     assert y.mean().item() == pytest.approx(ref_my, abs=0.01)
     assert y.std().item() == pytest.approx(ref_sy, rel=0.03)
+    if lam < 1:  # narrower than the same chain at temperature 1
+        assert x.std().item() < 0.9 * chain_moments(base.alphas_cumprod_f64, steps, sampler, eta, mu, s)[1]
     if (sampler, steps) == ("ddpm", 1000):
         assert x.std().item() == pytest.approx(s, rel=0.05) and x.mean().item() == pytest.approx(mu, abs=0.002)
 

@@ -19,27 +19,22 @@ from generation_fixtures import (
     collect,
     make_job,
     mixed_jobs,
-    perturbed_tiny_generator,
     run_next_to_a_cancelled_job,
+    save_perturbed_tiny_checkpoint,
 )
 
 from unimat_dist.generation import open_generator, run_jobs
 from unimat_dist.generation.continuous import JobCancelled
 from unimat_dist.generation.engine_process import ProcessSampler
 from unimat_dist.model import Condition
-from unimat_dist.sampling import inference_payload, save_inference_checkpoint
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> str:
-    g = perturbed_tiny_generator()
-    d = g.diffusion
-    payload = inference_payload(d.denoiser, d.config(), g.spec, g.normalizer, g.scaler, step=7, weights="model")
     path = tmp_path_factory.mktemp("engine-process") / "inference.pt"
-    save_inference_checkpoint(payload, str(path))
-    return str(path)
+    return str(save_perturbed_tiny_checkpoint(path, step=7, weights="model"))
 
 
 @pytest.fixture(scope="module")

@@ -40,15 +40,9 @@ IDLE_CLIENTS = 64  # = the replica's max_ongoing_requests (2 x max_batch_size 32
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    from generation_fixtures import perturbed_tiny_generator
+    from generation_fixtures import save_perturbed_tiny_checkpoint
 
-    from unimat_dist.sampling.checkpoint import inference_payload, save_inference_checkpoint
-
-    g = perturbed_tiny_generator()
-    path = tmp_path_factory.mktemp("hostile") / "inference.pt"
-    save_inference_checkpoint(inference_payload(g.diffusion.denoiser, g.diffusion.config(), g.spec, g.normalizer,
-                                                g.scaler), str(path))
-    return path
+    return save_perturbed_tiny_checkpoint(tmp_path_factory.mktemp("hostile") / "inference.pt")
 
 
 class Service:

@@ -170,3 +170,54 @@ def test_unimat_sample_cli_writes_cifs_and_summary(ckpt, tmp_path):
     frames = read(out2 / "samples.extxyz", index=":")
     assert len(frames) == 2 and frames[0].get_chemical_formula(mode="hill") == "FeLiO4P"
     assert main(["sample", "--checkpoint", str(ckpt), "--num", "1", "--property", "nonsense", "--out", str(out2)]) == 2
+
+
+def test_sampling_defaults_travel_in_the_checkpoint(ckpt, tmp_path):
+    """`unimat model sampling` writes a copy carrying its sampler settings (the input is never modified);
+    `unimat sample` then runs with them, a flag overrides one field, and hostile values are refused."""
+    import hashlib
+
+    from unimat_dist.cli import main
+
+    before = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    tuned = tmp_path / "tuned.pt"
+    assert main(["model", "sampling", str(ckpt), "--sampler", "ddpm", "--steps", "6", "--noise-scale", "0.3",
+                 "--out", str(tuned)]) == 0
+    assert hashlib.sha256(ckpt.read_bytes()).hexdigest() == before
+    assert (tmp_path / "tuned.pt.sha256").exists()
+    with pytest.raises(SystemExit, match="--out is required"):
+        main(["model", "sampling", str(ckpt), "--noise-scale", "0.5"])
+    with pytest.raises(SystemExit, match="exists"):
+        main(["model", "sampling", str(ckpt), "--noise-scale", "0.5", "--out", str(tuned)])
+
+    g = load_generator(str(tuned), device="cpu")
+    assert g.sampling_defaults == {"sampler": "ddpm", "steps": 6, "noise_scale": 0.3}
+    assert g.sampling_settings() == {"sampler": "ddpm", "steps": 6, "eta": 0.0, "noise_scale": 0.3}
+    assert g.sampling_settings(sampler="ddim", noise_scale=1.0)["sampler"] == "ddim"
+    assert load_generator(str(ckpt), device="cpu").sampling_settings() == {
+        "sampler": "ddim", "steps": None, "eta": 0.0, "noise_scale": 1.0}
+
+    out = tmp_path / "s"
+    assert main(["sample", "--checkpoint", str(tuned), "--num", "2", "--composition", "Fe2O3", "--out", str(out),
+                 "--device", "cpu", "--no-gallery"]) == 0
+    req = json.loads((out / "summary.json").read_text())["request"]
+    assert (req["sampler"], req["steps"], req["eta"], req["noise_scale"]) == ("ddpm", 6, 0.0, 0.3)
+    # the same draw as the library call with those settings: the defaults are what ran
+    ref = g.sample(2, "Fe2O3", sampler="ddpm", steps=6, noise_scale=0.3, seed=0)
+    got = g.sample(2, "Fe2O3", **g.sampling_settings(), seed=0)
+    assert all((a.frac_coords == b.frac_coords).all() for a, b in zip(ref, got))
+    out2 = tmp_path / "s2"
+    assert main(["sample", "--checkpoint", str(tuned), "--num", "1", "--composition", "Fe2O3", "--out", str(out2),
+                 "--noise-scale", "1", "--device", "cpu", "--no-gallery"]) == 0
+    assert json.loads((out2 / "summary.json").read_text())["request"]["noise_scale"] == 1.0
+
+    payload = load_inference_checkpoint(str(ckpt))
+    for bad, match in (({"noise_scale": 2.0}, "noise_scale"), ({"sampler": "euler"}, "sampler"),
+                       ({"steps": 101}, "exceed"), ({"steps": True}, "steps"), ({"temperature": 0.1}, "keys"),
+                       ("ddpm", "mapping")):
+        p = dict(payload, sampling=bad)
+        p.pop("path")
+        path = tmp_path / "bad.pt"
+        save_inference_checkpoint(p, str(path))
+        with pytest.raises(ValueError, match=match):
+            load_inference_checkpoint(str(path))

@@ -262,6 +262,7 @@ BAD_REQUESTS = [
     ({"steps": 0}, 422, "invalid_request", "steps"),
     ({"steps": TIMESTEPS + 1}, 422, "limit_exceeded", "steps"),
     ({"sampler": "ddpm", "eta": 0.5}, 422, "invalid_request", "eta"),
+    ({"noise_scale": 1.5}, 422, "invalid_request", "noise_scale"),
     ({"properties": {"band_gap": 1.0}}, 422, "model_constraint", "properties"),
     (b'{"properties": {"heat_ref": NaN}}', 422, "invalid_request", "properties.heat_ref"),
     ({"guidance": -1}, 422, "invalid_request", "guidance"),

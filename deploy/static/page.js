@@ -13,7 +13,7 @@
   var status = document.getElementById('status');
   var runs = document.getElementById('runs');
   var model = null, runCount = 0;
-  var FIELDS = ['composition', 'num_samples', 'sampler', 'steps', 'eta', 'seed', 'guidance', 'properties'];
+  var FIELDS = ['composition', 'num_samples', 'sampler', 'steps', 'eta', 'noise_scale', 'seed', 'guidance', 'properties'];
 
   function $(id) { return document.getElementById(id); }
   function esc(s) { return window.UnimatCards.escape(s); }
@@ -81,6 +81,10 @@
         holder.appendChild(label);
       });
       $('properties').hidden = !props.length;
+      var d = info.defaults || {};  // the model's sampling defaults preselected (the checkpoint may carry its own)
+      if (d.sampler) $('sampler').value = d.sampler;
+      if (typeof d.eta === 'number') $('eta').value = d.eta;
+      if (typeof d.noise_scale === 'number') $('noise_scale').value = d.noise_scale;
       stepsPlaceholder();
     }).catch(function (err) { text($('model-info'), 'could not read the model: ' + err.message); });
   }
@@ -103,6 +107,7 @@
     add('sampler', JSON.stringify($('sampler').value));
     add('steps', numberLiteral($('steps'), 'steps'));
     if (!$('eta').disabled) add('eta', numberLiteral($('eta'), 'eta'));
+    add('noise_scale', numberLiteral($('noise_scale'), 'noise_scale'));
     add('seed', numberLiteral($('seed'), 'seed'));
     add('guidance', numberLiteral($('guidance'), 'guidance'));
     var props = [];

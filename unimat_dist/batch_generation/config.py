@@ -41,6 +41,7 @@ class SamplingConfig:
     sampler: Literal["ddim", "ddpm"] = "ddim"
     steps: Optional[int] = None  # null: 100 for DDIM (capped by T), T for DDPM
     eta: float = 0.0  # DDIM stochasticity (0 = deterministic)
+    noise_scale: float = 1.0  # multiplies the ancestral noise (< 1: lower temperature, see diffusion/samplers.py)
     seed: int = 0  # base seed; a request's seed is derived from it and the request id (layout-independent)
     max_batch_samples: int = 256  # rows per denoising loop (device memory bound); >= the largest request
 

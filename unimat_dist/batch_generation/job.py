@@ -112,12 +112,14 @@ def resolve_checkpoint(cfg: GenerateBatchConfig) -> str:
 
 def fingerprint(cfg: GenerateBatchConfig, checkpoint: str, requests: list[BatchRequest]) -> str:
     """Identity of the job's output: everything that changes which crystals are written where.
-    ``sampling.max_batch_samples`` is left out: it only regroups rows into loops."""
+    ``sampling.max_batch_samples`` is left out: it only regroups rows into loops; ``noise_scale`` only when
+    it is the default 1 (outputs written before it existed keep their identity)."""
     ident = {
         "job_version": JOB_VERSION,
         "checkpoint": checkpoint,
         "requests": requests_digest(requests),
-        "sampling": {k: v for k, v in to_dict(cfg.sampling).items() if k != "max_batch_samples"},
+        "sampling": {k: v for k, v in to_dict(cfg.sampling).items()
+                     if k != "max_batch_samples" and not (k == "noise_scale" and v == 1.0)},
         "exact_counts": cfg.requests.exact_counts,
         "guidance": cfg.requests.guidance,
         "format": cfg.output.format,
@@ -370,7 +372,8 @@ def run_generate_batch(cfg: GenerateBatchConfig, runner: UnitRunner | None = Non
                  len(requests), len(done), len(units), len(requests) - done_requests)
     ctx = JobContext(
         fingerprint=fp, output_uri=output, output_options=opts, format=cfg.output.format,
-        sampler=cfg.sampling.sampler, steps=cfg.sampling.steps, eta=cfg.sampling.eta, seed=cfg.sampling.seed,
+        sampler=cfg.sampling.sampler, steps=cfg.sampling.steps, eta=cfg.sampling.eta,
+        noise_scale=cfg.sampling.noise_scale, seed=cfg.sampling.seed,
         max_batch_samples=cfg.sampling.max_batch_samples, exact_counts=cfg.requests.exact_counts,
         guidance=cfg.requests.guidance,
     )

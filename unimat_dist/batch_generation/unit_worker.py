@@ -56,6 +56,7 @@ class JobContext:
     sampler: str = "ddim"
     steps: int | None = None
     eta: float = 0.0
+    noise_scale: float = 1.0
     seed: int = 0
     max_batch_samples: int = 256
     exact_counts: bool = True
@@ -81,7 +82,8 @@ def generate_unit(g, unit: WorkUnit, ctx: JobContext) -> dict[str, Any]:
     rejected = []
     for r in unit.requests:
         request = SampleRequest(r.composition, ctx.exact_counts, dict(r.properties), ctx.guidance)
-        job = GenerationJob(r.num_samples, request, ctx.sampler, ctx.steps, ctx.eta, request_seed(ctx.seed, r.id))
+        job = GenerationJob(r.num_samples, request, ctx.sampler, ctx.steps, ctx.eta, request_seed(ctx.seed, r.id),
+                            noise_scale=ctx.noise_scale)
         try:
             accepted.append((r, prepare_job(g, job)))
         except ValueError as exc:

@@ -50,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--sampler", choices=("ddim", "ddpm"), default=None)
     g.add_argument("--steps", type=int, default=None)
     g.add_argument("--eta", type=float, default=None)
+    g.add_argument("--noise-scale", type=float, default=None,
+                   help="multiplies the added noise (< 1: lower temperature)")
     g.add_argument("--seed", type=int, default=None, help="default: random (the response says which)")
     g.add_argument("--format", choices=("cif", "json"), default="cif")
     g.add_argument("--out", default=None, help="folder for the structures (default: only print the summary)")
@@ -144,7 +146,7 @@ def run_generate(args) -> int:
     r = client.generate(
         num_samples=args.num, composition=args.composition, exact_counts=not args.types_only,
         properties=parse_properties(args.property) or None, guidance=args.guidance, sampler=args.sampler,
-        steps=args.steps, eta=args.eta, seed=args.seed, format=args.format,
+        steps=args.steps, eta=args.eta, noise_scale=args.noise_scale, seed=args.seed, format=args.format,
     )
     files = write_response(r, args.out) if args.out else []
     v = r["validity"]

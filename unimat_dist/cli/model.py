@@ -3,6 +3,8 @@
     unimat model presets                          # parameter counts for the MP-20 tensor (L=20, 9 x 18)
     unimat model presets --dataset carbon_24      # ... for another data set's spec
     unimat model presets --flops                  # also forward GFLOPs per sample
+    unimat model sampling checkpoints/carbon24_transformer_cpu.pt          # the sampler settings it carries
+    unimat model sampling in.pt --sampler ddpm --steps 100 --noise-scale 0.3 --out out.pt   # a copy with new ones
 """
 from __future__ import annotations
 
@@ -17,6 +19,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     pp.add_argument("--properties", type=int, default=1, help="number of conditioning properties")
     pp.add_argument("--flops", action="store_true", help="also count forward FLOPs per sample (slower)")
     pp.set_defaults(func=run_presets)
+    ps = msub.add_parser("sampling", help="print, or write a copy of a checkpoint with, its default sampler settings")
+    ps.add_argument("checkpoint", help="inference checkpoint (file, run/checkpoint directory or fsspec URI)")
+    ps.add_argument("--sampler", choices=("ddim", "ddpm"))
+    ps.add_argument("--steps", type=int)
+    ps.add_argument("--eta", type=float)
+    ps.add_argument("--noise-scale", type=float)
+    ps.add_argument("--clear", action="store_true", help="drop the defaults (back to DDIM-100, eta 0, noise scale 1)")
+    ps.add_argument("--out", help="new checkpoint file to write (with its .sha256); required to change anything")
+    ps.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    ps.set_defaults(func=run_sampling)
 
 
 def preset_table(dataset: str = "mp_20", num_properties: int = 1, flops: bool = False) -> list[dict]:
@@ -60,4 +72,34 @@ def run_presets(args) -> int:
         if args.flops:
             line += f"{r['gflops_fwd_per_sample']:>14.2f}"
         print(line)
+    return 0
+
+
+def run_sampling(args) -> int:
+    """Sampling defaults travel inside the checkpoint (``"sampling"``), so `unimat sample`, `unimat results
+    evaluate` and the service sample a released model the way it was measured unless told otherwise."""
+    import json
+    from pathlib import Path
+
+    from unimat_dist.sampling.checkpoint import load_inference_checkpoint, sampling_defaults, save_inference_checkpoint
+
+    payload = load_inference_checkpoint(args.checkpoint)
+    given = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("eta", args.eta),
+                               ("noise_scale", args.noise_scale)) if v is not None}
+    if not given and not args.clear:
+        print(json.dumps(payload["sampling"]))
+        return 0
+    if not args.out:
+        raise SystemExit("--out is required to write new sampling defaults (the input checkpoint is never modified)")
+    out = Path(args.out)
+    if Path(payload["path"]).resolve() == out.resolve():
+        raise SystemExit(f"--out {out} is the input checkpoint; write a new file")
+    if out.exists() and not args.overwrite:
+        raise SystemExit(f"{out} exists; pass --overwrite to replace it")
+    new = {} if args.clear else dict(payload["sampling"])
+    new.update(given)
+    payload["sampling"] = sampling_defaults(new, "--sampler/--steps/--eta/--noise-scale")
+    payload.pop("path", None)
+    digest = save_inference_checkpoint(payload, str(out))
+    print(json.dumps({"checkpoint": str(out), "sha256": digest, "sampling": payload["sampling"]}))
     return 0

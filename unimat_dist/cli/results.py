@@ -22,8 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out", required=True, help="folder for samples.extxyz, result.json and the report")
     e.add_argument("--num", type=int, default=10_000, help="unconditional samples (the paper: 10,000)")
     e.add_argument("--label", help="row label (default: the --out folder name)")
-    e.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
-    e.add_argument("--steps", type=int, default=100, help="denoising steps")
+    e.add_argument("--sampler", choices=("ddim", "ddpm"), default=None,
+                   help="default: the checkpoint's sampling defaults, else ddim (so for the next three)")
+    e.add_argument("--steps", type=int, default=None, help="denoising steps (default 100 for DDIM, T for DDPM)")
+    e.add_argument("--eta", type=float, default=None, help="DDIM stochasticity (0 = deterministic, 1 = DDPM's noise)")
+    e.add_argument("--noise-scale", type=float, default=None, help="multiplies the added noise (< 1: lower temperature)")
     e.add_argument("--batch-size", type=int, default=500)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--workers", type=int, help="evaluation processes (default: all CPUs)")
@@ -60,7 +63,8 @@ def run_evaluate(args) -> int:
 
     r = evaluate_run(RunOptions(
         checkpoint=args.checkpoint, dataset=args.dataset, out=Path(args.out), num=args.num, sampler=args.sampler,
-        steps=args.steps, batch_size=args.batch_size, seed=args.seed, workers=args.workers,
+        steps=args.steps, eta=args.eta, noise_scale=args.noise_scale, batch_size=args.batch_size, seed=args.seed,
+        workers=args.workers,
         energy_samples=args.energy_samples, relax_steps=args.relax_steps, property_emd=args.property_emd,
         limit_reference=args.limit_reference, limit_train=args.limit_train, label=args.label,
         conditional=args.conditional, per_composition=args.per_composition, csp=args.csp, limit_csp=args.limit_csp,

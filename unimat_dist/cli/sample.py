@@ -32,9 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--property", action="append", default=[], metavar="NAME=VALUE",
                    help="property target (raw units), repeatable; needs a property-conditioned model")
     p.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight w (0 = conditional model)")
-    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
+    p.add_argument("--sampler", choices=("ddim", "ddpm"), default=None,
+                   help="default: the checkpoint's sampling defaults, else ddim (so for --steps, --eta, --noise-scale)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: 100 for DDIM, T for DDPM)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0 = deterministic)")
+    p.add_argument("--eta", type=float, default=None, help="DDIM stochasticity (0 = deterministic)")
+    p.add_argument("--noise-scale", type=float, default=None,
+                   help="multiplies the added noise (DDPM, or DDIM with --eta > 0); < 1: lower temperature, "
+                        "more precise geometry, less diversity (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
@@ -76,9 +80,10 @@ def sample_to_folder(
     exact_counts: bool = True,
     properties: dict[str, float] | None = None,
     guidance: float = 0.0,
-    sampler: str = "ddim",
+    sampler: str | None = None,
     steps: int | None = None,
-    eta: float = 0.0,
+    eta: float | None = None,
+    noise_scale: float | None = None,
     seed: int = 0,
     batch_size: int = 256,
     device: str | None = None,
@@ -90,7 +95,8 @@ def sample_to_folder(
     facts_workers: int | None = None,
     gallery: bool = True,
 ) -> dict:
-    """Generate ``num`` crystals and write them plus summary.json into ``out``; returns the summary."""
+    """Generate ``num`` crystals and write them plus summary.json into ``out``; returns the summary.
+    Sampler settings left None come from the checkpoint's sampling defaults, then the library's."""
     import json
     import time
     import warnings
@@ -105,10 +111,12 @@ def sample_to_folder(
     t0 = time.perf_counter()
     g = load_generator(checkpoint, device=device, precision=precision)
     t_load = time.perf_counter() - t0
+    settings = g.sampling_settings(sampler, steps, eta, noise_scale)
+    sampler, steps, eta, noise_scale = (settings[k] for k in ("sampler", "steps", "eta", "noise_scale"))
     t0 = time.perf_counter()
     structures = g.sample(
         num, composition, exact_counts, properties or {}, guidance, sampler=sampler, steps=steps, eta=eta,
-        seed=seed, batch_size=batch_size, progress=progress,
+        noise_scale=noise_scale, seed=seed, batch_size=batch_size, progress=progress,
     )
     t_sample = time.perf_counter() - t0
     out_dir = Path(out)
@@ -126,7 +134,8 @@ def sample_to_folder(
         "checkpoint_step": g.meta.get("step"),
         "request": {
             "num": num, "composition": composition, "exact_counts": exact_counts, "properties": properties or {},
-            "guidance": guidance, "sampler": sampler, "steps": steps, "eta": eta, "seed": seed,
+            "guidance": guidance, "sampler": sampler, "steps": steps, "eta": eta, "noise_scale": noise_scale,
+            "seed": seed,
         },
         "spec": g.spec.to_dict(),
         "num_decoded": sum(s is not None for s in structures),
@@ -243,7 +252,8 @@ def run(args) -> int:
     summary = sample_to_folder(
         args.checkpoint, args.num, args.out, composition=args.composition, exact_counts=not args.types_only,
         properties=parse_properties(args.property), guidance=args.guidance, sampler=args.sampler, steps=args.steps,
-        eta=args.eta, seed=args.seed, batch_size=args.batch_size, device=args.device, precision=args.precision,
+        eta=args.eta, noise_scale=args.noise_scale, seed=args.seed, batch_size=args.batch_size, device=args.device,
+        precision=args.precision,
         fmt=args.format, overwrite=args.overwrite, symprec=args.symprec, facts_workers=args.facts_workers,
         gallery=not args.no_gallery,
     )

@@ -38,7 +38,7 @@ from typing import Any, Iterator
 import torch
 
 from unimat_dist import safe_io
-from unimat_dist.sampling.checkpoint import INFERENCE_FILE, inference_payload, save_inference_checkpoint
+from unimat_dist.sampling.checkpoint import INFERENCE_FILE, inference_payload, save_inference_checkpoint, step_name
 from unimat_dist.training.data import iter_batches
 from unimat_dist.training.ema import EMA
 from unimat_dist.training.loop import Trainer, truncate_metrics
@@ -323,7 +323,7 @@ class DistributedTrainer(Trainer):
             shutil.rmtree(tmp, ignore_errors=True)
         if self.is_main:
             log.info("run=%s checkpoint at step %d reported", self.run_name, step)
-        return f"step_{step:08d}"
+        return step_name(step)
 
     def maybe_resume(self) -> None:
         """Resuming happens in ``resume_from`` before ``fit`` (the DeepSpeed engine must know whether to

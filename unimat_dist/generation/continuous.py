@@ -357,8 +357,9 @@ class ContinuousSampler(SamplerBase):
         plan, device = self._plan(), self.g.device
         m = self._membership(plan)
         x, y = torch.cat([a.x[lo:hi] for a, lo, hi in plan]), torch.cat([a.y[lo:hi] for a, lo, hi in plan])
-        c = RowCoefficients.build([(a.job.sampler, a.job.eta, a.seq[a.i], a.seq[a.i + 1] if a.i + 1 < len(a.seq) else -1,
-                                    hi - lo) for a, lo, hi in plan], self._abar, device)
+        c = RowCoefficients.build([(a.job.sampler, a.job.eta, a.job.noise_scale, a.seq[a.i],
+                                    a.seq[a.i + 1] if a.i + 1 < len(a.seq) else -1, hi - lo) for a, lo, hi in plan],
+                                  self._abar, device)
         start = 0
         for a, lo, hi in plan:
             if lo == 0:  # the step starts: its ancestral draws for all the job's rows, in ``sample``'s order

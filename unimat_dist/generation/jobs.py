@@ -44,10 +44,11 @@ class GenerationJob:
     # the model draws compositions from its prior (unconditional and element-type requests)
     condition: Condition | None = None
     guidance: torch.Tensor | None = None  # (1,)
+    noise_scale: float = 1.0  # multiplies the ancestral noise (``diffusion.samplers``: sampling temperature)
 
     @property
-    def loop_key(self) -> tuple[str, int, float]:
-        return (self.sampler, int(self.steps), float(self.eta))
+    def loop_key(self) -> tuple[str, int, float, float]:
+        return (self.sampler, int(self.steps), float(self.eta), float(self.noise_scale))
 
 
 @dataclass
@@ -84,6 +85,8 @@ def prepare_job(g: StructureGenerator, job: GenerationJob) -> GenerationJob:
     job.steps = resolve_steps(g, job.sampler, job.steps)
     if not 0.0 <= float(job.eta) <= 1.0:
         raise ValueError(f"eta must be between 0 and 1, got {job.eta}")
+    if not 0.0 <= float(job.noise_scale) <= 1.0:
+        raise ValueError(f"noise_scale must be between 0 and 1, got {job.noise_scale}")
     rows = job.num_samples if g.draws_composition(job.request) else 1
     try:
         job.condition, job.guidance = g.condition([job.request] * rows, seed=job.seed)
@@ -145,7 +148,8 @@ def run_jobs(
         w = torch.cat([jobs[i].guidance.expand(jobs[i].num_samples) for i in members])
         noise = RowGenerators.seeded([jobs[i].seed for i in members], counts, g.device)
         t0 = time.perf_counter()
-        batch = g.sample_condition(cond, w, sampler=first.sampler, steps=first.steps, eta=first.eta, generator=noise)
+        batch = g.sample_condition(cond, w, sampler=first.sampler, steps=first.steps, eta=first.eta,
+                                 noise_scale=first.noise_scale, generator=noise)
         structures = g.to_structures(batch)
         if on_loop is not None:
             on_loop(LoopStats(len(members), sum(counts), first.sampler, first.steps, time.perf_counter() - t0))

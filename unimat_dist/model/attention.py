@@ -73,5 +73,5 @@ class SpatialSlotAttention(nn.Module):
         self.spatial = AxialAttention(dim, heads, head_dim, "spatial")
         self.slots = AxialAttention(dim, heads, head_dim, "slots")
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.slots(self.spatial(x))

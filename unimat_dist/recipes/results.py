@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -45,8 +45,11 @@ class RunOptions:
     dataset: str  # perov_5 | carbon_24 | mp_20
     out: Path
     num: int = 10_000
-    sampler: str = "ddim"
-    steps: int = 100
+    # sampler settings; None: the checkpoint's sampling defaults, else DDIM-100, η 0, λ 1 (``with_sampling``)
+    sampler: str | None = None
+    steps: int | None = None
+    eta: float | None = None  # DDIM stochasticity: 0 deterministic, 1 the DDPM posterior's noise on the respaced steps
+    noise_scale: float | None = None  # multiplies the added noise (sampling temperature; diffusion/samplers.py)
     batch_size: int = 500
     seed: int = 0
     workers: int | None = None
@@ -129,6 +132,17 @@ def _device_name() -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def with_sampling(o: RunOptions, gen) -> RunOptions:
+    """``o`` with its sampler settings resolved against the loaded model (``sampling_settings``), steps
+    made concrete so that result.json says exactly what ran."""
+    from unimat_dist.diffusion.samplers import default_steps
+
+    s = gen.sampling_settings(o.sampler, o.steps, o.eta, o.noise_scale)
+    if s["steps"] is None:
+        s["steps"] = default_steps(s["sampler"], gen.diffusion.timesteps)
+    return replace(o, **s)
+
+
 def sample_run(o: RunOptions) -> tuple[Path, dict[str, Any]]:
     """Draw ``o.num`` unconditional crystals into ``<out>/samples.extxyz``; returns the file and stats.
 
@@ -147,6 +161,7 @@ def sample_run(o: RunOptions) -> tuple[Path, dict[str, Any]]:
 
     o.out.mkdir(parents=True, exist_ok=True)
     gen = load_generator(o.checkpoint, device=None)
+    o = with_sampling(o, gen)
     path = o.out / "samples.extxyz"
     tmp = path.with_suffix(".extxyz.part")
     n_decoded = 0
@@ -161,7 +176,8 @@ def sample_run(o: RunOptions) -> tuple[Path, dict[str, Any]]:
             n = min(o.batch_size, o.num - start)
             # the composition prior's draws are seeded per batch: batches must not repeat each other's
             cond, w = gen.condition([_uncond()] * n, seed=o.seed * 1_000_003 + start)
-            batch = gen.sample_condition(cond, w, sampler=o.sampler, steps=o.steps, generator=generator)
+            batch = gen.sample_condition(cond, w, sampler=o.sampler, steps=o.steps, eta=o.eta,
+                                         noise_scale=o.noise_scale, generator=generator)
             atoms = []
             for i, s in enumerate(gen.to_structures(batch)):
                 t1 = time.perf_counter()
@@ -188,6 +204,8 @@ def sample_run(o: RunOptions) -> tuple[Path, dict[str, Any]]:
         "num_decoded": n_decoded,
         "sampler": o.sampler,
         "sampling_steps": o.steps,
+        "eta": o.eta,
+        "noise_scale": o.noise_scale,
         "sampling_seconds": seconds,
         "facts_seconds": t_facts,
         "samples_per_s": o.num / seconds,
@@ -291,11 +309,13 @@ def csp_run(o: RunOptions, test_csv: Path) -> dict[str, Any]:
 
     targets = [r for r in load_structures(test_csv, limit=o.limit_csp) if r.structure is not None]
     gen = load_generator(o.checkpoint, device=None)
+    o = with_sampling(o, gen)
     reqs = [SampleRequest(composition={str(e): int(n) for e, n in r.structure.composition.get_el_amt_dict().items()},
                           exact_counts=True) for r in targets]
     t0 = time.perf_counter()
-    structs = gen.sample_requests(reqs, sampler=o.sampler, steps=o.steps, seed=o.seed + 2, batch_size=o.batch_size,
-                                  progress=True)
+    structs = gen.sample_requests(reqs, sampler=o.sampler, steps=o.steps, eta=o.eta, noise_scale=o.noise_scale,
+                                  seed=o.seed + 2,
+                                  batch_size=o.batch_size, progress=True)
     sampling_s = time.perf_counter() - t0
     records = [StructureRecord(f"csp_{r.id}", s, None if s is not None else "no atom decoded",
                                metadata={"target_id": r.id}) for r, s in zip(targets, structs)]
@@ -316,10 +336,12 @@ def conditional_run(o: RunOptions, test_csv: Path) -> dict[str, Any]:
 
     comps = test_compositions(test_csv, o.conditional, o.seed)
     gen = load_generator(o.checkpoint, device=None)
+    o = with_sampling(o, gen)
     reqs = [SampleRequest(composition=c, exact_counts=True) for c in comps for _ in range(o.per_composition)]
     t0 = time.perf_counter()
-    structs = gen.sample_requests(reqs, sampler=o.sampler, steps=o.steps, seed=o.seed + 1, batch_size=o.batch_size,
-                                  progress=True)
+    structs = gen.sample_requests(reqs, sampler=o.sampler, steps=o.steps, eta=o.eta, noise_scale=o.noise_scale,
+                                  seed=o.seed + 1,
+                                  batch_size=o.batch_size, progress=True)
     sampling_s = time.perf_counter() - t0
     records = []
     for i, (req, s) in enumerate(zip(reqs, structs)):
@@ -381,11 +403,19 @@ def table_rows(results: Sequence[dict]) -> list[str]:
                 f"| {ds} | {r['label']} | " + " | ".join(_cell(_pct(m.get(k)) if p else m.get(k), p) for k, _, p in COLUMNS)
                 + f" | {_cell(_pct(m.get('unique_fraction')), True)} | {_cell(_pct(m.get('novelty')), True)}"
                 + f" | {_cell(_pct(e.get('stable_fraction')), True)} | {_cell(_pct(e.get('metastable_fraction')), True)}"
-                + f" | {s.get('params', 0) / 1e6:.2f}M | {train} | {s['samples_per_s']:.1f}/s ({s['num_sampled']}) |")
+                + f" | {s.get('params', 0) / 1e6:.2f}M | {train} | {_sampler_label(s)} {s['samples_per_s']:.1f}/s"
+                + f" ({s['num_sampled']}) |")
         for name, vals in PUBLISHED[PROTOCOL[ds]].items():
             lines.append(f"| {ds} | {name} (published) | "
                          + " | ".join(_cell(vals.get(k), p) for k, _, p in COLUMNS) + " | – | – | – | – | – | – | – |")
     return lines
+
+
+def _sampler_label(s: dict) -> str:
+    """``DDIM-100``, with ``η=1`` when DDIM was stochastic and ``λ=0.3`` when the noise was scaled."""
+    label = f"{str(s.get('sampler', 'ddim')).upper()}-{s.get('sampling_steps', '?')}"
+    label += f" η={s['eta']:g}" if s.get("eta") else ""
+    return label + (f" λ={s['noise_scale']:g}" if s.get("noise_scale", 1.0) != 1.0 else "")
 
 
 def _pct(v):

@@ -54,8 +54,10 @@ def inference_payload(
     train_config: dict[str, Any] | None = None,
     step: int = 0,
     weights: str = "ema",
+    sampling: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Assemble the checkpoint dict from a denoiser (``UniMatUNet``) and the data-side transforms."""
+    """Assemble the checkpoint dict from a denoiser (``UniMatUNet``) and the data-side transforms;
+    ``sampling``: the sampler settings this model is released with (``sampling_defaults``)."""
     from unimat_dist import __version__
 
     return {
@@ -73,7 +75,38 @@ def inference_payload(
         "step": int(step),
         "unimat_dist_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **({"sampling": sampling_defaults(sampling, "sampling")} if sampling else {}),
     }
+
+
+SAMPLING_KEYS = ("sampler", "steps", "eta", "noise_scale")
+
+
+def sampling_defaults(value: Any, where: str) -> dict[str, Any]:
+    """The sampler settings a checkpoint carries (``"sampling"``: any of sampler, steps, eta, noise_scale),
+    checked: they come from a file that may not be ours. Requests and command-line flags override them
+    field by field; a checkpoint without them samples with the library's defaults (DDIM-100, η 0, λ 1)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not set(value) <= set(SAMPLING_KEYS):
+        raise ValueError(f"{where}: sampling defaults must be a mapping with keys among {SAMPLING_KEYS}, "
+                         f"got {repr(value)[:200]}")
+    out: dict[str, Any] = {}
+    if "sampler" in value:
+        if value["sampler"] not in ("ddim", "ddpm"):
+            raise ValueError(f"{where}: sampler must be ddim or ddpm, got {repr(value['sampler'])[:80]}")
+        out["sampler"] = value["sampler"]
+    if value.get("steps") is not None:
+        if isinstance(value["steps"], bool) or not isinstance(value["steps"], int) or value["steps"] < 1:
+            raise ValueError(f"{where}: steps must be an integer >= 1, got {repr(value['steps'])[:80]}")
+        out["steps"] = value["steps"]
+    for key in ("eta", "noise_scale"):
+        if key in value:
+            v = value[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
+                raise ValueError(f"{where}: {key} must be a number in [0, 1], got {repr(v)[:80]}")
+            out[key] = float(v)
+    return out
 
 
 def save_torch(obj: Any, uri: str, *, sidecar: bool = True) -> str:
@@ -153,9 +186,14 @@ def resolve_inference_path(uri: str, storage_options: dict[str, Any] | None = No
     raise FileNotFoundError(f"no {INFERENCE_FILE} in {uri} or in a checkpoint below it")
 
 
+def step_name(step: int) -> str:
+    """The name of a training checkpoint's step folder (``step_00001000``)."""
+    return f"step_{step:08d}"
+
+
 def step_folder(directory: str, step: int) -> str:
     """The folder of a training checkpoint's step (``<directory>/step_00001000``)."""
-    return f"{directory.rstrip('/')}/step_{step:08d}"
+    return f"{directory.rstrip('/')}/{step_name(step)}"
 
 
 def complete_steps(directory: str, storage_options: dict[str, Any] | None = None) -> list[int]:
@@ -194,6 +232,10 @@ def load_inference_checkpoint(uri: str, map_location: str | torch.device = "cpu"
     missing = [k for k in _REQUIRED if k not in payload]
     if missing:
         raise ValueError(f"{path} lacks key(s) {missing}")
+    payload["sampling"] = sampling_defaults(payload.get("sampling"), f"{path}: sampling")
+    T = payload["diffusion"].get("timesteps") if isinstance(payload["diffusion"], dict) else None
+    if isinstance(T, int) and payload["sampling"].get("steps", 0) > T:
+        raise ValueError(f"{path}: sampling steps {payload['sampling']['steps']} exceed the model's T = {T}")
     payload["path"] = path
     return payload
 

@@ -89,6 +89,24 @@ class StructureGenerator:
     def property_names(self) -> tuple[str, ...]:
         return self.scaler.names
 
+    @property
+    def sampling_defaults(self) -> dict[str, Any]:
+        """The sampler settings the checkpoint was released with (``"sampling"``; {} when it has none)."""
+        return dict(self.meta.get("sampling") or {})
+
+    def sampling_settings(self, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
+                          noise_scale: float | None = None) -> dict[str, Any]:
+        """{sampler, steps, eta, noise_scale} to sample with: each given value, else the checkpoint's
+        default, else the library's (DDIM, its default steps, η 0, λ 1). ``steps`` may stay None (the
+        sampler's default)."""
+        d = self.sampling_defaults
+        given = {"sampler": sampler, "steps": steps, "eta": eta, "noise_scale": noise_scale}
+        out = {k: v if v is not None else d.get(k) for k, v in given.items()}
+        out["sampler"] = out["sampler"] or "ddim"
+        out["eta"] = float(out["eta"]) if out["eta"] is not None else 0.0
+        out["noise_scale"] = float(out["noise_scale"]) if out["noise_scale"] is not None else 1.0
+        return out
+
     # ------------------------------------------------------------------ conditioning
     def composition_array(self, composition, exact_counts: bool) -> np.ndarray:
         """(L, H, W) float composition channel of one request (zeros for None); ValueError for bad input."""
@@ -195,6 +213,7 @@ class StructureGenerator:
         sampler: str = "ddim",
         steps: int | None = None,
         eta: float = 0.0,
+        noise_scale: float = 1.0,
         seed: int | None = 0,
         generator: torch.Generator | None = None,
         progress: bool = False,
@@ -205,8 +224,8 @@ class StructureGenerator:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(seed if seed is not None else torch.seed())
         out = sample(
-            self.diffusion, cond, guidance, sampler=sampler, steps=steps, eta=eta, generator=generator,
-            autocast_dtype=self.autocast_dtype, progress=progress,
+            self.diffusion, cond, guidance, sampler=sampler, steps=steps, eta=eta, noise_scale=noise_scale,
+            generator=generator, autocast_dtype=self.autocast_dtype, progress=progress,
         )
         return self.finish(out)
 
@@ -233,6 +252,7 @@ class StructureGenerator:
         sampler: str = "ddim",
         steps: int | None = None,
         eta: float = 0.0,
+        noise_scale: float = 1.0,
         seed: int | None = 0,
         batch_size: int = 256,
         progress: bool = False,
@@ -252,7 +272,8 @@ class StructureGenerator:
         for start in chunks:
             rows = slice(start, start + batch_size)
             batch = self.sample_condition(
-                cond[rows], w[rows], sampler=sampler, steps=steps, eta=eta, generator=generator, progress=progress
+                cond[rows], w[rows], sampler=sampler, steps=steps, eta=eta, noise_scale=noise_scale,
+                generator=generator, progress=progress,
             )
             structures.extend(self.to_structures(batch))
         return structures
@@ -268,6 +289,7 @@ class StructureGenerator:
         sampler: str = "ddim",
         steps: int | None = None,
         eta: float = 0.0,
+        noise_scale: float = 1.0,
         seed: int | None = 0,
         batch_size: int = 256,
         progress: bool = False,
@@ -277,7 +299,8 @@ class StructureGenerator:
             raise ValueError(f"num must be >= 1, got {num}")
         req = SampleRequest(composition, exact_counts, dict(properties or {}), guidance)
         return self.sample_requests(
-            [req] * num, sampler=sampler, steps=steps, eta=eta, seed=seed, batch_size=batch_size, progress=progress
+            [req] * num, sampler=sampler, steps=steps, eta=eta, noise_scale=noise_scale, seed=seed,
+            batch_size=batch_size, progress=progress,
         )
 
 
@@ -306,7 +329,8 @@ def load_generator(
         diffusion.denoiser.to(torch.bfloat16)
     elif bf16:
         amp = torch.bfloat16
-    meta = {k: payload.get(k) for k in ("path", "step", "weights", "train_config", "created", "unimat_dist_version")}
+    meta = {k: payload.get(k) for k in ("path", "step", "weights", "train_config", "created", "unimat_dist_version",
+                                        "sampling")}
     log.info("loaded %s (step %s, %s weights) on %s", payload["path"], payload.get("step"), payload.get("weights"), device)
     return StructureGenerator(
         diffusion,
