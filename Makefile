@@ -59,9 +59,9 @@ results-cpu: setup
 	$(UNIMAT) train --config cluster/jobs/results/carbon24_transformer_cpu.yaml
 	$(UNIMAT) results evaluate --checkpoint out/results/perov5_transformer_cpu/checkpoints --dataset perov_5 \
 		--num $(RESULTS_NUM) --csp --label "transformer small (CPU, 1.6M)" --out $(RESULTS)/perov5_transformer_cpu
-	$(UNIMAT) results evaluate --checkpoint out/results/carbon24_transformer_cpu/checkpoints/step_00008000 \
-		--dataset carbon_24 --num $(RESULTS_NUM) --label "transformer small (CPU, 1.6M)" \
-		--out $(RESULTS)/carbon24_transformer_cpu
+	$(UNIMAT) results evaluate --checkpoint out/results/carbon24_transformer_cpu/checkpoints/step_00010000 \
+		--dataset carbon_24 --num $(RESULTS_NUM) --sampler ddim --steps 100 --eta 1 --noise-scale 0.3 \
+		--label "transformer small (CPU, 1.6M)" --out $(RESULTS)/carbon24_transformer_cpu
 	$(UNIMAT) train --config cluster/jobs/results/carbon24_tiny_cpu.yaml
 	$(UNIMAT) train --config cluster/jobs/results/perov5_tiny_cpu.yaml
 	$(UNIMAT) train --config cluster/jobs/results/carbon24_tiny_cpu.yaml out_dir=out/results/carbon24_w16_cpu \
