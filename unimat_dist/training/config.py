@@ -155,6 +155,8 @@ class LoopConfig:
     quality_every: int = 0  # steps between checks; 0 = never
     quality_samples: int = 64  # crystals sampled per check
     quality_steps: int = 50  # DDIM steps of those samples
+    quality_eta: float = 0.0  # their DDIM η and noise scale: sample as the model will be released (docs: Carbon-24)
+    quality_noise_scale: float = 1.0
     quality_reference: int = 200  # validation crystals they are compared with (fingerprinted once)
 
     def __post_init__(self) -> None:
@@ -162,6 +164,9 @@ class LoopConfig:
             raise ValueError("steps and global_batch_size must be >= 1")
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
             raise ValueError(f"micro_batch_size must be >= 1 or null, got {self.micro_batch_size}")
+        for name in ("quality_eta", "quality_noise_scale"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise ValueError(f"train.{name} must be in [0, 1], got {getattr(self, name)}")
 
     def grad_accum_steps(self, world_size: int = 1) -> tuple[int, int]:
         """(micro batch, accumulation steps) with micro * accum * world_size == global_batch_size."""

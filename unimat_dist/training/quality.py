@@ -39,7 +39,7 @@ def shortest_distance(structure) -> float:
 
 class QualityMonitor:
     def __init__(self, val_data, spec, normalizer, scaler, dataset: str, *, samples: int = 64, steps: int = 50,
-                 reference: int = 200, seed: int = 0) -> None:
+                 reference: int = 200, seed: int = 0, eta: float = 0.0, noise_scale: float = 1.0) -> None:
         from unimat_dist.evaluation.coverage import COV_CUTOFFS, protocol_name
         from unimat_dist.evaluation.fingerprints import analyse_record
         from unimat_dist.evaluation.structures_io import StructureRecord
@@ -48,6 +48,7 @@ class QualityMonitor:
 
         self.spec, self.normalizer, self.scaler = spec, normalizer, scaler
         self.samples, self.steps, self.seed = int(samples), int(steps), int(seed)
+        self.eta, self.noise_scale = float(eta), float(noise_scale)  # DDIM η and sampling temperature
         try:
             self.cutoffs = COV_CUTOFFS[protocol_name(dataset)]
         except ValueError:
@@ -77,7 +78,8 @@ class QualityMonitor:
         g = StructureGenerator(diffusion, self.spec, self.normalizer, self.scaler)
         try:
             structures = g.sample_requests([SampleRequest()] * self.samples, sampler="ddim", steps=self.steps,
-                                           seed=self.seed, batch_size=self.samples)
+                                           eta=self.eta, noise_scale=self.noise_scale, seed=self.seed,
+                                           batch_size=self.samples)
         finally:
             diffusion.train(was_training)
         feats, dists = [], []
@@ -114,7 +116,8 @@ def build_monitor(cfg, val_data, spec, normalizer, scaler) -> QualityMonitor | N
     if not c.quality_every or val_data is None or len(val_data) == 0:
         return None
     return QualityMonitor(val_data, spec, normalizer, scaler, cfg.data.dataset, samples=c.quality_samples,
-                          steps=c.quality_steps, reference=c.quality_reference, seed=cfg.seed)
+                          steps=c.quality_steps, reference=c.quality_reference, seed=cfg.seed,
+                          eta=c.quality_eta, noise_scale=c.quality_noise_scale)
 
 
 __all__ = ["QualityMonitor", "build_monitor"]
