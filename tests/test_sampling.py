@@ -193,7 +193,9 @@ def test_sampling_defaults_travel_in_the_checkpoint(ckpt, tmp_path):
     g = load_generator(str(tuned), device="cpu")
     assert g.sampling_defaults == {"sampler": "ddpm", "steps": 6, "noise_scale": 0.3}
     assert g.sampling_settings() == {"sampler": "ddpm", "steps": 6, "eta": 0.0, "noise_scale": 0.3}
-    assert g.sampling_settings(sampler="ddim", noise_scale=1.0)["sampler"] == "ddim"
+    assert g.sampling_settings(noise_scale=1.0) == {"sampler": "ddpm", "steps": 6, "eta": 0.0, "noise_scale": 1.0}
+    # another sampler than the release's: the library's defaults, not a mix
+    assert g.sampling_settings(sampler="ddim") == {"sampler": "ddim", "steps": None, "eta": 0.0, "noise_scale": 1.0}
     assert load_generator(str(ckpt), device="cpu").sampling_settings() == {
         "sampler": "ddim", "steps": None, "eta": 0.0, "noise_scale": 1.0}
 

@@ -97,9 +97,12 @@ class StructureGenerator:
     def sampling_settings(self, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
                           noise_scale: float | None = None) -> dict[str, Any]:
         """{sampler, steps, eta, noise_scale} to sample with: each given value, else the checkpoint's
-        default, else the library's (DDIM, its default steps, η 0, λ 1). ``steps`` may stay None (the
-        sampler's default)."""
+        default, else the library's (DDIM, its default steps, η 0, λ 1). The checkpoint's defaults belong to
+        its sampler: asking for another sampler falls back to the library's defaults for the other fields
+        (its η would not even apply to DDPM). ``steps`` may stay None (the sampler's default)."""
         d = self.sampling_defaults
+        if sampler is not None and sampler != d.get("sampler", "ddim"):
+            d = {}
         given = {"sampler": sampler, "steps": steps, "eta": eta, "noise_scale": noise_scale}
         out = {k: v if v is not None else d.get(k) for k, v in given.items()}
         out["sampler"] = out["sampler"] or "ddim"
