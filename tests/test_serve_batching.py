@@ -142,12 +142,15 @@ def test_records_and_flags():
 
 def test_request_schema():
     r = parse_generate_request(b'{"num_samples": 3, "composition": {"Fe": 2, "O": 3}, "seed": 5}', 1000)
-    assert r.num_samples == 3 and r.composition == {"Fe": 2, "O": 3} and r.sampler == "ddim" and r.format is None
+    assert r.num_samples == 3 and r.composition == {"Fe": 2, "O": 3} and r.format is None
+    # sampler settings left out stay null: the model's defaults fill them (the checkpoint's, else DDIM, eta 0, lambda 1)
+    assert r.sampler is None and r.steps is None and r.eta is None and r.noise_scale is None
     deep = b'{"a":' * 1000 + b"[" * 1000 + b"]" * 1000 + b"}" * 1000  # deeper than the JSON parser's stack
     for body, status, field in ((b"{", 400, None), (b"null", 400, None), (deep, 400, None),
                                 (b'{"steps": 2.5}', 422, "steps"), (b'{"guidance": Infinity}', 422, "guidance"),
                                 (b'{"seed": 9223372036854775808}', 422, "seed"),
-                                (b'{"sampler": "DDIM"}', 422, "sampler"), (b"x" * 10_001, 413, None)):
+                                (b'{"sampler": "DDIM"}', 422, "sampler"), (b'{"noise_scale": -0.1}', 422, "noise_scale"),
+                                (b"x" * 10_001, 413, None)):
         with pytest.raises(ApiError) as exc:
             parse_generate_request(body, 10_000)
         assert exc.value.status == status and exc.value.field == field, (body, exc.value.message)
