@@ -113,12 +113,15 @@ def _plot(summary, path: Path) -> None:
 
     rows = summary["rows"]
     base, ddim = rows[0], rows[1:]
-    variants = sorted({(r.get("eta", 0.0), r.get("noise_scale", 1.0)) for r in ddim})
+    groups: dict[tuple[float, float], list[dict]] = {}  # DDIM rows per (η, λ) variant, in k order
+    for r in ddim:
+        groups.setdefault((r.get("eta", 0.0), r.get("noise_scale", 1.0)), []).append(r)
+    styles = dict(zip(sorted(groups), ("o-", "s:", "^-.", "v--")))
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
     for key, label, c in (("cov_recall", "COV-R", "C0"), ("cov_precision", "COV-P", "C1"),
                           ("struct_validity", "struct. valid", "C2")):
-        for (eta, lam), style in zip(variants, ("o-", "s:", "^-.", "v--")):
-            sel = [r for r in ddim if (r.get("eta", 0.0), r.get("noise_scale", 1.0)) == (eta, lam)]
+        for (eta, lam), style in styles.items():
+            sel = groups[eta, lam]
             ax[0].plot([r["steps"] for r in sel], [100 * r[key] for r in sel], style, color=c,
                        label=f"DDIM η={eta:g} λ={lam:g} {label}")
         ax[0].axhline(100 * base[key], color=c, ls="--", lw=1, label=f"{summary['baseline']} {label}")
@@ -127,8 +130,8 @@ def _plot(summary, path: Path) -> None:
     ax[0].set_ylabel("%")
     ax[0].legend(fontsize=7)
     ax[0].grid(True, alpha=0.3)
-    for (eta, lam), style in zip(variants, ("o-", "s:", "^-.", "v--")):
-        sel = [r for r in ddim if (r.get("eta", 0.0), r.get("noise_scale", 1.0)) == (eta, lam)]
+    for (eta, lam), style in styles.items():
+        sel = groups[eta, lam]
         ax[1].plot([r["steps"] for r in sel], [r["seconds"] for r in sel], style, label=f"DDIM η={eta:g} λ={lam:g}")
     ax[1].axhline(base["seconds"], color="k", ls="--", label=summary["baseline"])
     ax[1].set_xscale("log")

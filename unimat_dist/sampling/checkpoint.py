@@ -54,10 +54,8 @@ def inference_payload(
     train_config: dict[str, Any] | None = None,
     step: int = 0,
     weights: str = "ema",
-    sampling: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Assemble the checkpoint dict from a denoiser (``UniMatUNet``) and the data-side transforms;
-    ``sampling``: the sampler settings this model is released with (``sampling_defaults``)."""
+    """Assemble the checkpoint dict from a denoiser (``UniMatUNet``) and the data-side transforms."""
     from unimat_dist import __version__
 
     return {
@@ -75,7 +73,6 @@ def inference_payload(
         "step": int(step),
         "unimat_dist_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        **({"sampling": sampling_defaults(sampling, "sampling")} if sampling else {}),
     }
 
 
@@ -93,8 +90,10 @@ def sampling_defaults(value: Any, where: str) -> dict[str, Any]:
                          f"got {repr(value)[:200]}")
     out: dict[str, Any] = {}
     if "sampler" in value:
-        if value["sampler"] not in ("ddim", "ddpm"):
-            raise ValueError(f"{where}: sampler must be ddim or ddpm, got {repr(value['sampler'])[:80]}")
+        from unimat_dist.diffusion.samplers import SAMPLERS
+
+        if value["sampler"] not in SAMPLERS:
+            raise ValueError(f"{where}: sampler must be one of {SAMPLERS}, got {repr(value['sampler'])[:80]}")
         out["sampler"] = value["sampler"]
     if value.get("steps") is not None:
         if isinstance(value["steps"], bool) or not isinstance(value["steps"], int) or value["steps"] < 1:
