@@ -59,8 +59,12 @@ results-cpu: setup
 	$(UNIMAT) train --config cluster/jobs/results/carbon24_transformer_cpu.yaml
 	$(UNIMAT) results evaluate --checkpoint out/results/perov5_transformer_cpu/checkpoints --dataset perov_5 \
 		--num $(RESULTS_NUM) --csp --label "transformer small (CPU, 1.6M)" --out $(RESULTS)/perov5_transformer_cpu
-	$(UNIMAT) results evaluate --checkpoint out/results/carbon24_transformer_cpu/checkpoints/step_00010000 \
-		--dataset carbon_24 --num $(RESULTS_NUM) --sampler ddim --steps 100 --eta 1 --noise-scale 0.3 \
+	$(UNIMAT) model sampling out/results/carbon24_transformer_cpu/checkpoints/step_00010000 --sampler ddim \
+		--steps 100 --eta 1 --noise-scale 0.3 --restart 100:20 \
+		--autoguide-with out/results/carbon24_transformer_cpu/checkpoints/step_00006000 --autoguidance 6 \
+		--autoguidance-max-t 495 --out out/results/carbon24_transformer_cpu/release.pt --overwrite
+	$(UNIMAT) results evaluate --checkpoint out/results/carbon24_transformer_cpu/release.pt \
+		--dataset carbon_24 --num $(RESULTS_NUM) \
 		--label "transformer small (CPU, 1.6M)" --out $(RESULTS)/carbon24_transformer_cpu
 	$(UNIMAT) train --config cluster/jobs/results/carbon24_tiny_cpu.yaml
 	$(UNIMAT) train --config cluster/jobs/results/perov5_tiny_cpu.yaml

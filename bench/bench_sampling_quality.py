@@ -10,7 +10,9 @@ wall time and its speed-up over DDPM-1000, and names the smallest k whose COV-R 
 within 1 point of DDPM-1000's. ``--variants 0:1,1:0.3`` runs every k once per DDIM (η, noise scale λ)
 pair (η = 1: the DDPM posterior's noise on the respaced steps; λ multiplies that noise, a sampling
 temperature), and ``--ddpm-noise-scale`` sets the baseline's λ: on Carbon-24 the stochastic sampler at a
-lower temperature is the precise one.
+lower temperature is the precise one. ``--restart T:K`` adds a restart pass to every row (K more network
+evaluations each), and a checkpoint that carries a guide network samples every row autoguided
+(``--autoguidance 0``: without).
 Results: bench/results/sampling_<dataset>.json (+ .png).
 """
 from __future__ import annotations
@@ -37,6 +39,10 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="0:1", help="DDIM η:noise-scale pairs, each run with every k")
     ap.add_argument("--ddpm-steps", type=int, default=1000)
     ap.add_argument("--ddpm-noise-scale", type=float, default=1.0, help="the DDPM baseline's noise scale λ")
+    ap.add_argument("--restart", default=None, metavar="T:K",
+                    help="a restart pass after every row's chain (default: none; the Carbon-24 release uses 100:20)")
+    ap.add_argument("--autoguidance", type=float, default=None,
+                    help="weight of the checkpoint's guide network for every row (default: the checkpoint's; 0: off)")
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -49,15 +55,19 @@ def main(argv=None) -> int:
     from unimat_dist.evaluation.structures_io import StructureRecord
     from unimat_dist.sampling import load_generator
 
-    g = load_generator(args.checkpoint, device="cpu", precision="fp32")
+    g = load_generator(args.checkpoint, device="cpu", precision="fp32", autoguidance=args.autoguidance)
+    ag = g.meta.get("autoguidance")
+    if ag:
+        print(f"every row autoguided: weight {ag['weight']:g} against the step-{ag['guide_step']} network")
     test = str(resolve_split(args.dataset, args.reference).path)
     variants = [tuple(float(x) for x in v.split(":")) for v in args.variants.split(",")]
+    restart = tuple(int(x) for x in args.restart.split(":")) if args.restart else None
     settings = [("ddpm", args.ddpm_steps, 0.0, args.ddpm_noise_scale)] + [
         ("ddim", int(k), eta, lam) for eta, lam in variants for k in args.ks.split(",")]
     rows = []
     for sampler, k, eta, lam in settings:
         t0 = time.perf_counter()
-        out = g.sample(args.num, sampler=sampler, steps=k, eta=eta, noise_scale=lam, seed=args.seed,
+        out = g.sample(args.num, sampler=sampler, steps=k, eta=eta, noise_scale=lam, restart=restart, seed=args.seed,
                        batch_size=args.batch_size)
         secs = time.perf_counter() - t0
         recs = [StructureRecord(f"{sampler}{k}_{i}", s, error=None if s is not None else "nothing decoded")
@@ -82,7 +92,10 @@ def main(argv=None) -> int:
     summary = {
         "checkpoint": args.checkpoint, "dataset": args.dataset, "reference": args.reference, "num": args.num, "threads": args.threads,
         "machine": f"{torch.get_num_threads()} torch threads, CPU", "baseline": f"ddpm-{args.ddpm_steps}"
-        + (f" λ={args.ddpm_noise_scale:g}" if args.ddpm_noise_scale != 1 else ""),
+        + (f" λ={args.ddpm_noise_scale:g}" if args.ddpm_noise_scale != 1 else "")
+        + (f" restart {restart[0]}:{restart[1]}" if restart else "") + (f" AG={ag['weight']:g}" if ag else ""),
+        "autoguidance": ag,  # every row's, or None
+        "restart": list(restart) if restart else None,  # every row's, or None
         "rows": rows,
         "smallest_ddim_within_1pt": None if best is None else {"steps": best["steps"],
                                                                "eta": best["eta"],

@@ -9,7 +9,7 @@
 Endpoints (docs/generation.md has request/response examples):
 
     POST /v1/generate   {"num_samples", "composition", "exact_counts", "properties", "guidance", "sampler",
-                         "steps", "eta", "noise_scale", "seed", "format"} -> structures (CIF or JSON) + validity flags
+                         "steps", "eta", "noise_scale", "restart", "seed", "format"} -> structures (CIF or JSON) + validity flags
     GET  /v1/model      checkpoint, spec (L, grid, elements), properties, limits, batching settings
     GET  /v1/stats      this replica's request/batch/loop counters (batch-size histogram)
     GET  /healthz       liveness; GET /openapi.json and /docs: the OpenAPI schema
@@ -148,6 +148,7 @@ def _response_body(p: _Pending, structures: list, info: dict[str, Any]) -> dict[
         "steps": job.steps,
         "eta": job.eta,
         "noise_scale": job.noise_scale,
+        "restart": list(job.restart) if job.restart else None,
         "format": p.fmt,
         "structures": out,
         "validity": {k: summary[k] for k in ("count", "decoded", "structure_valid", "composition_valid",
@@ -300,7 +301,8 @@ class UniMatGenerator:
         s, T = self.settings, self.info["timesteps"]
         run = self.g.sampling_settings()
         out = {"sampler": run["sampler"], "steps_ddim": min(s.default_steps_ddim, T), "steps_ddpm": T,
-               "eta": run["eta"], "noise_scale": run["noise_scale"], "format": s.default_format}
+               "eta": run["eta"], "noise_scale": run["noise_scale"],
+               "restart": list(run["restart"]) if run["restart"] else None, "format": s.default_format}
         if run["steps"] is not None:  # the checkpoint's own step count, for either sampler
             out["steps_ddim"] = out["steps_ddpm"] = min(run["steps"], T)
         return out
@@ -414,15 +416,19 @@ class UniMatGenerator:
             raise ApiError(422, "limit_exceeded", f"num_samples {req.num_samples} exceeds this service's limit of "
                                                   f"{s.max_samples_per_request} per request", "num_samples")
         # unset sampler fields: the checkpoint's sampling defaults, then the service's (DDIM, default_steps_ddim)
-        run = self.g.sampling_settings(req.sampler, req.steps, req.eta, req.noise_scale)
+        try:
+            run = self.g.sampling_settings(req.sampler, req.steps, req.eta, req.noise_scale, req.restart)
+        except ValueError as exc:  # only the restart is checked there: the schema bounded the rest
+            raise ApiError(422, "invalid_request", str(exc), "restart") from None
         sampler = run["sampler"]
         steps = run["steps"] if run["steps"] is not None else (T if sampler == "ddpm" else min(s.default_steps_ddim, T))
         if steps > min(s.max_steps, T):
             raise ApiError(422, "limit_exceeded", f"steps {steps} exceeds the limit of {min(s.max_steps, T)} "
                                                   f"(service max_steps {s.max_steps}, model T {T})", "steps")
-        if req.num_samples * steps > s.max_sample_steps:
+        evaluations = steps + (run["restart"][1] if run["restart"] else 0)  # the restart pass's steps count too
+        if req.num_samples * evaluations > s.max_sample_steps:
             raise ApiError(422, "limit_exceeded",
-                           f"num_samples x steps = {req.num_samples} x {steps} = {req.num_samples * steps:,} "
+                           f"num_samples x steps = {req.num_samples} x {evaluations} = {req.num_samples * evaluations:,} "
                            f"sample-steps exceeds this service's compute budget of {s.max_sample_steps:,} per "
                            "request (max_sample_steps); ask for fewer samples or steps", "num_samples")
         for name, value in (req.properties or {}).items():
@@ -439,7 +445,7 @@ class UniMatGenerator:
         seed = req.seed if req.seed is not None else secrets.randbits(63)
         sample_request = SampleRequest(req.composition, req.exact_counts, dict(req.properties or {}), req.guidance)
         job = GenerationJob(req.num_samples, sample_request, sampler, steps, run["eta"], seed,
-                            noise_scale=run["noise_scale"])
+                            noise_scale=run["noise_scale"], restart=run["restart"])
         try:
             prepare_job(self.g, job)
         except ValueError as exc:

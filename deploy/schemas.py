@@ -74,6 +74,10 @@ class GenerateRequest(BaseModel):
         None, ge=0.0, le=1.0, description="multiplies the sampler's added noise (DDPM, or DDIM with eta > 0): < 1 "
                                           "samples at a lower temperature, less diverse and more precise crystals; "
                                           "null = the model's default (1 unless the checkpoint says otherwise)")
+    restart: Optional[list[int]] = Field(
+        None, max_length=2, description="[t, steps]: after the chain, noise the crystals forward to timestep t and "
+                                        "take steps deterministic steps back (restart sampling; costs steps more "
+                                        "evaluations); [] = none; null = the model's default")
     seed: Optional[int] = Field(None, ge=0, le=SEED_MAX,
                                 description="makes this request's samples reproducible whatever it is batched with; "
                                             "null = a random seed, returned in the response")
@@ -131,6 +135,7 @@ class GenerateResponse(BaseModel):
     steps: int
     eta: float
     noise_scale: float
+    restart: Optional[list[int]] = Field(None, description="[t, steps] of the restart pass, or null")
     format: str
     structures: list[StructureOut]
     validity: ValiditySummary

@@ -96,22 +96,23 @@ def save_perturbed_tiny_checkpoint(path: Path, **meta) -> Path:
     return path
 
 
-def make_job(g, n, comp=None, seed=0, sampler="ddim", steps=4, eta=0.0, noise_scale=1.0, **kw):
+def make_job(g, n, comp=None, seed=0, sampler="ddim", steps=4, eta=0.0, noise_scale=1.0, restart=None, **kw):
     """A prepared ``GenerationJob`` of ``n`` crystals (``kw``: the ``SampleRequest`` fields)."""
     from unimat_dist.generation import GenerationJob, prepare_job
     from unimat_dist.sampling import SampleRequest
 
-    job = GenerationJob(n, SampleRequest(comp, **kw), sampler, steps, eta, seed, noise_scale=noise_scale)
+    job = GenerationJob(n, SampleRequest(comp, **kw), sampler, steps, eta, seed, noise_scale=noise_scale,
+                        restart=restart)
     return prepare_job(g, job)
 
 
 # ------------------------------------------------------------------ running loops (thread or process)
 def mixed_jobs(g) -> list:
-    """Six jobs of mixed samplers, steps, eta, noise scales, conditioning and guidance."""
+    """Six jobs of mixed samplers, steps, eta, noise scales, restarts, conditioning and guidance."""
     return [
         make_job(g, 2, "LiFePO4", seed=1, steps=6),
         make_job(g, 1, None, seed=2, sampler="ddpm", steps=9, noise_scale=0.5),  # lower temperature
-        make_job(g, 3, "SrTiO3", seed=3, steps=3, eta=0.7),  # stochastic DDIM
+        make_job(g, 3, "SrTiO3", seed=3, steps=3, eta=0.7, restart=(10, 3)),  # stochastic DDIM, a restart pass
         make_job(g, 1, "Li2O", seed=4, steps=12, exact_counts=False),  # element types only
         make_job(g, 2, None, seed=5, steps=5, properties={"band_gap": 1.5}, guidance=2.0),  # guided
         make_job(g, 1, "FeO", seed=6, sampler="ddpm", steps=4, properties={"band_gap": 0.2}, guidance=1.0),

@@ -18,6 +18,7 @@ from unimat_dist.diffusion import (
     sample,
     sampling_timesteps,
 )
+from unimat_dist.diffusion.samplers import reverse_plan
 from unimat_dist.model import Condition, build_unet, get_preset
 from unimat_dist.representation import UniMatSpec, spec_for_elements
 from conftest import randomised  # noqa: E402
@@ -202,13 +203,13 @@ def test_samplers_recover_a_point_mass_exactly(sampler, steps):
     assert torch.allclose(out.lattice, y_target.expand_as(out.lattice), atol=1e-4)
 
 
-def chain_moments(abar, steps, sampler, eta, mu, s, noise_scale=1.0):
+def chain_moments(abar, steps, sampler, eta, mu, s, noise_scale=1.0, seq=None, m=0.0, v=1.0):
     """Mean and std of the discrete sampler chain's output for data N(mu, s^2) with the exact denoiser,
     by propagating the Gaussian's moments step by step (scalar reference for the vectorised sampler).
     The discrete chains are slightly under-dispersed (finite steps); continuous time would give s.
-    ``noise_scale`` multiplies each step's added noise and nothing else."""
-    seq = sampling_timesteps(len(abar), steps).tolist()
-    m, v = 0.0, 1.0
+    ``noise_scale`` multiplies each step's added noise and nothing else. ``seq``, ``m``, ``v``: another
+    timestep sequence and the moments of x at its first step (a restart pass)."""
+    seq = sampling_timesteps(len(abar), steps).tolist() if seq is None else seq
     for i, t in enumerate(seq):
         a = abar[t].item()
         a_s = abar[seq[i + 1]].item() if i + 1 < len(seq) else 1.0
@@ -255,6 +256,49 @@ def test_samplers_draw_the_right_gaussian(sampler, steps, eta, lam):
         assert x.std().item() < 0.9 * chain_moments(base.alphas_cumprod_f64, steps, sampler, eta, mu, s)[1]
     if (sampler, steps) == ("ddpm", 1000):
         assert x.std().item() == pytest.approx(s, rel=0.05) and x.mean().item() == pytest.approx(mu, abs=0.002)
+
+
+def test_reverse_plan_and_restart():
+    """A restart pass: the main chain's last step noises its x_0 forward to t_r instead of returning it,
+    then k_r deterministic DDIM steps go back; only the very last evaluation returns x_0."""
+    plan = reverse_plan(1000, "ddpm", 100, 0.0, 0.3, None)
+    assert len(plan) == 100 and plan[0][3] == 999 and plan[-1][3:] == (0, -1)
+    assert all(p[:3] == ("ddpm", 0.0, 0.3) for p in plan)
+    r = reverse_plan(1000, "ddim", 100, 1.0, 0.3, (100, 20))
+    assert len(r) == 120 and r[:99] == reverse_plan(1000, "ddim", 100, 1.0, 0.3)[:99]
+    assert r[99] == ("renoise", 0.0, 1.0, 0, 100)
+    assert r[100][:4] == ("ddim", 0.0, 1.0, 100) and r[-1][3:] == (0, -1)
+    assert [p[4] for p in r].count(-1) == 1
+    for bad in ((0, 1), (1000, 5), (10, 12), (10,), (True, 2), (5.0, 2)):
+        with pytest.raises(ValueError, match="restart"):
+            reverse_plan(1000, "ddim", 100, 0.0, 1.0, bad)
+
+
+@pytest.mark.parametrize("sampler,steps,eta,lam", [("ddpm", 100, 0.0, 1.0), ("ddim", 100, 1.0, 0.3)])
+def test_restart_with_exact_denoisers(sampler, steps, eta, lam):
+    """With the exact denoiser a restart keeps a point mass exactly, and for N(mu, s^2) its output has the
+    moments of the main chain's output noised to t_r and taken back by the deterministic DDIM chain."""
+    spec = spec_for_elements(["C"], 4)
+    base = GaussianDiffusion(nn.Identity(), spec.allowed_cells, timesteps=1000)
+    abar = base.alphas_cumprod_f64
+    point = GaussianDiffusion(GaussianOracle(base.alphas_cumprod, torch.tensor(0.3), 0.0, torch.tensor([0.5] * 6), 0.0),
+                              spec.allowed_cells, timesteps=1000)
+    out = sample(point, Condition.unconditional(8, (4, 1, 1), 0), sampler=sampler, steps=steps, eta=eta,
+                 noise_scale=lam, restart=(100, 20), generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(out.positions, torch.full_like(out.positions, 0.3), atol=1e-4)
+    mu, s = 0.3, 0.1
+    d = GaussianDiffusion(GaussianOracle(base.alphas_cumprod, torch.tensor(mu), s, torch.tensor([0.5] * 6), 0.2),
+                          spec.allowed_cells, timesteps=1000)
+    out = sample(d, Condition.unconditional(4000, (4, 1, 1), 0), sampler=sampler, steps=steps, eta=eta,
+                 noise_scale=lam, restart=(100, 20), generator=torch.Generator().manual_seed(0))
+    m1, s1 = chain_moments(abar, steps, sampler, eta, mu, s, lam)
+    a = abar[100].item()
+    polish = sampling_timesteps(101, 20).tolist()
+    ref_m, ref_s = chain_moments(abar, 20, "ddim", 0.0, mu, s, 1.0, seq=polish, m=math.sqrt(a) * m1,
+                                 v=a * s1 * s1 + 1 - a)
+    x = out.positions.flatten().double()
+    assert x.mean().item() == pytest.approx(ref_m, abs=0.002)
+    assert x.std().item() == pytest.approx(ref_s, rel=0.015)
 
 
 def test_exact_counts_fix_the_null_slots():

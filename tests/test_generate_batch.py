@@ -201,3 +201,14 @@ def test_request_lists_and_their_errors(tmp_path):
 def test_yaml_presets_load(path):
     cfg = load_batch_config(path)
     assert cfg.model.checkpoint and cfg.output.uri and plan_requests(cfg.requests)
+
+
+def test_sampler_settings_change_the_output_identity_only_when_set():
+    """A restart pass or a noise scale is part of what a job writes (its fingerprint: a resumed job with
+    another setting is refused), but their defaults leave the fingerprint of older outputs unchanged."""
+    from unimat_dist.batch_generation.job import fingerprint, load_batch_config
+
+    base = fingerprint(load_batch_config(None, []), "ckpt.pt", [])
+    assert fingerprint(load_batch_config(None, ["sampling.restart=null", "sampling.noise_scale=1.0"]), "ckpt.pt", []) == base
+    assert fingerprint(load_batch_config(None, ["sampling.restart=[100, 20]"]), "ckpt.pt", []) != base
+    assert fingerprint(load_batch_config(None, ["sampling.noise_scale=0.3"]), "ckpt.pt", []) != base

@@ -192,12 +192,14 @@ def test_sampling_defaults_travel_in_the_checkpoint(ckpt, tmp_path):
 
     g = load_generator(str(tuned), device="cpu")
     assert g.sampling_defaults == {"sampler": "ddpm", "steps": 6, "noise_scale": 0.3}
-    assert g.sampling_settings() == {"sampler": "ddpm", "steps": 6, "eta": 0.0, "noise_scale": 0.3}
-    assert g.sampling_settings(noise_scale=1.0) == {"sampler": "ddpm", "steps": 6, "eta": 0.0, "noise_scale": 1.0}
+    assert g.sampling_settings() == {"sampler": "ddpm", "steps": 6, "eta": 0.0, "noise_scale": 0.3, "restart": None}
+    assert g.sampling_settings(noise_scale=1.0) == {"sampler": "ddpm", "steps": 6, "eta": 0.0, "noise_scale": 1.0,
+                                                    "restart": None}
     # another sampler than the release's: the library's defaults, not a mix
-    assert g.sampling_settings(sampler="ddim") == {"sampler": "ddim", "steps": None, "eta": 0.0, "noise_scale": 1.0}
+    assert g.sampling_settings(sampler="ddim") == {"sampler": "ddim", "steps": None, "eta": 0.0, "noise_scale": 1.0,
+                                                   "restart": None}
     assert load_generator(str(ckpt), device="cpu").sampling_settings() == {
-        "sampler": "ddim", "steps": None, "eta": 0.0, "noise_scale": 1.0}
+        "sampler": "ddim", "steps": None, "eta": 0.0, "noise_scale": 1.0, "restart": None}
 
     out = tmp_path / "s"
     assert main(["sample", "--checkpoint", str(tuned), "--num", "2", "--composition", "Fe2O3", "--out", str(out),
@@ -213,8 +215,25 @@ def test_sampling_defaults_travel_in_the_checkpoint(ckpt, tmp_path):
                  "--noise-scale", "1", "--device", "cpu", "--no-gallery"]) == 0
     assert json.loads((out2 / "summary.json").read_text())["request"]["noise_scale"] == 1.0
 
+    # a restart pass travels the same way, and "none" switches it off for one run
+    polished = tmp_path / "polished.pt"
+    assert main(["model", "sampling", str(tuned), "--restart", "10:3", "--out", str(polished)]) == 0
+    gp = load_generator(str(polished), device="cpu")
+    assert gp.sampling_defaults["restart"] == [10, 3] and gp.sampling_settings()["restart"] == (10, 3)
+    assert gp.sampling_settings(restart=())["restart"] is None
+    out3, out4 = tmp_path / "s3", tmp_path / "s4"
+    assert main(["sample", "--checkpoint", str(polished), "--num", "1", "--composition", "Fe2O3", "--out", str(out3),
+                 "--device", "cpu", "--no-gallery"]) == 0
+    assert json.loads((out3 / "summary.json").read_text())["request"]["restart"] == [10, 3]
+    assert main(["sample", "--checkpoint", str(polished), "--num", "1", "--composition", "Fe2O3", "--out", str(out4),
+                 "--device", "cpu", "--no-gallery", "--restart", "none"]) == 0
+    assert json.loads((out4 / "summary.json").read_text())["request"]["restart"] is None
+    assert main(["model", "sampling", str(tuned), "--restart", "100:3", "--out", str(tmp_path / "x.pt")]) == 2
+
     payload = load_inference_checkpoint(str(ckpt))
     for bad, match in (({"noise_scale": 2.0}, "noise_scale"), ({"sampler": "euler"}, "sampler"),
+                       ({"restart": [100, 20]}, "restart t"), ({"restart": [10, 20]}, "restart"),
+                       ({"restart": [10]}, "restart"), ({"restart": [True, 1]}, "restart"),
                        ({"steps": 101}, "exceed"), ({"steps": True}, "steps"), ({"temperature": 0.1}, "keys"),
                        ("ddpm", "mapping")):
         p = dict(payload, sampling=bad)

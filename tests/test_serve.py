@@ -263,6 +263,10 @@ BAD_REQUESTS = [
     ({"steps": TIMESTEPS + 1}, 422, "limit_exceeded", "steps"),
     ({"sampler": "ddpm", "eta": 0.5}, 422, "invalid_request", "eta"),
     ({"noise_scale": 1.5}, 422, "invalid_request", "noise_scale"),
+    ({"restart": [TIMESTEPS, 2]}, 422, "invalid_request", "restart"),  # t beyond the model's T - 1
+    ({"restart": [4, 9]}, 422, "invalid_request", "restart"),  # more steps back than timesteps
+    ({"restart": [4, 2, 1]}, 422, "invalid_request", "restart"),
+    ({"restart": "100:20"}, 422, "invalid_request", "restart"),
     ({"properties": {"band_gap": 1.0}}, 422, "model_constraint", "properties"),
     (b'{"properties": {"heat_ref": NaN}}', 422, "invalid_request", "properties.heat_ref"),
     ({"guidance": -1}, 422, "invalid_request", "guidance"),
@@ -294,7 +298,9 @@ def test_bad_inputs_are_4xx_with_messages_and_the_service_keeps_serving(service)
     assert requests.get(service.url + "/v1/nothing", timeout=10).status_code == 404
     # still serving, and the errors are counted by type
     ok = service.post({"num_samples": 1, "composition": "VIrO3", "steps": 2, "seed": 0})
-    assert ok.status_code == 200 and ok.json()["validity"]["matches_request"] == 1
+    assert ok.status_code == 200 and ok.json()["validity"]["matches_request"] == 1 and ok.json()["restart"] is None
+    again = service.post({"num_samples": 1, "composition": "VIrO3", "steps": 2, "restart": [3, 2], "seed": 0})
+    assert again.status_code == 200 and again.json()["restart"] == [3, 2]
     stats = service.get("/v1/stats").json()
     for type_, n in kinds.items():
         assert stats["errors_by_type"].get(type_, 0) - before["errors_by_type"].get(type_, 0) >= n

@@ -58,7 +58,9 @@
       var name = String(info.checkpoint || '').split('/').slice(-2).join('/');
       text($('model-info'), 'model ' + name + ' (step ' + info.step + ', ' + Number(info.parameters || 0).toLocaleString() +
            ' parameters, ' + info.device + '), up to ' + lim.max_samples_per_request + ' samples and ' +
-           lim.max_steps + ' steps per request');
+           lim.max_steps + ' steps per request' +
+           (info.autoguidance ? '; autoguided (weight ' + info.autoguidance.weight + ' against its step-' +
+            info.autoguidance.guide_step + ' network)' : ''));
       if (lim.max_samples_per_request) $('num_samples').max = lim.max_samples_per_request;
       if (lim.max_steps) $('steps').max = lim.max_steps;
       if (lim.max_guidance !== undefined) $('guidance').max = lim.max_guidance;

@@ -42,6 +42,7 @@ class SamplingConfig:
     steps: Optional[int] = None  # null: 100 for DDIM (capped by T), T for DDPM
     eta: float = 0.0  # DDIM stochasticity (0 = deterministic)
     noise_scale: float = 1.0  # multiplies the ancestral noise (< 1: lower temperature, see diffusion/samplers.py)
+    restart: Optional[list[int]] = None  # [t, steps]: a deterministic pass back from t after the chain; null: none
     seed: int = 0  # base seed; a request's seed is derived from it and the request id (layout-independent)
     max_batch_samples: int = 256  # rows per denoising loop (device memory bound); >= the largest request
 

@@ -112,14 +112,16 @@ def resolve_checkpoint(cfg: GenerateBatchConfig) -> str:
 
 def fingerprint(cfg: GenerateBatchConfig, checkpoint: str, requests: list[BatchRequest]) -> str:
     """Identity of the job's output: everything that changes which crystals are written where.
-    ``sampling.max_batch_samples`` is left out: it only regroups rows into loops; ``noise_scale`` only when
-    it is the default 1 (outputs written before it existed keep their identity)."""
+    ``sampling.max_batch_samples`` is left out: it only regroups rows into loops; ``noise_scale`` and
+    ``restart`` only when they are the defaults 1 and null (outputs written before they existed keep their
+    identity)."""
     ident = {
         "job_version": JOB_VERSION,
         "checkpoint": checkpoint,
         "requests": requests_digest(requests),
         "sampling": {k: v for k, v in to_dict(cfg.sampling).items()
-                     if k != "max_batch_samples" and not (k == "noise_scale" and v == 1.0)},
+                     if k != "max_batch_samples" and not (k == "noise_scale" and v == 1.0)
+                     and not (k == "restart" and v is None)},
         "exact_counts": cfg.requests.exact_counts,
         "guidance": cfg.requests.guidance,
         "format": cfg.output.format,
@@ -373,7 +375,7 @@ def run_generate_batch(cfg: GenerateBatchConfig, runner: UnitRunner | None = Non
     ctx = JobContext(
         fingerprint=fp, output_uri=output, output_options=opts, format=cfg.output.format,
         sampler=cfg.sampling.sampler, steps=cfg.sampling.steps, eta=cfg.sampling.eta,
-        noise_scale=cfg.sampling.noise_scale, seed=cfg.sampling.seed,
+        noise_scale=cfg.sampling.noise_scale, restart=cfg.sampling.restart, seed=cfg.sampling.seed,
         max_batch_samples=cfg.sampling.max_batch_samples, exact_counts=cfg.requests.exact_counts,
         guidance=cfg.requests.guidance,
     )

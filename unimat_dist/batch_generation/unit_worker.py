@@ -57,6 +57,7 @@ class JobContext:
     steps: int | None = None
     eta: float = 0.0
     noise_scale: float = 1.0
+    restart: list[int] | None = None
     seed: int = 0
     max_batch_samples: int = 256
     exact_counts: bool = True
@@ -83,7 +84,7 @@ def generate_unit(g, unit: WorkUnit, ctx: JobContext) -> dict[str, Any]:
     for r in unit.requests:
         request = SampleRequest(r.composition, ctx.exact_counts, dict(r.properties), ctx.guidance)
         job = GenerationJob(r.num_samples, request, ctx.sampler, ctx.steps, ctx.eta, request_seed(ctx.seed, r.id),
-                            noise_scale=ctx.noise_scale)
+                            noise_scale=ctx.noise_scale, restart=tuple(ctx.restart) if ctx.restart else None)
         try:
             accepted.append((r, prepare_job(g, job)))
         except ValueError as exc:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 
+from .sample import parse_restart
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("serve", help="start the generation service (Ray Serve) on this machine",
@@ -52,6 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--eta", type=float, default=None)
     g.add_argument("--noise-scale", type=float, default=None,
                    help="multiplies the added noise (< 1: lower temperature)")
+    g.add_argument("--restart", type=parse_restart, default=None, metavar="T:K",
+                   help="restart pass: noise to timestep T, K deterministic steps back ('none': off; default: the model's)")
     g.add_argument("--seed", type=int, default=None, help="default: random (the response says which)")
     g.add_argument("--format", choices=("cif", "json"), default="cif")
     g.add_argument("--out", default=None, help="folder for the structures (default: only print the summary)")
@@ -147,6 +151,7 @@ def run_generate(args) -> int:
         num_samples=args.num, composition=args.composition, exact_counts=not args.types_only,
         properties=parse_properties(args.property) or None, guidance=args.guidance, sampler=args.sampler,
         steps=args.steps, eta=args.eta, noise_scale=args.noise_scale, seed=args.seed, format=args.format,
+        restart=None if args.restart is None else list(args.restart),
     )
     files = write_response(r, args.out) if args.out else []
     v = r["validity"]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from .sample import parse_restart
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("results", help="evaluate trained models like the paper and tabulate them beside Table 1")
@@ -27,6 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--steps", type=int, default=None, help="denoising steps (default 100 for DDIM, T for DDPM)")
     e.add_argument("--eta", type=float, default=None, help="DDIM stochasticity (0 = deterministic, 1 = DDPM's noise)")
     e.add_argument("--noise-scale", type=float, default=None, help="multiplies the added noise (< 1: lower temperature)")
+    e.add_argument("--restart", type=parse_restart, default=None, metavar="T:K",
+                   help="restart sampling: noise to timestep T, K deterministic steps back ('none': off)")
+    e.add_argument("--autoguidance", type=float, default=None, metavar="W",
+                   help="weight of the checkpoint's guide network (default: the checkpoint's; 0: off)")
     e.add_argument("--batch-size", type=int, default=500)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--workers", type=int, help="evaluation processes (default: all CPUs)")
@@ -63,8 +69,8 @@ def run_evaluate(args) -> int:
 
     r = evaluate_run(RunOptions(
         checkpoint=args.checkpoint, dataset=args.dataset, out=Path(args.out), num=args.num, sampler=args.sampler,
-        steps=args.steps, eta=args.eta, noise_scale=args.noise_scale, batch_size=args.batch_size, seed=args.seed,
-        workers=args.workers,
+        steps=args.steps, eta=args.eta, noise_scale=args.noise_scale, restart=args.restart,
+        autoguidance=args.autoguidance, batch_size=args.batch_size, seed=args.seed, workers=args.workers,
         energy_samples=args.energy_samples, relax_steps=args.relax_steps, property_emd=args.property_emd,
         limit_reference=args.limit_reference, limit_train=args.limit_train, label=args.label,
         conditional=args.conditional, per_composition=args.per_composition, csp=args.csp, limit_csp=args.limit_csp,

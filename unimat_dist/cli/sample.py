@@ -39,6 +39,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--noise-scale", type=float, default=None,
                    help="multiplies the added noise (DDPM, or DDIM with --eta > 0); < 1: lower temperature, "
                         "more precise geometry, less diversity (default 1)")
+    p.add_argument("--restart", type=parse_restart, default=None, metavar="T:K",
+                   help="after the chain, noise the crystals to timestep T and take K deterministic steps back "
+                        "(restart sampling; 'none': off; default: the checkpoint's)")
+    p.add_argument("--autoguidance", type=float, default=None, metavar="W",
+                   help="weight of the checkpoint's guide network (default: the checkpoint's; 0: off, half the cost)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
@@ -56,6 +61,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace a previous `unimat sample` result in --out (only the files it lists are removed)")
     p.set_defaults(func=run)
+
+
+def parse_restart(text: str) -> tuple[int, ...]:
+    """``--restart T:K`` -> (T, K); ``none`` -> () (no restart, whatever the checkpoint's default)."""
+    import argparse
+
+    if text.strip().lower() in ("none", "off", "0"):
+        return ()
+    t, sep, k = text.partition(":")
+    try:
+        return int(t), int(k)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected T:K (e.g. 100:20) or none, got {text!r}") from None
 
 
 def parse_properties(items: list[str]) -> dict[str, float]:
@@ -84,6 +102,8 @@ def sample_to_folder(
     steps: int | None = None,
     eta: float | None = None,
     noise_scale: float | None = None,
+    restart: tuple[int, ...] | None = None,
+    autoguidance: float | None = None,
     seed: int = 0,
     batch_size: int = 256,
     device: str | None = None,
@@ -109,14 +129,15 @@ def sample_to_folder(
 
     prepare_output(Path(out), overwrite)  # before minutes of sampling, not after
     t0 = time.perf_counter()
-    g = load_generator(checkpoint, device=device, precision=precision)
+    g = load_generator(checkpoint, device=device, precision=precision, autoguidance=autoguidance)
     t_load = time.perf_counter() - t0
-    settings = g.sampling_settings(sampler, steps, eta, noise_scale)
-    sampler, steps, eta, noise_scale = (settings[k] for k in ("sampler", "steps", "eta", "noise_scale"))
+    settings = g.sampling_settings(sampler, steps, eta, noise_scale, restart)
+    sampler, steps, eta, noise_scale, restart = (settings[k] for k in ("sampler", "steps", "eta", "noise_scale",
+                                                                        "restart"))
     t0 = time.perf_counter()
     structures = g.sample(
         num, composition, exact_counts, properties or {}, guidance, sampler=sampler, steps=steps, eta=eta,
-        noise_scale=noise_scale, seed=seed, batch_size=batch_size, progress=progress,
+        noise_scale=noise_scale, restart=restart, seed=seed, batch_size=batch_size, progress=progress,
     )
     t_sample = time.perf_counter() - t0
     out_dir = Path(out)
@@ -135,7 +156,7 @@ def sample_to_folder(
         "request": {
             "num": num, "composition": composition, "exact_counts": exact_counts, "properties": properties or {},
             "guidance": guidance, "sampler": sampler, "steps": steps, "eta": eta, "noise_scale": noise_scale,
-            "seed": seed,
+            "restart": list(restart) if restart else None, "autoguidance": g.meta.get("autoguidance"), "seed": seed,
         },
         "spec": g.spec.to_dict(),
         "num_decoded": sum(s is not None for s in structures),
@@ -252,7 +273,8 @@ def run(args) -> int:
     summary = sample_to_folder(
         args.checkpoint, args.num, args.out, composition=args.composition, exact_counts=not args.types_only,
         properties=parse_properties(args.property), guidance=args.guidance, sampler=args.sampler, steps=args.steps,
-        eta=args.eta, noise_scale=args.noise_scale, seed=args.seed, batch_size=args.batch_size, device=args.device,
+        eta=args.eta, noise_scale=args.noise_scale, restart=args.restart,
+        autoguidance=args.autoguidance, seed=args.seed, batch_size=args.batch_size, device=args.device,
         precision=args.precision,
         fmt=args.format, overwrite=args.overwrite, symprec=args.symprec, facts_workers=args.facts_workers,
         gallery=not args.no_gallery,

@@ -23,6 +23,10 @@ as published; λ < 1 trades diversity for precise geometry. Measured on the rele
 DDPM-100 samples): λ = 1 gives COV-P 16.5 %, λ = 0.4 53.5 %, 0.2 69.5 %, and λ = 0 (no noise at all)
 collapses validity to 70 %. ``bench/bench_sampling_quality.py`` measures it per model.
 
+A restart pass (``restart = (t, k)``, Xu et al. 2023) noises the chain's last estimate of x_0 forward to
+t and takes it back in k deterministic DDIM steps; ``reverse_plan`` lists every network evaluation of a
+reverse process, restart included, and ``sample`` and the service's running loop both walk that list.
+
 The last step returns the constrained x_0 itself. The loop runs in the diffusion's position space
 (``GaussianDiffusion.space``: model space, or the circle embedding of fractional coordinates, where the
 constraints are the same in that space's terms) and the output is converted back to model space.
@@ -67,10 +71,49 @@ def constraint_masks(cond: Condition, allowed_cells: torch.Tensor) -> tuple[torc
     return allowed, cond.exact[:, None, None, None] & (cond.composition > 0.5) & allowed
 
 
+def check_restart(restart, timesteps: int, where: str = "restart") -> tuple[int, int] | None:
+    """None, or (t_r, k_r): a timestep in [1, T-1] and a step count in [1, t_r + 1]."""
+    if restart is None:
+        return None
+    if not isinstance(restart, (list, tuple)) or len(restart) != 2 or any(
+            isinstance(v, bool) or not isinstance(v, int) for v in restart):
+        raise ValueError(f"{where} must be two integers [t, steps], got {repr(restart)[:80]}")
+    t_r, k_r = restart
+    if not 1 <= t_r <= timesteps - 1 or not 1 <= k_r <= t_r + 1:
+        raise ValueError(f"{where} [t, steps] needs 1 <= t <= {timesteps - 1} and 1 <= steps <= t + 1, got {list(restart)}")
+    return int(t_r), int(k_r)
+
+
+def reverse_plan(timesteps: int, sampler: str, steps: int | None, eta: float, noise_scale: float,
+                 restart: tuple[int, int] | None = None) -> list[tuple[str, float, float, int, int]]:
+    """The network evaluations of one reverse process, in order: (sampler, eta, noise_scale, t, s), s = -1
+    on the last one (which returns x_0). Every reverse process (``sample``, the service's running loop,
+    batch jobs) walks one of these.
+
+    ``restart = (t_r, k_r)`` (Restart sampling, Xu et al., NeurIPS 2023): the main chain's last estimate of
+    x_0 is noised forward to t_r (``"renoise"``: x_{t_r} = sqrt(abar) x_0 + sqrt(1 - abar) z) and taken
+    back to 0 in k_r deterministic DDIM steps: a second, short pass at low noise that pulls samples onto
+    the geometry the network is sure of.
+    """
+    steps = steps if steps is not None else default_steps(sampler, timesteps)
+    seq = sampling_timesteps(timesteps, steps).tolist()
+    plan = [(sampler, eta, noise_scale, t, seq[i + 1] if i + 1 < len(seq) else -1) for i, t in enumerate(seq)]
+    restart = check_restart(restart, timesteps)
+    if restart is not None:
+        t_r, k_r = restart
+        polish = sampling_timesteps(t_r + 1, k_r).tolist()
+        plan[-1] = ("renoise", 0.0, 1.0, seq[-1], t_r)
+        plan += [("ddim", 0.0, 1.0, t, polish[i + 1] if i + 1 < len(polish) else -1) for i, t in enumerate(polish)]
+    return plan
+
+
 def step_coefficients(sampler: str, eta: float, a_t: float, a_s: float) -> tuple[float, float, float, float]:
     """(A, B, C, sigma) of one reverse step from abar_t to abar_s (a_s = 1 for the last step):
     x_s = A x_0 + B eps + C x_t + sigma z. DDIM: A = sqrt(abar_s), B = sqrt(1 - abar_s - sigma^2), C = 0;
-    DDPM: the posterior mean's coefficients, B = 0."""
+    DDPM: the posterior mean's coefficients, B = 0; ``"renoise"`` (a restart, ``reverse_plan``): the
+    forward process from the estimate of x_0, A = sqrt(abar_s), sigma = sqrt(1 - abar_s)."""
+    if sampler == "renoise":
+        return a_s**0.5, 0.0, 0.0, (1 - a_s) ** 0.5
     if sampler == "ddim":
         sigma = eta * ((1 - a_s) / (1 - a_t)) ** 0.5 * (1 - a_t / a_s) ** 0.5
         return a_s**0.5, max(1 - a_s - sigma**2, 0.0) ** 0.5, 0.0, sigma
@@ -145,6 +188,7 @@ def sample(
     steps: int | None = None,
     eta: float = 0.0,
     noise_scale: float = 1.0,
+    restart: tuple[int, int] | None = None,
     generator: NoiseSource = None,
     autocast_dtype: torch.dtype | None = None,
     lattice_clip: float = LATTICE_CLIP,
@@ -152,7 +196,8 @@ def sample(
 ) -> SampleOutput:
     """Draw one sample per row of ``cond``; ``guidance`` is a scalar or a (B,) tensor of weights w.
 
-    ``steps`` defaults to T for DDPM and 100 for DDIM; ``noise_scale`` multiplies the ancestral noise.
+    ``steps`` defaults to T for DDPM and 100 for DDIM; ``noise_scale`` multiplies the ancestral noise;
+    ``restart`` (t, steps) adds a second, deterministic pass from t (``reverse_plan``).
     ``autocast_dtype`` (e.g. torch.bfloat16 on GPU)
     runs the network under autocast; the sampler state stays float32. ``generator`` is one
     ``torch.Generator`` for the batch, or ``RowGenerators`` (one per group of rows, so that each group's
@@ -161,7 +206,7 @@ def sample(
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     T = diffusion.timesteps
-    steps = steps if steps is not None else default_steps(sampler, T)
+    plan = reverse_plan(T, sampler, steps, eta, noise_scale, restart)
     device = diffusion.alphas_cumprod.device
     cond = cond.to(device)
     b = len(cond)
@@ -175,19 +220,17 @@ def sample(
     space = diffusion.space
     x = randn((b, L, H, W, space.channels), generator, device)
     y = randn((b, d), generator, device)
-    seq = sampling_timesteps(T, steps).tolist()
     abar = diffusion.alphas_cumprod_f64
     amp = (
         torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
     )
-    iterator = range(len(seq))
+    iterator = plan
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(iterator, desc=f"{sampler}-{len(seq)}", leave=False)
-    for i in iterator:
-        s_next = seq[i + 1] if i + 1 < len(seq) else -1
-        c = RowCoefficients.build([(sampler, eta, noise_scale, seq[i], s_next, b)], abar, device)
+        iterator = tqdm(plan, desc=f"{sampler}-{len(plan)}", leave=False)
+    for step in iterator:
+        c = RowCoefficients.build([(*step, b)], abar, device)
         with amp:
             ex, ey = guided_eps(diffusion.denoiser, x, y, c.t, cond, w, rows, paired)
         zx = zy = None

@@ -49,8 +49,7 @@ from typing import Callable
 import torch
 
 from unimat_dist.diffusion.guidance import guided_eps, guided_rows, paired_condition
-from unimat_dist.diffusion.samplers import RowCoefficients, SampleOutput, constraint_masks, reverse_step
-from unimat_dist.diffusion.schedules import sampling_timesteps
+from unimat_dist.diffusion.samplers import RowCoefficients, SampleOutput, constraint_masks, reverse_plan, reverse_step
 from unimat_dist.model import Condition
 from unimat_dist.sampling import GeneratedBatch, StructureGenerator
 
@@ -102,7 +101,7 @@ class _Active:
     ticket: int
     job: GenerationJob
     callback: Callback
-    seq: list[int] = field(default_factory=list)
+    schedule: list[tuple] = field(default_factory=list)  # the job's network evaluations (``reverse_plan``)
     generator: torch.Generator | None = None
     x: torch.Tensor | None = None  # (n, L, H, W, 3) float32, model space
     y: torch.Tensor | None = None  # (n, D)
@@ -110,7 +109,7 @@ class _Active:
     w: torch.Tensor | None = None  # (n,)
     allowed: torch.Tensor | None = None  # (n, L, H, W) bool
     exact: torch.Tensor | None = None  # (n, L, H, W) bool
-    i: int = 0  # index of the next step in ``seq``
+    i: int = 0  # index of the next step in ``schedule``
     lo: int = 0  # rows [0, lo) have already taken step ``i`` (the step is spread over evaluations)
     zx: torch.Tensor | None = None  # the ancestral draws of step ``i`` (drawn when it starts), or None
     zy: torch.Tensor | None = None
@@ -311,7 +310,7 @@ class ContinuousSampler(SamplerBase):
     def _start(self, a: _Active) -> None:
         """Initial state of an admitted job (its first draws from its own generator, like ``sample``)."""
         g, job, device = self.g, a.job, self.g.device
-        a.seq = sampling_timesteps(g.diffusion.timesteps, job.steps).tolist()
+        a.schedule = reverse_plan(g.diffusion.timesteps, job.sampler, job.steps, job.eta, job.noise_scale, job.restart)
         a.generator = torch.Generator(device=device)
         a.generator.manual_seed(int(job.seed))
         a.cond = job_condition(job).to(device)
@@ -357,9 +356,7 @@ class ContinuousSampler(SamplerBase):
         plan, device = self._plan(), self.g.device
         m = self._membership(plan)
         x, y = torch.cat([a.x[lo:hi] for a, lo, hi in plan]), torch.cat([a.y[lo:hi] for a, lo, hi in plan])
-        c = RowCoefficients.build([(a.job.sampler, a.job.eta, a.job.noise_scale, a.seq[a.i],
-                                    a.seq[a.i + 1] if a.i + 1 < len(a.seq) else -1, hi - lo) for a, lo, hi in plan],
-                                  self._abar, device)
+        c = RowCoefficients.build([(*a.schedule[a.i], hi - lo) for a, lo, hi in plan], self._abar, device)
         start = 0
         for a, lo, hi in plan:
             if lo == 0:  # the step starts: its ancestral draws for all the job's rows, in ``sample``'s order
@@ -399,7 +396,7 @@ class ContinuousSampler(SamplerBase):
             a.lo, a.zx, a.zy = 0, None, None
             a.i += 1
             a.stats.steps += 1
-            (done if a.i >= len(a.seq) else keep).append(a)
+            (done if a.i >= len(a.schedule) else keep).append(a)
         if done:
             self._active, self._batch = keep, None
         if self.on_step is not None:

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import torch
 
 from unimat_dist.diffusion.noise import RowGenerators
-from unimat_dist.diffusion.samplers import DEFAULT_DDIM_STEPS, SAMPLERS, default_steps
+from unimat_dist.diffusion.samplers import DEFAULT_DDIM_STEPS, SAMPLERS, check_restart, default_steps
 from unimat_dist.model import Condition
 from unimat_dist.sampling import SampleRequest, StructureGenerator
 
@@ -45,10 +45,11 @@ class GenerationJob:
     condition: Condition | None = None
     guidance: torch.Tensor | None = None  # (1,)
     noise_scale: float = 1.0  # multiplies the ancestral noise (``diffusion.samplers``: sampling temperature)
+    restart: tuple[int, int] | None = None  # (t, steps): a second, deterministic pass from t (``reverse_plan``)
 
     @property
-    def loop_key(self) -> tuple[str, int, float, float]:
-        return (self.sampler, int(self.steps), float(self.eta), float(self.noise_scale))
+    def loop_key(self) -> tuple:
+        return (self.sampler, int(self.steps), float(self.eta), float(self.noise_scale), self.restart)
 
 
 @dataclass
@@ -87,6 +88,7 @@ def prepare_job(g: StructureGenerator, job: GenerationJob) -> GenerationJob:
         raise ValueError(f"eta must be between 0 and 1, got {job.eta}")
     if not 0.0 <= float(job.noise_scale) <= 1.0:
         raise ValueError(f"noise_scale must be between 0 and 1, got {job.noise_scale}")
+    job.restart = check_restart(tuple(job.restart) if job.restart else None, int(g.diffusion.timesteps))
     rows = job.num_samples if g.draws_composition(job.request) else 1
     try:
         job.condition, job.guidance = g.condition([job.request] * rows, seed=job.seed)
@@ -149,7 +151,7 @@ def run_jobs(
         noise = RowGenerators.seeded([jobs[i].seed for i in members], counts, g.device)
         t0 = time.perf_counter()
         batch = g.sample_condition(cond, w, sampler=first.sampler, steps=first.steps, eta=first.eta,
-                                 noise_scale=first.noise_scale, generator=noise)
+                                 noise_scale=first.noise_scale, restart=first.restart, generator=noise)
         structures = g.to_structures(batch)
         if on_loop is not None:
             on_loop(LoopStats(len(members), sum(counts), first.sampler, first.steps, time.perf_counter() - t0))

@@ -28,8 +28,10 @@ def open_generator(
 
 def model_info(g) -> dict[str, Any]:
     """What a client needs to know about a loaded generator (served as ``GET /v1/model``)."""
+    from unimat_dist.diffusion.autoguidance import main_network
+
     spec = g.spec
-    denoiser = g.diffusion.denoiser
+    denoiser = main_network(g.diffusion.denoiser)
     return {
         "checkpoint": g.meta.get("path"),
         "step": g.meta.get("step"),
@@ -37,6 +39,8 @@ def model_info(g) -> dict[str, Any]:
         "created": g.meta.get("created"),
         "unimat_dist_version": g.meta.get("unimat_dist_version"),
         "parameters": int(sum(p.numel() for p in denoiser.parameters())),
+        # {weight, guide_step, guide_weights}: each step also runs the earlier network (diffusion/autoguidance.py)
+        "autoguidance": g.meta.get("autoguidance"),
         "device": str(g.device),
         "precision": g.precision,
         "timesteps": int(g.diffusion.timesteps),

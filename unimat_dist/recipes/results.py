@@ -50,6 +50,8 @@ class RunOptions:
     steps: int | None = None
     eta: float | None = None  # DDIM stochasticity: 0 deterministic, 1 the DDPM posterior's noise on the respaced steps
     noise_scale: float | None = None  # multiplies the added noise (sampling temperature; diffusion/samplers.py)
+    restart: tuple[int, ...] | None = None  # (t, steps) restart pass; () none; None: the checkpoint's default
+    autoguidance: float | None = None  # weight of the checkpoint's guide network; None: the checkpoint's, 0: off
     batch_size: int = 500
     seed: int = 0
     workers: int | None = None
@@ -137,7 +139,7 @@ def with_sampling(o: RunOptions, gen) -> RunOptions:
     made concrete so that result.json says exactly what ran."""
     from unimat_dist.diffusion.samplers import default_steps
 
-    s = gen.sampling_settings(o.sampler, o.steps, o.eta, o.noise_scale)
+    s = gen.sampling_settings(o.sampler, o.steps, o.eta, o.noise_scale, o.restart)
     if s["steps"] is None:
         s["steps"] = default_steps(s["sampler"], gen.diffusion.timesteps)
     return replace(o, **s)
@@ -156,11 +158,12 @@ def sample_run(o: RunOptions) -> tuple[Path, dict[str, Any]]:
 
     from unimat_dist.crystal_facts import crystal_facts
     from unimat_dist.crystal_files import FILE_KEYS, facts_info, sample_name, table_csv, write_text_atomic
+    from unimat_dist.diffusion.autoguidance import main_network
     from unimat_dist.generation.records import validity_flags
     from unimat_dist.sampling import load_generator
 
     o.out.mkdir(parents=True, exist_ok=True)
-    gen = load_generator(o.checkpoint, device=None)
+    gen = load_generator(o.checkpoint, device=None, autoguidance=o.autoguidance)
     o = with_sampling(o, gen)
     path = o.out / "samples.extxyz"
     tmp = path.with_suffix(".extxyz.part")
@@ -177,7 +180,8 @@ def sample_run(o: RunOptions) -> tuple[Path, dict[str, Any]]:
             # the composition prior's draws are seeded per batch: batches must not repeat each other's
             cond, w = gen.condition([_uncond()] * n, seed=o.seed * 1_000_003 + start)
             batch = gen.sample_condition(cond, w, sampler=o.sampler, steps=o.steps, eta=o.eta,
-                                         noise_scale=o.noise_scale, generator=generator)
+                                         noise_scale=o.noise_scale, restart=o.restart,
+                                         generator=generator)
             atoms = []
             for i, s in enumerate(gen.to_structures(batch)):
                 t1 = time.perf_counter()
@@ -206,11 +210,13 @@ def sample_run(o: RunOptions) -> tuple[Path, dict[str, Any]]:
         "sampling_steps": o.steps,
         "eta": o.eta,
         "noise_scale": o.noise_scale,
+        "restart": list(o.restart) if o.restart else None,
+        "autoguidance": gen.meta.get("autoguidance"),  # {weight, guide_step, guide_weights} or None
         "sampling_seconds": seconds,
         "facts_seconds": t_facts,
         "samples_per_s": o.num / seconds,
         "sampling_device": _device_name(),
-        "params": sum(p.numel() for p in gen.diffusion.denoiser.parameters()),
+        "params": sum(p.numel() for p in main_network(gen.diffusion.denoiser).parameters()),
         "checkpoint_step": gen.meta.get("step"),
     }
     log.info("%d of %d samples decode to crystals (%.1f samples/s)", n_decoded, o.num, stats["samples_per_s"])
@@ -308,12 +314,12 @@ def csp_run(o: RunOptions, test_csv: Path) -> dict[str, Any]:
     from unimat_dist.sampling import SampleRequest, load_generator
 
     targets = [r for r in load_structures(test_csv, limit=o.limit_csp) if r.structure is not None]
-    gen = load_generator(o.checkpoint, device=None)
+    gen = load_generator(o.checkpoint, device=None, autoguidance=o.autoguidance)
     o = with_sampling(o, gen)
     reqs = [SampleRequest(composition={str(e): int(n) for e, n in r.structure.composition.get_el_amt_dict().items()},
                           exact_counts=True) for r in targets]
     t0 = time.perf_counter()
-    structs = gen.sample_requests(reqs, sampler=o.sampler, steps=o.steps, eta=o.eta, noise_scale=o.noise_scale,
+    structs = gen.sample_requests(reqs, sampler=o.sampler, steps=o.steps, eta=o.eta, noise_scale=o.noise_scale, restart=o.restart,
                                   seed=o.seed + 2,
                                   batch_size=o.batch_size, progress=True)
     sampling_s = time.perf_counter() - t0
@@ -335,11 +341,11 @@ def conditional_run(o: RunOptions, test_csv: Path) -> dict[str, Any]:
     from unimat_dist.sampling import SampleRequest, load_generator
 
     comps = test_compositions(test_csv, o.conditional, o.seed)
-    gen = load_generator(o.checkpoint, device=None)
+    gen = load_generator(o.checkpoint, device=None, autoguidance=o.autoguidance)
     o = with_sampling(o, gen)
     reqs = [SampleRequest(composition=c, exact_counts=True) for c in comps for _ in range(o.per_composition)]
     t0 = time.perf_counter()
-    structs = gen.sample_requests(reqs, sampler=o.sampler, steps=o.steps, eta=o.eta, noise_scale=o.noise_scale,
+    structs = gen.sample_requests(reqs, sampler=o.sampler, steps=o.steps, eta=o.eta, noise_scale=o.noise_scale, restart=o.restart,
                                   seed=o.seed + 1,
                                   batch_size=o.batch_size, progress=True)
     sampling_s = time.perf_counter() - t0
@@ -412,10 +418,13 @@ def table_rows(results: Sequence[dict]) -> list[str]:
 
 
 def _sampler_label(s: dict) -> str:
-    """``DDIM-100``, with ``η=1`` when DDIM was stochastic and ``λ=0.3`` when the noise was scaled."""
+    """``DDIM-100``, with ``η=1`` when DDIM was stochastic, ``λ=0.3`` when the noise was scaled and ``AG=2``
+    with autoguidance."""
     label = f"{str(s.get('sampler', 'ddim')).upper()}-{s.get('sampling_steps', '?')}"
     label += f" η={s['eta']:g}" if s.get("eta") else ""
-    return label + (f" λ={s['noise_scale']:g}" if s.get("noise_scale", 1.0) != 1.0 else "")
+    label += f" λ={s['noise_scale']:g}" if s.get("noise_scale", 1.0) != 1.0 else ""
+    label += f" restart {s['restart'][0]}:{s['restart'][1]}" if s.get("restart") else ""
+    return label + (f" AG={s['autoguidance']['weight']:g}" if s.get("autoguidance") else "")
 
 
 def _pct(v):

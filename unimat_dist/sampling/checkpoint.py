@@ -17,6 +17,12 @@ It is ``torch.save`` of a plain dict (loadable with ``torch.load(..., weights_on
     train_config      the training config tree as plain data
     step              optimizer steps trained
     unimat_dist_version, created (ISO time)
+    sampling          optional: the sampler settings the release was measured with (``sampling_defaults``)
+    autoguidance      optional: {"weight": w, "state_dict": the guide network's weights, "step": its step,
+                      "weights": "ema"|"model", "max_t": guide only at t <= max_t (absent: every t)}:
+                      an earlier, weaker network of the same run that sampling
+                      extrapolates away from (``diffusion/autoguidance.py``; ``unimat model sampling
+                      --autoguide-with``)
 
 Paths may be local or fsspec URIs (file://, s3://, gs://, memory://). Every file is written with a
 ``<file>.sha256`` sidecar and loaded only after its bytes match it, through the weights-only
@@ -76,12 +82,12 @@ def inference_payload(
     }
 
 
-SAMPLING_KEYS = ("sampler", "steps", "eta", "noise_scale")
+SAMPLING_KEYS = ("sampler", "steps", "eta", "noise_scale", "restart")
 
 
 def sampling_defaults(value: Any, where: str) -> dict[str, Any]:
-    """The sampler settings a checkpoint carries (``"sampling"``: any of sampler, steps, eta, noise_scale),
-    checked: they come from a file that may not be ours. Requests and command-line flags override them
+    """The sampler settings a checkpoint carries (``"sampling"``: any of sampler, steps, eta, noise_scale,
+    restart [t, steps]), checked: they come from a file that may not be ours. Requests and command-line flags override them
     field by field; a checkpoint without them samples with the library's defaults (DDIM-100, η 0, λ 1)."""
     if value is None:
         return {}
@@ -105,7 +111,52 @@ def sampling_defaults(value: Any, where: str) -> dict[str, Any]:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
                 raise ValueError(f"{where}: {key} must be a number in [0, 1], got {repr(v)[:80]}")
             out[key] = float(v)
+    if value.get("restart") is not None:
+        r = value["restart"]
+        if not isinstance(r, (list, tuple)) or len(r) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
+                                                                   for v in r) or r[1] > r[0] + 1:
+            raise ValueError(f"{where}: restart must be [t, steps] with 1 <= steps <= t + 1, got {repr(r)[:80]}")
+        out["restart"] = [int(r[0]), int(r[1])]
     return out
+
+
+AUTOGUIDANCE_KEYS = ("weight", "state_dict", "step", "weights", "max_t")
+
+
+def autoguidance_entry(value: Any, where: str) -> dict[str, Any] | None:
+    """The guide network a checkpoint carries (``"autoguidance"``), checked: a mapping with a weight in
+    [0, 10] and a state dict of named tensors (its shapes are checked when it is loaded into the network)."""
+    from unimat_dist.diffusion.autoguidance import check_max_t, check_weight
+
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not set(value) <= set(AUTOGUIDANCE_KEYS) or not {"weight", "state_dict"} <= set(value):
+        raise ValueError(f"{where}: autoguidance must be a mapping with weight and state_dict (keys among "
+                         f"{AUTOGUIDANCE_KEYS}), got {repr(value)[:200]}")
+    sd = value["state_dict"]
+    if not isinstance(sd, dict) or not sd or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise ValueError(f"{where}: autoguidance state_dict must map parameter names to tensors")
+    step = value.get("step")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+        raise ValueError(f"{where}: autoguidance step must be an integer >= 0, got {repr(step)[:80]}")
+    weights = value.get("weights", "ema")
+    if weights not in ("ema", "model"):
+        raise ValueError(f"{where}: autoguidance weights must be 'ema' or 'model', got {repr(weights)[:80]}")
+    return {"weight": check_weight(value["weight"], f"{where}: autoguidance weight"), "state_dict": sd,
+            "step": step, "weights": weights, "max_t": check_max_t(value.get("max_t"), f"{where}: autoguidance max_t")}
+
+
+def autoguidance_summary(payload: dict[str, Any], weight: float | None = None) -> dict[str, Any] | None:
+    """What a client needs to know of a checkpoint's autoguidance (no weights): None when it has none or
+    ``weight`` (the weight in use) is 0."""
+    entry = payload.get("autoguidance")
+    if entry is None:
+        return None
+    w = entry["weight"] if weight is None else weight
+    if w == 0:
+        return None
+    return {"weight": w, "guide_step": entry.get("step"), "guide_weights": entry.get("weights", "ema"),
+            "max_t": entry.get("max_t")}
 
 
 def save_torch(obj: Any, uri: str, *, sidecar: bool = True) -> str:
@@ -232,21 +283,43 @@ def load_inference_checkpoint(uri: str, map_location: str | torch.device = "cpu"
     if missing:
         raise ValueError(f"{path} lacks key(s) {missing}")
     payload["sampling"] = sampling_defaults(payload.get("sampling"), f"{path}: sampling")
+    payload["autoguidance"] = autoguidance_entry(payload.get("autoguidance"), path)
     T = payload["diffusion"].get("timesteps") if isinstance(payload["diffusion"], dict) else None
     if isinstance(T, int) and payload["sampling"].get("steps", 0) > T:
         raise ValueError(f"{path}: sampling steps {payload['sampling']['steps']} exceed the model's T = {T}")
+    if isinstance(T, int) and payload["sampling"].get("restart", [0])[0] > T - 1:
+        raise ValueError(f"{path}: sampling restart t {payload['sampling']['restart'][0]} exceeds the model's T - 1 = {T - 1}")
     payload["path"] = path
     return payload
 
 
-def build_diffusion(payload: dict[str, Any], device: str | torch.device = "cpu"):
-    """The ``GaussianDiffusion`` (with its denoiser's weights loaded) described by a checkpoint payload."""
+def build_diffusion(payload: dict[str, Any], device: str | torch.device = "cpu", autoguidance: float | None = None):
+    """The ``GaussianDiffusion`` (with its denoiser's weights loaded) described by a checkpoint payload.
+
+    ``autoguidance``: the weight of the checkpoint's guide network (None: the checkpoint's own weight;
+    0: sample without it, at the cost of one forward per step)."""
     from unimat_dist.diffusion import GaussianDiffusion
+    from unimat_dist.diffusion.autoguidance import AutoGuidedDenoiser, check_weight
     from unimat_dist.model import denoiser_from_kwargs
     from unimat_dist.representation import UniMatSpec
 
+    where = payload.get("path", "checkpoint")
     spec = UniMatSpec.from_dict(payload["spec"])
     net = denoiser_from_kwargs(payload["model"])
     net.load_state_dict(payload["state_dict"])
+    entry = payload.get("autoguidance")
+    weight = entry["weight"] if entry is not None else 0.0
+    if autoguidance is not None:
+        weight = check_weight(autoguidance, "autoguidance")
+        if weight > 0 and entry is None:
+            raise ValueError(f"{where}: autoguidance {weight:g} asked for, but the checkpoint carries no guide "
+                             "network (add one with `unimat model sampling --autoguide-with`)")
+    if weight > 0:
+        guide = denoiser_from_kwargs(payload["model"])
+        try:
+            guide.load_state_dict(entry["state_dict"])
+        except RuntimeError as e:
+            raise ValueError(f"{where}: the autoguidance network does not fit the model: {str(e)[:300]}") from None
+        net = AutoGuidedDenoiser(net, guide, weight, entry.get("max_t"))
     diffusion = GaussianDiffusion(net, spec.allowed_cells, **payload["diffusion"])
     return diffusion.to(device).eval()

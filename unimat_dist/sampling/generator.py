@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from unimat_dist.diffusion import GaussianDiffusion, sample
-from unimat_dist.diffusion.samplers import SampleOutput
+from unimat_dist.diffusion.samplers import SampleOutput, check_restart
 from unimat_dist.model import Condition, PropertyScaler
 from unimat_dist.representation import (
     Normalizer,
@@ -32,7 +32,7 @@ from unimat_dist.representation import (
     infer_mask,
 )
 
-from .checkpoint import build_diffusion, load_inference_checkpoint
+from .checkpoint import autoguidance_summary, build_diffusion, load_inference_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -95,19 +95,21 @@ class StructureGenerator:
         return dict(self.meta.get("sampling") or {})
 
     def sampling_settings(self, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
-                          noise_scale: float | None = None) -> dict[str, Any]:
-        """{sampler, steps, eta, noise_scale} to sample with: each given value, else the checkpoint's
-        default, else the library's (DDIM, its default steps, η 0, λ 1). The checkpoint's defaults belong to
-        its sampler: asking for another sampler falls back to the library's defaults for the other fields
-        (its η would not even apply to DDPM). ``steps`` may stay None (the sampler's default)."""
+                          noise_scale: float | None = None, restart=None) -> dict[str, Any]:
+        """{sampler, steps, eta, noise_scale, restart} to sample with: each given value, else the checkpoint's
+        default, else the library's (DDIM, its default steps, η 0, λ 1, no restart). The checkpoint's
+        defaults belong to its sampler: asking for another sampler falls back to the library's defaults for
+        the other fields (its η would not even apply to DDPM). ``steps`` may stay None (the sampler's
+        default). ``restart``: (t, steps), or an empty sequence for none (None takes the default)."""
         d = self.sampling_defaults
         if sampler is not None and sampler != d.get("sampler", "ddim"):
             d = {}
-        given = {"sampler": sampler, "steps": steps, "eta": eta, "noise_scale": noise_scale}
+        given = {"sampler": sampler, "steps": steps, "eta": eta, "noise_scale": noise_scale, "restart": restart}
         out = {k: v if v is not None else d.get(k) for k, v in given.items()}
         out["sampler"] = out["sampler"] or "ddim"
         out["eta"] = float(out["eta"]) if out["eta"] is not None else 0.0
         out["noise_scale"] = float(out["noise_scale"]) if out["noise_scale"] is not None else 1.0
+        out["restart"] = check_restart(tuple(out["restart"]) if out["restart"] else None, int(self.diffusion.timesteps))
         return out
 
     # ------------------------------------------------------------------ conditioning
@@ -128,13 +130,13 @@ class StructureGenerator:
         """Free the denoiser's weights (moved to the meta device) and keep its composition prior: what a
         process needs that only validates requests, draws their compositions and decodes results while the
         denoising loop runs elsewhere (the Serve app's sampling process)."""
-        den = self.diffusion.denoiser
-        prior = getattr(den, "composition", None)
-        if prior is not None:
-            den.composition = None
-        den.to("meta")
-        if prior is not None:
-            den.composition = prior
+        for den in getattr(self.diffusion.denoiser, "networks", lambda: (self.diffusion.denoiser,))():
+            prior = getattr(den, "composition", None)
+            if prior is not None:
+                den.composition = None
+            den.to("meta")
+            if prior is not None:
+                den.composition = prior
 
     def draws_composition(self, request: SampleRequest) -> bool:
         """Whether this model draws the counts of ``request`` from its composition prior: no composition, or
@@ -217,6 +219,7 @@ class StructureGenerator:
         steps: int | None = None,
         eta: float = 0.0,
         noise_scale: float = 1.0,
+        restart: tuple[int, int] | None = None,
         seed: int | None = 0,
         generator: torch.Generator | None = None,
         progress: bool = False,
@@ -228,7 +231,7 @@ class StructureGenerator:
             generator.manual_seed(seed if seed is not None else torch.seed())
         out = sample(
             self.diffusion, cond, guidance, sampler=sampler, steps=steps, eta=eta, noise_scale=noise_scale,
-            generator=generator, autocast_dtype=self.autocast_dtype, progress=progress,
+            restart=restart, generator=generator, autocast_dtype=self.autocast_dtype, progress=progress,
         )
         return self.finish(out)
 
@@ -256,6 +259,7 @@ class StructureGenerator:
         steps: int | None = None,
         eta: float = 0.0,
         noise_scale: float = 1.0,
+        restart: tuple[int, int] | None = None,
         seed: int | None = 0,
         batch_size: int = 256,
         progress: bool = False,
@@ -276,7 +280,7 @@ class StructureGenerator:
             rows = slice(start, start + batch_size)
             batch = self.sample_condition(
                 cond[rows], w[rows], sampler=sampler, steps=steps, eta=eta, noise_scale=noise_scale,
-                generator=generator, progress=progress,
+                restart=restart, generator=generator, progress=progress,
             )
             structures.extend(self.to_structures(batch))
         return structures
@@ -293,6 +297,7 @@ class StructureGenerator:
         steps: int | None = None,
         eta: float = 0.0,
         noise_scale: float = 1.0,
+        restart: tuple[int, int] | None = None,
         seed: int | None = 0,
         batch_size: int = 256,
         progress: bool = False,
@@ -302,27 +307,28 @@ class StructureGenerator:
             raise ValueError(f"num must be >= 1, got {num}")
         req = SampleRequest(composition, exact_counts, dict(properties or {}), guidance)
         return self.sample_requests(
-            [req] * num, sampler=sampler, steps=steps, eta=eta, noise_scale=noise_scale, seed=seed,
+            [req] * num, sampler=sampler, steps=steps, eta=eta, noise_scale=noise_scale, restart=restart, seed=seed,
             batch_size=batch_size, progress=progress,
         )
 
 
 def load_generator(
     path: str, device: str | torch.device | None = None, precision: str = "auto",
-    storage_options: dict[str, Any] | None = None,
+    storage_options: dict[str, Any] | None = None, autoguidance: float | None = None,
 ) -> StructureGenerator:
     """A generator from an inference checkpoint (file, run/checkpoint directory, or fsspec URI reached with
     ``storage_options``: endpoint, keys; see ``unimat_dist.storage``).
 
     ``device`` defaults to CUDA when available; ``precision`` auto = bf16 autocast on CUDA, fp32 on CPU;
     ``bf16`` on a CPU casts the network's weights to bf16 (no autocast), the fast path on CPUs with
-    AMX / AVX512-BF16 (``StructureGenerator.precision`` says which one is in use).
+    AMX / AVX512-BF16 (``StructureGenerator.precision`` says which one is in use). ``autoguidance``: the
+    weight of the checkpoint's guide network (None: the checkpoint's own, 0: off; ``diffusion/autoguidance.py``).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
     payload = load_inference_checkpoint(path, map_location="cpu", storage_options=storage_options)
-    diffusion = build_diffusion(payload, device)
+    diffusion = build_diffusion(payload, device, autoguidance)
     bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     amp = None
     if bf16 and device.type == "cpu":
@@ -334,7 +340,11 @@ def load_generator(
         amp = torch.bfloat16
     meta = {k: payload.get(k) for k in ("path", "step", "weights", "train_config", "created", "unimat_dist_version",
                                         "sampling")}
+    meta["autoguidance"] = autoguidance_summary(payload, autoguidance)
     log.info("loaded %s (step %s, %s weights) on %s", payload["path"], payload.get("step"), payload.get("weights"), device)
+    if meta["autoguidance"]:
+        log.info("autoguidance: weight %g against the step-%s network (two forwards per step)",
+                 meta["autoguidance"]["weight"], meta["autoguidance"]["guide_step"])
     return StructureGenerator(
         diffusion,
         UniMatSpec.from_dict(payload["spec"]),
