@@ -50,6 +50,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
+    from unimat_dist.cli.sample import parse_restart
     from unimat_dist.datasets import resolve_split
     from unimat_dist.evaluation.proxy import proxy_evaluation
     from unimat_dist.evaluation.structures_io import StructureRecord
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
         print(f"every row autoguided: weight {ag['weight']:g} against the step-{ag['guide_step']} network")
     test = str(resolve_split(args.dataset, args.reference).path)
     variants = [tuple(float(x) for x in v.split(":")) for v in args.variants.split(",")]
-    restart = tuple(int(x) for x in args.restart.split(":")) if args.restart else None
+    restart = parse_restart(args.restart) if args.restart else None
     settings = [("ddpm", args.ddpm_steps, 0.0, args.ddpm_noise_scale)] + [
         ("ddim", int(k), eta, lam) for eta, lam in variants for k in args.ks.split(",")]
     rows = []

@@ -408,6 +408,7 @@ class UniMatGenerator:
     # ------------------------------------------------------------------ validation
     def _validate(self, req: GenerateRequest) -> _Pending:
         """Service limits and the model's constraints -> a prepared job; ``ApiError`` 422 otherwise."""
+        from unimat_dist.diffusion.samplers import reverse_plan
         from unimat_dist.generation import GenerationJob, prepare_job
         from unimat_dist.sampling import SampleRequest
 
@@ -425,7 +426,7 @@ class UniMatGenerator:
         if steps > min(s.max_steps, T):
             raise ApiError(422, "limit_exceeded", f"steps {steps} exceeds the limit of {min(s.max_steps, T)} "
                                                   f"(service max_steps {s.max_steps}, model T {T})", "steps")
-        evaluations = steps + (run["restart"][1] if run["restart"] else 0)  # the restart pass's steps count too
+        evaluations = len(reverse_plan(T, sampler, steps, run["eta"], run["noise_scale"], run["restart"]))
         if req.num_samples * evaluations > s.max_sample_steps:
             raise ApiError(422, "limit_exceeded",
                            f"num_samples x steps = {req.num_samples} x {evaluations} = {req.num_samples * evaluations:,} "

@@ -84,7 +84,7 @@ def generate_unit(g, unit: WorkUnit, ctx: JobContext) -> dict[str, Any]:
     for r in unit.requests:
         request = SampleRequest(r.composition, ctx.exact_counts, dict(r.properties), ctx.guidance)
         job = GenerationJob(r.num_samples, request, ctx.sampler, ctx.steps, ctx.eta, request_seed(ctx.seed, r.id),
-                            noise_scale=ctx.noise_scale, restart=tuple(ctx.restart) if ctx.restart else None)
+                            noise_scale=ctx.noise_scale, restart=ctx.restart)
         try:
             accepted.append((r, prepare_job(g, job)))
         except ValueError as exc:

@@ -121,11 +121,8 @@ def run_sampling(args) -> int:
     new = {} if args.clear else dict(payload["sampling"])
     new.update(given)
     new = {k: v for k, v in new.items() if v is not None}
-    payload["sampling"] = sampling_defaults(new, "--sampler/--steps/--eta/--noise-scale/--restart")
-    if payload["sampling"].get("restart"):
-        from unimat_dist.diffusion.samplers import check_restart
-
-        check_restart(tuple(payload["sampling"]["restart"]), int(payload["diffusion"]["timesteps"]), "--restart")
+    payload["sampling"] = sampling_defaults(new, "--sampler/--steps/--eta/--noise-scale/--restart",
+                                            int(payload["diffusion"]["timesteps"]))
     if args.clear and not guiding:
         payload["autoguidance"] = None
     if guiding:

@@ -72,10 +72,11 @@ class AutoGuidedDenoiser(nn.Module):
         if self.weight == 0.0:
             return ex, ey
         w = self.weight
-        if self.max_t is None or bool((t <= self.max_t).all()):
+        inside = None if self.max_t is None else t <= self.max_t
+        if inside is None or bool(inside.all()):
             gx, gy = self.guide(x, lattice, t, cond)
             return ex + w * (ex - gx), ey + w * (ey - gy)
-        rows = torch.nonzero(t <= self.max_t).flatten()
+        rows = torch.nonzero(inside).flatten()
         if rows.numel() == 0:
             return ex, ey
         gx, gy = self.guide(x[rows], lattice[rows], t[rows], cond[rows])

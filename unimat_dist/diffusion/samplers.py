@@ -71,16 +71,18 @@ def constraint_masks(cond: Condition, allowed_cells: torch.Tensor) -> tuple[torc
     return allowed, cond.exact[:, None, None, None] & (cond.composition > 0.5) & allowed
 
 
-def check_restart(restart, timesteps: int, where: str = "restart") -> tuple[int, int] | None:
-    """None, or (t_r, k_r): a timestep in [1, T-1] and a step count in [1, t_r + 1]."""
-    if restart is None:
+def check_restart(restart, timesteps: int | None, where: str = "restart") -> tuple[int, int] | None:
+    """None (``restart`` None or empty: no restart), or (t_r, k_r): a timestep in [1, T-1] and a step count
+    in [1, t_r + 1] (``timesteps`` None: t_r is not bounded above, for settings read before the model)."""
+    if restart is None or (isinstance(restart, (list, tuple)) and len(restart) == 0):
         return None
     if not isinstance(restart, (list, tuple)) or len(restart) != 2 or any(
             isinstance(v, bool) or not isinstance(v, int) for v in restart):
         raise ValueError(f"{where} must be two integers [t, steps], got {repr(restart)[:80]}")
     t_r, k_r = restart
-    if not 1 <= t_r <= timesteps - 1 or not 1 <= k_r <= t_r + 1:
-        raise ValueError(f"{where} [t, steps] needs 1 <= t <= {timesteps - 1} and 1 <= steps <= t + 1, got {list(restart)}")
+    if t_r < 1 or (timesteps is not None and t_r > timesteps - 1) or not 1 <= k_r <= t_r + 1:
+        span = f"in [1, {timesteps - 1}] (the model's T - 1)" if timesteps is not None else ">= 1"
+        raise ValueError(f"{where} t must be {span} and steps in [1, t + 1], got {list(restart)}")
     return int(t_r), int(k_r)
 
 

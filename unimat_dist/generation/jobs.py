@@ -88,7 +88,7 @@ def prepare_job(g: StructureGenerator, job: GenerationJob) -> GenerationJob:
         raise ValueError(f"eta must be between 0 and 1, got {job.eta}")
     if not 0.0 <= float(job.noise_scale) <= 1.0:
         raise ValueError(f"noise_scale must be between 0 and 1, got {job.noise_scale}")
-    job.restart = check_restart(tuple(job.restart) if job.restart else None, int(g.diffusion.timesteps))
+    job.restart = check_restart(job.restart, int(g.diffusion.timesteps))
     rows = job.num_samples if g.draws_composition(job.request) else 1
     try:
         job.condition, job.guidance = g.condition([job.request] * rows, seed=job.seed)

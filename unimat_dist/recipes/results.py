@@ -319,9 +319,8 @@ def csp_run(o: RunOptions, test_csv: Path) -> dict[str, Any]:
     reqs = [SampleRequest(composition={str(e): int(n) for e, n in r.structure.composition.get_el_amt_dict().items()},
                           exact_counts=True) for r in targets]
     t0 = time.perf_counter()
-    structs = gen.sample_requests(reqs, sampler=o.sampler, steps=o.steps, eta=o.eta, noise_scale=o.noise_scale, restart=o.restart,
-                                  seed=o.seed + 2,
-                                  batch_size=o.batch_size, progress=True)
+    structs = gen.sample_requests(reqs, sampler=o.sampler, steps=o.steps, eta=o.eta, noise_scale=o.noise_scale,
+                                  restart=o.restart, seed=o.seed + 2, batch_size=o.batch_size, progress=True)
     sampling_s = time.perf_counter() - t0
     records = [StructureRecord(f"csp_{r.id}", s, None if s is not None else "no atom decoded",
                                metadata={"target_id": r.id}) for r, s in zip(targets, structs)]
@@ -345,9 +344,8 @@ def conditional_run(o: RunOptions, test_csv: Path) -> dict[str, Any]:
     o = with_sampling(o, gen)
     reqs = [SampleRequest(composition=c, exact_counts=True) for c in comps for _ in range(o.per_composition)]
     t0 = time.perf_counter()
-    structs = gen.sample_requests(reqs, sampler=o.sampler, steps=o.steps, eta=o.eta, noise_scale=o.noise_scale, restart=o.restart,
-                                  seed=o.seed + 1,
-                                  batch_size=o.batch_size, progress=True)
+    structs = gen.sample_requests(reqs, sampler=o.sampler, steps=o.steps, eta=o.eta, noise_scale=o.noise_scale,
+                                  restart=o.restart, seed=o.seed + 1, batch_size=o.batch_size, progress=True)
     sampling_s = time.perf_counter() - t0
     records = []
     for i, (req, s) in enumerate(zip(reqs, structs)):

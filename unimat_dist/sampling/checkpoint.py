@@ -85,10 +85,13 @@ def inference_payload(
 SAMPLING_KEYS = ("sampler", "steps", "eta", "noise_scale", "restart")
 
 
-def sampling_defaults(value: Any, where: str) -> dict[str, Any]:
+def sampling_defaults(value: Any, where: str, timesteps: int | None = None) -> dict[str, Any]:
     """The sampler settings a checkpoint carries (``"sampling"``: any of sampler, steps, eta, noise_scale,
     restart [t, steps]), checked: they come from a file that may not be ours. Requests and command-line flags override them
-    field by field; a checkpoint without them samples with the library's defaults (DDIM-100, η 0, λ 1)."""
+    field by field; a checkpoint without them samples with the library's defaults (DDIM-100, η 0, λ 1).
+    ``timesteps``: the model's T, which bounds steps and the restart's t."""
+    from unimat_dist.diffusion.samplers import SAMPLERS, check_restart
+
     if value is None:
         return {}
     if not isinstance(value, dict) or not set(value) <= set(SAMPLING_KEYS):
@@ -96,14 +99,14 @@ def sampling_defaults(value: Any, where: str) -> dict[str, Any]:
                          f"got {repr(value)[:200]}")
     out: dict[str, Any] = {}
     if "sampler" in value:
-        from unimat_dist.diffusion.samplers import SAMPLERS
-
         if value["sampler"] not in SAMPLERS:
             raise ValueError(f"{where}: sampler must be one of {SAMPLERS}, got {repr(value['sampler'])[:80]}")
         out["sampler"] = value["sampler"]
     if value.get("steps") is not None:
         if isinstance(value["steps"], bool) or not isinstance(value["steps"], int) or value["steps"] < 1:
             raise ValueError(f"{where}: steps must be an integer >= 1, got {repr(value['steps'])[:80]}")
+        if timesteps is not None and value["steps"] > timesteps:
+            raise ValueError(f"{where}: steps {value['steps']} exceed the model's T = {timesteps}")
         out["steps"] = value["steps"]
     for key in ("eta", "noise_scale"):
         if key in value:
@@ -111,12 +114,9 @@ def sampling_defaults(value: Any, where: str) -> dict[str, Any]:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
                 raise ValueError(f"{where}: {key} must be a number in [0, 1], got {repr(v)[:80]}")
             out[key] = float(v)
-    if value.get("restart") is not None:
-        r = value["restart"]
-        if not isinstance(r, (list, tuple)) or len(r) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
-                                                                   for v in r) or r[1] > r[0] + 1:
-            raise ValueError(f"{where}: restart must be [t, steps] with 1 <= steps <= t + 1, got {repr(r)[:80]}")
-        out["restart"] = [int(r[0]), int(r[1])]
+    restart = check_restart(value.get("restart"), timesteps, f"{where} restart")
+    if restart is not None:
+        out["restart"] = list(restart)
     return out
 
 
@@ -282,13 +282,10 @@ def load_inference_checkpoint(uri: str, map_location: str | torch.device = "cpu"
     missing = [k for k in _REQUIRED if k not in payload]
     if missing:
         raise ValueError(f"{path} lacks key(s) {missing}")
-    payload["sampling"] = sampling_defaults(payload.get("sampling"), f"{path}: sampling")
-    payload["autoguidance"] = autoguidance_entry(payload.get("autoguidance"), path)
     T = payload["diffusion"].get("timesteps") if isinstance(payload["diffusion"], dict) else None
-    if isinstance(T, int) and payload["sampling"].get("steps", 0) > T:
-        raise ValueError(f"{path}: sampling steps {payload['sampling']['steps']} exceed the model's T = {T}")
-    if isinstance(T, int) and payload["sampling"].get("restart", [0])[0] > T - 1:
-        raise ValueError(f"{path}: sampling restart t {payload['sampling']['restart'][0]} exceeds the model's T - 1 = {T - 1}")
+    payload["sampling"] = sampling_defaults(payload.get("sampling"), f"{path}: sampling",
+                                            T if isinstance(T, int) else None)
+    payload["autoguidance"] = autoguidance_entry(payload.get("autoguidance"), path)
     payload["path"] = path
     return payload
 

@@ -109,7 +109,7 @@ class StructureGenerator:
         out["sampler"] = out["sampler"] or "ddim"
         out["eta"] = float(out["eta"]) if out["eta"] is not None else 0.0
         out["noise_scale"] = float(out["noise_scale"]) if out["noise_scale"] is not None else 1.0
-        out["restart"] = check_restart(tuple(out["restart"]) if out["restart"] else None, int(self.diffusion.timesteps))
+        out["restart"] = check_restart(out["restart"], int(self.diffusion.timesteps))
         return out
 
     # ------------------------------------------------------------------ conditioning
