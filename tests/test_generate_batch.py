@@ -206,9 +206,55 @@ def test_yaml_presets_load(path):
 def test_sampler_settings_change_the_output_identity_only_when_set():
     """A restart pass or a noise scale is part of what a job writes (its fingerprint: a resumed job with
     another setting is refused), but their defaults leave the fingerprint of older outputs unchanged."""
-    from unimat_dist.batch_generation.job import fingerprint, load_batch_config
+    from unimat_dist.batch_generation.job import fingerprint, load_batch_config, resolve_job_sampling
 
-    base = fingerprint(load_batch_config(None, []), "ckpt.pt", [])
-    assert fingerprint(load_batch_config(None, ["sampling.restart=null", "sampling.noise_scale=1.0"]), "ckpt.pt", []) == base
-    assert fingerprint(load_batch_config(None, ["sampling.restart=[100, 20]"]), "ckpt.pt", []) != base
-    assert fingerprint(load_batch_config(None, ["sampling.noise_scale=0.3"]), "ckpt.pt", []) != base
+    def fp(overrides, defaults=None):
+        return fingerprint(resolve_job_sampling(load_batch_config(None, overrides), defaults or {}, 1000), "ckpt.pt", [])
+
+    base = fp([])
+    assert fp(["sampling.restart=null", "sampling.noise_scale=1.0", "sampling.sampler=ddim", "sampling.eta=0"]) == base
+    assert fp(["sampling.restart=[100, 20]"]) != base
+    assert fp(["sampling.noise_scale=0.3"]) != base
+    # what the checkpoint's release settings decide is part of the identity, as if the config had said it
+    release = {"eta": 1.0, "noise_scale": 0.3, "restart": [100, 20]}
+    assert fp([], release) == fp(["sampling.eta=1", "sampling.noise_scale=0.3", "sampling.restart=[100, 20]"]) != base
+    assert fp(["sampling.restart=[]"], release) == fp(["sampling.eta=1", "sampling.noise_scale=0.3"])
+    assert fp(["sampling.sampler=ddpm"], release) == fp(["sampling.sampler=ddpm"])  # defaults belong to DDIM
+    with pytest.raises(ValueError, match="resolved"):
+        fingerprint(load_batch_config(None, []), "ckpt.pt", [])
+
+
+def test_unset_sampler_settings_follow_the_checkpoint(tmp_path, tiny_checkpoint):
+    """A checkpoint carrying its release's sampler settings is sampled with them when the job config leaves
+    them out, exactly as if the config had spelled them out (the same crystals, byte for byte), and the
+    manifest records what ran."""
+    from unimat_dist.cli import main
+    from unimat_dist.sampling import load_inference_checkpoint
+
+    T = int(load_inference_checkpoint(str(tiny_checkpoint))["diffusion"]["timesteps"])
+    restart = [max(T // 10, 2), 2]
+    release = tmp_path / "release.pt"
+    assert main(["model", "sampling", str(tiny_checkpoint), "--eta", "1", "--noise-scale", "0.5", "--restart",
+                 f"{restart[0]}:{restart[1]}", "--out", str(release)]) == 0
+    common = ["requests.source=list", f"requests.compositions=[{COMPOSITIONS[0]}, {COMPOSITIONS[1]}]",
+              "requests.samples_per_request=2",
+              "sampling.steps=4", "sampling.seed=3", "run.executor=local", "run.torch_threads=1", "output.gallery=false"]
+    implicit = run_generate_batch(load_batch_config(None, common + [f"model.checkpoint={release}",
+                                                                      f"output.uri={tmp_path / 'implicit'}"]))
+    explicit = run_generate_batch(load_batch_config(None, common + [
+        f"model.checkpoint={tiny_checkpoint}", f"output.uri={tmp_path / 'explicit'}", "sampling.eta=1",
+        "sampling.noise_scale=0.5", f"sampling.restart=[{restart[0]}, {restart[1]}]"]))
+    plain = run_generate_batch(load_batch_config(None, common + [f"model.checkpoint={tiny_checkpoint}",
+                                                                   f"output.uri={tmp_path / 'plain'}"]))
+    assert implicit.samples == explicit.samples == plain.samples == 4
+
+    def shard_text(summary):
+        m = read_generated_manifest(summary.output_uri)
+        return m, "".join((Path(summary.output_uri) / s["path"]).read_text() for s in m["shards"])
+
+    m_imp, text_imp = shard_text(implicit)
+    _, text_exp = shard_text(explicit)
+    _, text_plain = shard_text(plain)
+    assert text_imp == text_exp != text_plain
+    ran = m_imp["config"]["sampling"]
+    assert (ran["sampler"], ran["eta"], ran["noise_scale"], ran["restart"]) == ("ddim", 1.0, 0.5, restart)

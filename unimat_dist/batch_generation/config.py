@@ -38,11 +38,16 @@ class RequestsConfig:
 
 @dataclass
 class SamplingConfig:
-    sampler: Literal["ddim", "ddpm"] = "ddim"
-    steps: Optional[int] = None  # null: 100 for DDIM (capped by T), T for DDPM
-    eta: float = 0.0  # DDIM stochasticity (0 = deterministic)
-    noise_scale: float = 1.0  # multiplies the ancestral noise (< 1: lower temperature, see diffusion/samplers.py)
-    restart: Optional[list[int]] = None  # [t, steps]: a deterministic pass back from t after the chain; null: none
+    """Sampler settings. A null field takes the checkpoint's release settings (``unimat model sampling``),
+    else the library's default; the job resolves them once, before anything is written, and records the
+    resolved values in its manifest and fingerprint."""
+
+    sampler: Optional[Literal["ddim", "ddpm"]] = None  # null: the checkpoint's, else ddim
+    steps: Optional[int] = None  # null: the checkpoint's, else 100 for DDIM (capped by T), T for DDPM
+    eta: Optional[float] = None  # DDIM stochasticity (0 = deterministic); null: the checkpoint's, else 0
+    noise_scale: Optional[float] = None  # multiplies the ancestral noise (< 1: lower temperature); null: ..., else 1
+    # [t, steps]: a deterministic pass back from t after the chain; [] none; null: the checkpoint's, else none
+    restart: Optional[list[int]] = None
     seed: int = 0  # base seed; a request's seed is derived from it and the request id (layout-independent)
     max_batch_samples: int = 256  # rows per denoising loop (device memory bound); >= the largest request
 

@@ -30,6 +30,7 @@ the request list
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -110,11 +111,35 @@ def resolve_checkpoint(cfg: GenerateBatchConfig) -> str:
     return resolve_inference_path(ckpt, cfg.model.storage_options)
 
 
+def resolve_job_sampling(cfg: GenerateBatchConfig, defaults: dict[str, Any], timesteps: int) -> GenerateBatchConfig:
+    """``cfg`` with every sampler setting decided: the config's value, else the checkpoint's release settings
+    (``defaults``: its ``"sampling"``), else the library's (``sampling.resolve_sampling``, as the service and
+    ``unimat sample`` do). Done once by the driver, so the fingerprint, the manifest and every unit use the
+    same values; steps stay null where the sampler's default applies."""
+    from unimat_dist.sampling import resolve_sampling
+
+    s = cfg.sampling
+    r = resolve_sampling(defaults, timesteps, s.sampler, s.steps, s.eta, s.noise_scale, s.restart)
+    r["restart"] = list(r["restart"]) if r["restart"] is not None else None
+    return dataclasses.replace(cfg, sampling=dataclasses.replace(s, **r))
+
+
+def _checkpoint_sampling(checkpoint: str, storage_options: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """(the checkpoint's sampler defaults, its T), read on the driver before any unit runs."""
+    from unimat_dist.sampling import load_inference_checkpoint
+
+    payload = load_inference_checkpoint(checkpoint, "cpu", storage_options)
+    return dict(payload["sampling"]), int(payload["diffusion"]["timesteps"])
+
+
 def fingerprint(cfg: GenerateBatchConfig, checkpoint: str, requests: list[BatchRequest]) -> str:
     """Identity of the job's output: everything that changes which crystals are written where.
     ``sampling.max_batch_samples`` is left out: it only regroups rows into loops; ``noise_scale`` and
     ``restart`` only when they are the defaults 1 and null (outputs written before they existed keep their
-    identity)."""
+    identity). ``cfg``'s sampler settings must be resolved (``resolve_job_sampling``): the identity is what
+    runs, not what the config left to the checkpoint."""
+    if cfg.sampling.sampler is None or cfg.sampling.eta is None or cfg.sampling.noise_scale is None:
+        raise ValueError("fingerprint() needs resolved sampler settings (resolve_job_sampling)")
     ident = {
         "job_version": JOB_VERSION,
         "checkpoint": checkpoint,
@@ -345,8 +370,6 @@ def write_job_gallery(cfg: GenerateBatchConfig, output: str,
 
 def run_generate_batch(cfg: GenerateBatchConfig, runner: UnitRunner | None = None) -> BatchSummary:
     """Run (or resume) a batch generation job; returns the summary after ``manifest.json`` is written."""
-    import dataclasses
-
     t0 = time.perf_counter()
     if not cfg.output.uri:
         raise ValueError("output.uri is required")
@@ -358,13 +381,16 @@ def run_generate_batch(cfg: GenerateBatchConfig, runner: UnitRunner | None = Non
     )
     checkpoint = resolve_checkpoint(cfg)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint=checkpoint))
+    cfg = resolve_job_sampling(cfg, *_checkpoint_sampling(checkpoint, cfg.model.storage_options))
     output, opts = cfg.output.uri, dict(cfg.output.storage_options)
     requests = plan_requests(cfg.requests)
     units = plan_units(requests, cfg.output.requests_per_shard)
     fp = fingerprint(cfg, checkpoint, requests)
     total_samples = sum(r.num_samples for r in requests)
-    log.info("%s | %s requests, %s crystals, %d units | %s-%s | job %s", checkpoint, f"{len(requests):,}",
-             f"{total_samples:,}", len(units), cfg.sampling.sampler, cfg.sampling.steps or "default", fp)
+    sm = cfg.sampling
+    log.info("%s | %s requests, %s crystals, %d units | %s-%s eta %g noise scale %g restart %s | job %s", checkpoint,
+             f"{len(requests):,}", f"{total_samples:,}", len(units), sm.sampler, sm.steps or "default", sm.eta,
+             sm.noise_scale, sm.restart or "none", fp)
     _claim_output(output, opts, fp, cfg)
     done = committed_units(output, opts, units, fp, unit_name, UNITS_DIR)
     pending = [u for u in units if u.index not in done]

@@ -10,6 +10,7 @@ from .checkpoint import (
     inference_payload,
     load_inference_checkpoint,
     resolve_inference_path,
+    resolve_sampling,
     save_inference_checkpoint,
 )
 from .generator import GeneratedBatch, SampleRequest, StructureGenerator, load_generator
@@ -25,5 +26,6 @@ __all__ = [
     "load_generator",
     "load_inference_checkpoint",
     "resolve_inference_path",
+    "resolve_sampling",
     "save_inference_checkpoint",
 ]

@@ -120,6 +120,30 @@ def sampling_defaults(value: Any, where: str, timesteps: int | None = None) -> d
     return out
 
 
+def resolve_sampling(defaults: dict[str, Any], timesteps: int, sampler: str | None = None, steps: int | None = None,
+                     eta: float | None = None, noise_scale: float | None = None, restart=None) -> dict[str, Any]:
+    """{sampler, steps, eta, noise_scale, restart} to sample with: each given value, else the checkpoint's
+    default (``defaults``, as ``sampling_defaults`` returns them), else the library's (DDIM, its default
+    steps, η 0, λ 1, no restart). The one place where a request, a flag or a job config meets a
+    checkpoint's release settings (the service, ``unimat sample``/``results``, generate-batch).
+
+    The checkpoint's defaults belong to its sampler: asking for another sampler falls back to the library's
+    defaults for the other fields (its η would not even apply to DDPM). ``steps`` may stay None (the
+    sampler's default). ``restart``: (t, steps), or an empty sequence for none (None takes the default)."""
+    from unimat_dist.diffusion.samplers import check_restart
+
+    d = defaults or {}
+    if sampler is not None and sampler != d.get("sampler", "ddim"):
+        d = {}
+    given = {"sampler": sampler, "steps": steps, "eta": eta, "noise_scale": noise_scale, "restart": restart}
+    out = {k: v if v is not None else d.get(k) for k, v in given.items()}
+    out["sampler"] = out["sampler"] or "ddim"
+    out["eta"] = float(out["eta"]) if out["eta"] is not None else 0.0
+    out["noise_scale"] = float(out["noise_scale"]) if out["noise_scale"] is not None else 1.0
+    out["restart"] = check_restart(out["restart"], int(timesteps))
+    return out
+
+
 AUTOGUIDANCE_KEYS = ("weight", "state_dict", "step", "weights", "max_t")
 
 

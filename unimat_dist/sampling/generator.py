@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from unimat_dist.diffusion import GaussianDiffusion, sample
-from unimat_dist.diffusion.samplers import SampleOutput, check_restart
+from unimat_dist.diffusion.samplers import SampleOutput
 from unimat_dist.model import Condition, PropertyScaler
 from unimat_dist.representation import (
     Normalizer,
@@ -32,7 +32,7 @@ from unimat_dist.representation import (
     infer_mask,
 )
 
-from .checkpoint import autoguidance_summary, build_diffusion, load_inference_checkpoint
+from .checkpoint import autoguidance_summary, build_diffusion, load_inference_checkpoint, resolve_sampling
 
 log = logging.getLogger(__name__)
 
@@ -97,20 +97,9 @@ class StructureGenerator:
     def sampling_settings(self, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
                           noise_scale: float | None = None, restart=None) -> dict[str, Any]:
         """{sampler, steps, eta, noise_scale, restart} to sample with: each given value, else the checkpoint's
-        default, else the library's (DDIM, its default steps, η 0, λ 1, no restart). The checkpoint's
-        defaults belong to its sampler: asking for another sampler falls back to the library's defaults for
-        the other fields (its η would not even apply to DDPM). ``steps`` may stay None (the sampler's
-        default). ``restart``: (t, steps), or an empty sequence for none (None takes the default)."""
-        d = self.sampling_defaults
-        if sampler is not None and sampler != d.get("sampler", "ddim"):
-            d = {}
-        given = {"sampler": sampler, "steps": steps, "eta": eta, "noise_scale": noise_scale, "restart": restart}
-        out = {k: v if v is not None else d.get(k) for k, v in given.items()}
-        out["sampler"] = out["sampler"] or "ddim"
-        out["eta"] = float(out["eta"]) if out["eta"] is not None else 0.0
-        out["noise_scale"] = float(out["noise_scale"]) if out["noise_scale"] is not None else 1.0
-        out["restart"] = check_restart(out["restart"], int(self.diffusion.timesteps))
-        return out
+        default, else the library's (``checkpoint.resolve_sampling``)."""
+        return resolve_sampling(self.sampling_defaults, int(self.diffusion.timesteps), sampler, steps, eta,
+                                noise_scale, restart)
 
     # ------------------------------------------------------------------ conditioning
     def composition_array(self, composition, exact_counts: bool) -> np.ndarray:
