@@ -36,7 +36,7 @@ def _checkpoint_metas(storage: Path) -> list[dict]:
     return out
 
 
-def test_node_removed_and_added_back(tmp_path):
+def test_node_removed_and_added_back(tmp_path, capsys):
     import ray
     from ray.cluster_utils import Cluster
 
@@ -92,3 +92,8 @@ def test_node_removed_and_added_back(tmp_path):
     recs = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in ln]
     logged = [r["step"] for r in recs]
     assert logged == sorted(set(logged)) and logged[-1] == 60
+    # the driver's console tells the node loss (a failure, then a restart) from the growth (an elastic resize)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[train]")]
+    assert any(ln.startswith("[train] worker failure (rank ") for ln in lines), lines
+    assert any(ln.startswith("[train] restart 1: 1 worker(s) resumed at step ") for ln in lines), lines
+    assert any(ln.startswith("[train] resized to 2 worker(s) (elastic), resumed at step ") for ln in lines), lines

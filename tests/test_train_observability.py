@@ -2,7 +2,8 @@
 metrics agent (a real local Ray on 127.0.0.1, one short run in which rank 0 is killed once).
 
 Run: tiny U-Net, Perov-5, 1 Ray Train worker, 4 steps, checkpoint at step 2, rank 0 SIGKILLs itself after
-step 3 -> Ray Train restarts the worker group from step 2 -> the driver prints ``restart 1`` and
+step 3 -> Ray Train restarts the worker group from step 2 -> the driver prints the failure (reported by
+the controller's callback), ``restart 1`` and
 ``restarts=1`` and the ``ray_unimat_train_restarts`` gauge of the new rank 0 says 1.
 """
 from __future__ import annotations
@@ -39,15 +40,23 @@ def test_progress_lines_without_ray():
     p.handle_record({"kind": "start", "step": 0, "world_size": 4})
     p.handle_record({"kind": "step", "step": 10, "loss": 0.5, "samples_per_s": 64.0, "world_size": 4, "time": 100.0})
     p.handle_record({"kind": "step", "step": 20, "loss": 0.4, "samples_per_s": 64.0, "world_size": 4, "time": 110.0})
+    p.handle_record({"kind": "failure", "ranks": [3], "error": "ActorDiedError: node gone"})
     p.handle_record({"kind": "start", "step": 20, "world_size": 3})
     p.handle_record({"kind": "step", "step": 30, "loss": 0.3, "samples_per_s": 48.0, "world_size": 3, "time": 200.0})
+    # a group that starts without a failure before it is an elastic resize, not a restart
+    p.handle_record({"kind": "start", "step": 30, "world_size": 4})
+    p.handle_record({"kind": "step", "step": 40, "loss": 0.2, "samples_per_s": 64.0, "world_size": 4, "time": 300.0})
     assert p.lines == [
         "[train] 4 worker(s) started, 100 steps",
         "[train] step 10/100 (10%) loss=0.5000 samples/s=64.0 ETA 0:00:45 restarts=0 workers=4",  # 90*32/64
         "[train] step 20/100 (20%) loss=0.4000 samples/s=64.0 ETA 0:01:20 restarts=0 workers=4",  # 80 steps x 1 s
+        "[train] worker failure (rank 3): ActorDiedError: node gone",
         "[train] restart 1: 3 worker(s) resumed at step 20",
         "[train] step 30/100 (30%) loss=0.3000 samples/s=48.0 ETA 0:00:47 restarts=1 workers=3",
+        "[train] resized to 4 worker(s) (elastic), resumed at step 30",
+        "[train] step 40/100 (40%) loss=0.2000 samples/s=64.0 ETA 0:00:30 restarts=1 resizes=1 workers=4",
     ]
+    assert (p.restarts, p.resizes) == (1, 1)
     assert format_eta(None) == "?" and format_eta(3725) == "1:02:05"
 
 
@@ -82,7 +91,9 @@ def test_driver_console_and_ray_metrics_of_a_restarted_run(tmp_path, capsys):
     assert steps and all(steps), f"malformed progress lines:\n{out}"
     seen = [int(m.group(1)) for m in steps]
     assert seen[-1] == 4 and {1, 2, 3, 4} <= set(seen), seen
+    assert any(ln.startswith("[train] worker failure (rank 0): ") for ln in lines), lines  # from the controller
     assert any(ln.startswith("[train] restart 1: 1 worker(s) resumed at step 2") for ln in lines), lines
+    assert not any("resized" in ln for ln in lines), lines
     assert int(steps[-1].group(3)) == 1, "the last progress line should count the restart"
     assert any(m.group(2) != "?" for m in steps)  # an ETA
     # Ray's metrics agent exported rank 0's series (the prometheus-client exporter is off)

@@ -106,11 +106,12 @@ def run_ray_training(cfg: TrainConfig) -> TrainResult:
         resources_per_worker={"CPU": d.cpus_per_worker, **({"GPU": 1} if d.use_gpu else {})},
         elastic_resize_monitor_interval_s=d.elastic_resize_interval_s,
     )
-    from .progress import ProgressPrinter
+    from .progress import ProgressPrinter, failure_callback
 
     printer = ProgressPrinter(cfg.train.steps, cfg.train.global_batch_size)
+    hub = printer.start()
     payload = {
-        "progress": printer.start(),  # rank 0 pushes step/loss/samples-per-s records; this driver prints them
+        "progress": hub,  # rank 0 pushes step/loss/samples-per-s records; this driver prints them
         "config": to_dict(cfg),
         "run_name": run_name,
         "storage_path": storage,
@@ -127,6 +128,7 @@ def run_ray_training(cfg: TrainConfig) -> TrainResult:
             storage_filesystem=pa_fs if "://" in storage else None,
             failure_config=FailureConfig(max_failures=d.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=max(cfg.train.keep_checkpoints, 1)),
+            callbacks=[failure_callback(hub)],  # tells restarts (a worker failed) from elastic resizes
         ),
     )
     log.info("run=%s storage=%s workers=%s ZeRO-%d backend=%s", run_name, storage,
@@ -137,6 +139,8 @@ def run_ray_training(cfg: TrainConfig) -> TrainResult:
         printer.close()
     if printer.restarts:
         log.info("run %s: %d worker-group restart(s) by Ray Train's failure handling", run_name, printer.restarts)
+    if printer.resizes:
+        log.info("run %s: %d elastic resize(s) of the worker group", run_name, printer.resizes)
     if getattr(result, "error", None) is not None:
         raise RuntimeError(f"run {run_name} failed: {result.error}")
     return _collect(cfg, result, run_name)

@@ -8,10 +8,20 @@ prints one line per record:
 
     [train] step 40/200 (20%) loss=0.7712 samples/s=61.3 ETA 0:00:52 restarts=0 workers=2
 
-Every worker group that starts (the first one, and each one Ray Train's failure handling starts after
-a worker died) announces itself; the driver counts the second and later ones as restarts and prints
+Every worker group that starts announces itself. A later group is either a *restart* (Ray Train's failure
+handling replaced a group in which a worker failed) or an elastic *resize* (a healthy group was replaced
+by a larger one because more workers fit). The workers cannot tell which; the Ray Train controller can:
+``failure_callback`` (a ``ray.train.UserCallback`` on the controller) pushes a ``failure`` record to the
+same hub when workers raise or die, so the driver prints
 
+    [train] worker failure (rank 1): ActorDiedError: ...
     [train] restart 1: 2 worker(s) resumed at step 5
+
+for a group that follows a failure, and
+
+    [train] resized to 2 worker(s) (elastic), resumed at step 5
+
+for one that does not. Only restarts count in ``restarts=``; resizes in ``resizes=``, shown once there was one.
 
 The hub is an actor with ``num_cpus=0`` on the driver's node, owned by the driver: it outlives
 worker-group restarts and dies with the driver.
@@ -61,7 +71,9 @@ class ProgressPrinter:
         self.interval = interval_s
         self.handle = None
         self.starts = 0  # worker groups started in this fit()
-        self.restarts = 0
+        self.restarts = 0  # groups started after a worker failure
+        self.resizes = 0  # groups started by an elastic resize (no failure since the previous group)
+        self._failed = False  # a failure record arrived since the last group started
         self.last: dict[str, Any] | None = None
         self.lines: list[str] = []
         self._attempt_first: tuple[int, float] | None = None  # (step, worker wall time) of this attempt
@@ -117,17 +129,25 @@ class ProgressPrinter:
     # ------------------------------------------------------------------ formatting
     def handle_record(self, rec: dict[str, Any]) -> None:
         kind = rec.get("kind")
-        if kind == "start":
+        if kind == "failure":
+            self._failed = True
+            ranks = ", ".join(str(r) for r in rec.get("ranks", [])) or "?"
+            self._print(f"{PREFIX} worker failure (rank {ranks}): {rec.get('error', '?')}")
+        elif kind == "start":
             self.starts += 1
             self._attempt_first = None
             step, world = int(rec.get("step", 0)), rec.get("world_size")
-            if self.starts > 1:
-                self.restarts = self.starts - 1
+            if self.starts > 1 and self._failed:
+                self.restarts += 1
                 self._print(f"{PREFIX} restart {self.restarts}: {world} worker(s) resumed at step {step}")
+            elif self.starts > 1:
+                self.resizes += 1
+                self._print(f"{PREFIX} resized to {world} worker(s) (elastic), resumed at step {step}")
             elif step > 0:
                 self._print(f"{PREFIX} {world} worker(s) resumed the run at step {step}/{self.total}")
             else:
                 self._print(f"{PREFIX} {world} worker(s) started, {self.total} steps")
+            self._failed = False
         elif kind == "step":
             self.last = rec
             self._print(self.format_step(rec))
@@ -147,7 +167,8 @@ class ProgressPrinter:
         loss = rec.get("loss")
         loss_s = f"loss={float(loss):.4f}" if loss is not None else "loss=?"
         return (f"{PREFIX} step {step}/{self.total} ({pct:.0f}%) {loss_s} samples/s={float(sps or 0):.1f} "
-                f"ETA {format_eta(eta)} restarts={self.restarts} workers={rec.get('world_size', '?')}")
+                f"ETA {format_eta(eta)} restarts={self.restarts}{f' resizes={self.resizes}' if self.resizes else ''} "
+                f"workers={rec.get('world_size', '?')}")
 
     def _print(self, line: str) -> None:
         self.lines.append(line)
@@ -179,4 +200,22 @@ class ProgressReporter:
                     "samples_per_s": float(record.get("samples_per_s") or 0.0), "lr": record.get("lr")})
 
 
-__all__ = ["ProgressPrinter", "ProgressReporter", "format_eta"]
+def failure_callback(handle):
+    """A ``ray.train.UserCallback`` (it runs in the Ray Train controller) that pushes one ``failure``
+    record to the hub ``handle`` whenever workers raise or die: what tells a restart from a resize."""
+    from ray.train import UserCallback
+
+    class _FailureReporter(UserCallback):
+        def after_exception(self, run_context, worker_exceptions) -> None:
+            errors = [f"{type(e).__name__}: {e}" for _, e in sorted(worker_exceptions.items())]
+            first = (errors[0].strip().splitlines() or ["?"])[0][:200] if errors else "?"
+            try:
+                handle.push.remote({"kind": "failure", "ranks": sorted(int(r) for r in worker_exceptions),
+                                    "error": first, "time": time.time()})
+            except Exception as exc:  # noqa: BLE001 - progress must never fail a run
+                log.debug("progress hub not reachable: %s", exc)
+
+    return _FailureReporter()
+
+
+__all__ = ["ProgressPrinter", "ProgressReporter", "failure_callback", "format_eta"]
