@@ -38,8 +38,7 @@ import numpy as np
 from unimat_dist.config import to_dict
 from unimat_dist.data.manifest import FORMAT, MANIFEST_NAME, SCHEMA_VERSION, SPLITS
 from unimat_dist.data.sample_format import ARRAY_NAMES, META_MEMBER, ARRAYS_MEMBER
-from unimat_dist.storage import join_uri, write_bytes_atomic
-from unimat_dist.output_guard import OutputLayout, claim_output, committed_units, sweep_partials
+from unimat_dist.output_guard import OutputLayout, UnitJob, claim_output
 from unimat_dist.representation import LatticeStats, Normalizer, UniMatSpec
 
 from .config import IngestConfig
@@ -377,28 +376,18 @@ def run_ingest(cfg: IngestConfig, runner: UnitRunner | None = None) -> IngestSum
     log.info("%s | %d work units, ~%s records | split mode %s | job %s", spec.describe(), len(plan.units),
              f"{total_rows:,}", mode, fp)
     _claim_output(output, opts, fp, cfg, plan)
-    done = committed_units(output, opts, plan.units, fp, unit_name, UNITS_DIR)
-    pending = [u for u in plan.units if u.index not in done]
-    if done:
-        log.info("%d of %d units already committed; running the other %d", len(done), len(plan.units), len(pending))
+    job = UnitJob(output, opts, LAYOUT, fp, plan.units, unit_name, UNITS_DIR)
     ctx = make_context(cfg, spec, mode, fp)
-    progress = Progress(len(pending), total_rows - sum(r["counts"]["read"] for r in done.values()))
-    metrics = IngestMetrics(f"{output.rsplit('/', 1)[-1]}-{fp[:8]}", len(plan.units), units_skipped=len(done))
-    records = dict(done)
-    if pending:
-        for rec in (runner or runner_for(cfg))(pending, ctx):
-            records[rec["unit"]] = rec
-            progress.update(rec)
-            metrics.unit(rec, progress.rate())
-    missing = [u.index for u in plan.units if u.index not in records]
-    if missing:
-        raise RuntimeError(f"units {missing[:10]} did not complete; rerun the same command to resume")
+    progress = Progress(len(job.pending), total_rows - sum(r["counts"]["read"] for r in job.done.values()))
+    metrics = IngestMetrics(f"{output.rsplit('/', 1)[-1]}-{fp[:8]}", len(plan.units), units_skipped=len(job.done))
+
+    def committed(rec: dict[str, Any]) -> None:
+        progress.update(rec)
+        metrics.unit(rec, progress.rate())
+
+    records = job.run(lambda pending: (runner or runner_for(cfg))(pending, ctx), committed)
     manifest = build_manifest(cfg, spec, mode, plan, fp, list(records.values()))
-    muri = join_uri(output, MANIFEST_NAME)
-    write_bytes_atomic(muri, json.dumps(manifest, indent=1, sort_keys=False).encode(), opts)
-    swept = sweep_partials(output, LAYOUT)  # only partials of our own file names: the folder may be shared
-    if swept:
-        log.info("removed %d leftover temporary files of interrupted writes", swept)
+    muri = job.publish(manifest, MANIFEST_NAME)
     parsers: Counter[str] = Counter()
     for r in records.values():
         parsers.update(r["counts"].get("parsers", {}))
@@ -406,7 +395,7 @@ def run_ingest(cfg: IngestConfig, runner: UnitRunner | None = None) -> IngestSum
         output_uri=output,
         manifest_uri=muri,
         units=len(plan.units),
-        units_skipped=len(done),
+        units_skipped=len(job.done),
         read=manifest["counts"]["read"],
         written=manifest["counts"]["written"],
         quarantined=manifest["counts"]["quarantined"],

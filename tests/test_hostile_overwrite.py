@@ -184,3 +184,49 @@ def test_overwrite_on_s3_deletes_only_the_previous_jobs_objects(s3_emulator):
     assert second.read == 15 and fs.cat_file(f"{path}/report.pdf") == b"precious"
     assert {p for p in left if p.endswith(".tar")} == {s["path"] for s in manifest["shards"]}
     assert len([p for p in left if p.startswith("_units/")]) == manifest["job"]["units"]
+
+
+def test_unit_job_skips_valid_commits_only_and_accounts_for_every_unit(tmp_path):
+    """The resumable-unit skeleton both jobs run: a commit record counts only with this job's fingerprint
+    and the unit's current digest; a runner that loses a unit fails the job, naming it; the manifest is
+    written after the units and interrupted writes of the job's own names are swept."""
+    from unimat_dist.output_guard import OutputLayout, UnitJob
+
+    class Unit:
+        def __init__(self, index, body):
+            self.index, self.body = index, body
+
+        def digest(self):
+            return self.body
+
+    layout = OutputLayout("test-job", "_job.json", (r"_units/u\d+\.json", r"manifest\.json"), ("_units",))
+    out = tmp_path / "o"
+    (out / "_units").mkdir(parents=True)
+    name = "u{:03d}".format
+    (out / "_units" / "u000.json").write_text(json.dumps({"unit": 0, "fingerprint": "fp", "digest": "a"}))
+    (out / "_units" / "u001.json").write_text(json.dumps({"unit": 1, "fingerprint": "old", "digest": "b"}))
+    (out / "_units" / "u002.json").write_text(json.dumps({"unit": 2, "fingerprint": "fp", "digest": "changed"}))
+    (out / "_units" / ".tmp-0badc0de-u003.json").write_text("partial")
+    (out / "_units" / ".tmp-0badc0de-notes.txt").write_text("not a partial of ours")
+    units = [Unit(i, b) for i, b in enumerate("abcd")]
+    job = UnitJob(str(out), {}, layout, "fp", units, name)
+    assert sorted(job.done) == [0] and [u.index for u in job.pending] == [1, 2, 3]
+
+    def runner(pending):
+        for u in pending:
+            rec = {"unit": u.index, "fingerprint": "fp", "digest": u.digest()}
+            (out / "_units" / f"{name(u.index)}.json").write_text(json.dumps(rec))
+            yield rec
+
+    seen = []
+    with pytest.raises(RuntimeError, match=r"units \['u003'\] did not complete"):
+        job.run(lambda pending: runner(pending[:-1]), seen.append)  # a runner that loses the last unit
+    assert [r["unit"] for r in seen] == [1, 2]
+    again = UnitJob(str(out), {}, layout, "fp", units, name)  # the rerun: only the lost unit is left
+    assert [u.index for u in again.pending] == [3]
+    records = again.run(runner, seen.append)
+    assert sorted(records) == [0, 1, 2, 3] and [r["unit"] for r in seen] == [1, 2, 3]
+    muri = again.publish({"units": len(records)})
+    assert json.loads((out / "manifest.json").read_text()) == {"units": 4} and muri.endswith("manifest.json")
+    assert not (out / "_units" / ".tmp-0badc0de-u003.json").exists()  # our partial swept
+    assert (out / "_units" / ".tmp-0badc0de-notes.txt").exists()  # not a name of ours: kept

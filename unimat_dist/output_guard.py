@@ -1,4 +1,5 @@
-"""Where a unimat job may write, and what ``--overwrite`` may delete (``unimat ingest``, ``unimat generate-batch``).
+"""Where a unimat job may write, what ``--overwrite`` may delete, and what "resume" means
+(``unimat ingest``, ``unimat generate-batch``).
 
 An operator typo must never cost data: ``--output`` pointed at the ingest's own source, at a home folder
 or at another tool's results has to be refused, not emptied. The rule, for a job of one ``OutputLayout``:
@@ -16,6 +17,12 @@ or at another tool's results has to be refused, not emptied. The rule, for a job
    would write into, is refused: it is not ours to replace.
 5. Inputs (the ingest's source, a checkpoint, a request list) may not lie inside the output, nor the
    output inside them, whatever the flags.
+
+Both jobs then run the same skeleton, ``UnitJob``: a job is a list of work units, each of which writes
+its files and then, last, a commit record ``<units_dir>/<unit>.json`` carrying the job's fingerprint;
+units with a valid commit record are skipped, the others run (locally or on Ray Data, as the job
+chooses), every unit must end committed, and the manifest is written after all of them, then the
+partial files of interrupted writes are swept. Resuming a killed job is rerunning it.
 """
 from __future__ import annotations
 
@@ -23,9 +30,9 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from unimat_dist.storage import filesystem, is_local, join_uri, list_files, read_bytes, split_uri, write_bytes_atomic
 
@@ -256,3 +263,54 @@ def committed_units(output: str, opts: dict, units: Sequence[Any], fingerprint: 
         if rec.get("fingerprint") == fingerprint and rec.get("digest") == unit.digest():
             done[unit.index] = rec
     return done
+
+
+@dataclass
+class UnitJob:
+    """The resumable-unit skeleton of every unimat job, after its output is claimed (``claim_output``).
+
+    ``units``: objects with ``index`` and ``digest()``; a unit's commit record is ``<units_dir>/
+    <unit_name(index)>.json`` with ``"unit": index``. ``done`` (committed by an earlier run, skipped) and
+    ``pending`` are known on construction, so a job can size its progress report before ``run``."""
+
+    output: str
+    opts: dict
+    layout: OutputLayout
+    fingerprint: str
+    units: Sequence[Any]
+    unit_name: Callable[[int], str]
+    units_dir: str = "_units"
+    done: dict[int, dict[str, Any]] = field(init=False)
+    pending: list[Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.done = committed_units(self.output, self.opts, self.units, self.fingerprint, self.unit_name, self.units_dir)
+        self.pending = [u for u in self.units if u.index not in self.done]
+        if self.done:
+            log.info("%d of %d units already committed; running the other %d", len(self.done), len(self.units),
+                     len(self.pending))
+
+    def run(self, run_pending: Callable[[list[Any]], Iterator[dict[str, Any]]],
+            on_commit: Callable[[dict[str, Any]], None] | None = None) -> dict[int, dict[str, Any]]:
+        """Every unit's commit record by index: the earlier ones and those ``run_pending(pending)`` yields
+        (one per unit, as it commits). RuntimeError naming the units that did not commit."""
+        records = dict(self.done)
+        if self.pending:
+            for rec in run_pending(self.pending):
+                records[rec["unit"]] = rec
+                if on_commit is not None:
+                    on_commit(rec)
+        missing = [self.unit_name(u.index) for u in self.units if u.index not in records]
+        if missing:
+            raise RuntimeError(f"units {missing[:10]} did not complete; rerun the same command to resume")
+        return records
+
+    def publish(self, manifest: dict[str, Any], name: str = "manifest.json", indent: int = 1) -> str:
+        """Write ``manifest`` (atomically; the job's last file, so a reader never sees a partial job) and
+        sweep the partials of interrupted writes of this layout's files; returns the manifest's URI."""
+        muri = join_uri(self.output, name)
+        write_bytes_atomic(muri, json.dumps(manifest, indent=indent).encode(), self.opts)
+        swept = sweep_partials(self.output, self.layout)  # only partials of our own file names: the folder may be shared
+        if swept:
+            log.info("removed %d leftover temporary files of interrupted writes", swept)
+        return muri

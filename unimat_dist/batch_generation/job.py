@@ -43,7 +43,7 @@ from typing import Any, Callable, Iterator
 from unimat_dist.config import load_config, to_dict
 from unimat_dist.storage import exists, join_uri, read_bytes, write_bytes_atomic
 from unimat_dist.gallery.build import GALLERY_FILES, GALLERY_SUBDIRS
-from unimat_dist.output_guard import OutputLayout, claim_output, committed_units, sweep_partials
+from unimat_dist.output_guard import OutputLayout, UnitJob, claim_output
 
 from .config import GenerateBatchConfig
 from .requests import BatchRequest, plan_requests, requests_digest
@@ -392,12 +392,11 @@ def run_generate_batch(cfg: GenerateBatchConfig, runner: UnitRunner | None = Non
              f"{len(requests):,}", f"{total_samples:,}", len(units), sm.sampler, sm.steps or "default", sm.eta,
              sm.noise_scale, sm.restart or "none", fp)
     _claim_output(output, opts, fp, cfg)
-    done = committed_units(output, opts, units, fp, unit_name, UNITS_DIR)
-    pending = [u for u in units if u.index not in done]
-    done_requests = sum(len(u.requests) for u in units if u.index in done)
-    if done:
-        log.info("%d of %d requests already committed (%d of %d units); running the other %d", done_requests,
-                 len(requests), len(done), len(units), len(requests) - done_requests)
+    job = UnitJob(output, opts, LAYOUT, fp, units, unit_name, UNITS_DIR)
+    done_requests = sum(len(u.requests) for u in units if u.index in job.done)
+    if job.done:
+        log.info("%d of %d requests already committed; running the other %d", done_requests, len(requests),
+                 len(requests) - done_requests)
     ctx = JobContext(
         fingerprint=fp, output_uri=output, output_options=opts, format=cfg.output.format,
         sampler=cfg.sampling.sampler, steps=cfg.sampling.steps, eta=cfg.sampling.eta,
@@ -405,22 +404,11 @@ def run_generate_batch(cfg: GenerateBatchConfig, runner: UnitRunner | None = Non
         max_batch_samples=cfg.sampling.max_batch_samples, exact_counts=cfg.requests.exact_counts,
         guidance=cfg.requests.guidance,
     )
-    records = dict(done)
-    if pending:
-        progress = Progress(len(pending), sum(r.num_samples for u in pending for r in u.requests))
-        for rec in (runner or runner_for(cfg))(pending, ctx, cfg):
-            records[rec["unit"]] = rec
-            progress.update(rec)
-    missing = [unit_name(u.index) for u in units if u.index not in records]
-    if missing:
-        raise RuntimeError(f"units {missing[:10]} did not complete; rerun the same command to resume")
+    progress = Progress(len(job.pending), sum(r.num_samples for u in job.pending for r in u.requests))
+    records = job.run(lambda pending: (runner or runner_for(cfg))(pending, ctx, cfg), progress.update)
     tables = write_tables(output, opts, list(records.values()), fp)  # before the manifest, which is written last
     manifest = build_manifest(cfg, checkpoint, fp, list(records.values()), len(requests))
-    muri = join_uri(output, MANIFEST_NAME)
-    write_bytes_atomic(muri, json.dumps(manifest, indent=1).encode(), opts)
-    swept = sweep_partials(output, LAYOUT)  # only partials of our own file names: the folder may be shared
-    if swept:
-        log.info("removed %d leftover temporary files of interrupted writes", swept)
+    muri = job.publish(manifest, MANIFEST_NAME)
     gallery, gallery_s = write_job_gallery(cfg, output, tables_changed=bool(tables))
     summary = BatchSummary(
         output_uri=output,
@@ -431,7 +419,7 @@ def run_generate_batch(cfg: GenerateBatchConfig, runner: UnitRunner | None = Non
         rejected=manifest["counts"]["rejected_requests"],
         samples=manifest["counts"]["samples"],
         units=len(units),
-        units_skipped=len(done),
+        units_skipped=len(job.done),
         validity=manifest["validity"],
         seconds=time.perf_counter() - t0,
         gallery=gallery,
