@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import signal
@@ -39,13 +38,11 @@ import torch
 
 from unimat_dist import safe_io
 from unimat_dist.sampling.checkpoint import INFERENCE_FILE, inference_payload, save_inference_checkpoint, step_name
-from unimat_dist.training.data import iter_batches
 from unimat_dist.training.ema import EMA
 from unimat_dist.training.loop import Trainer, truncate_metrics
 
 from . import checkpointing as ck
 from .metrics import TrainMetrics
-from .sharded_ema import ShardedEMA
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +182,6 @@ class DistributedTrainer(Trainer):
         t0 = time.perf_counter()
         wait0 = self.train_source.wait
         m = super().train_step()
-        m = self._mean_over_ranks(m)
         if self.is_main:
             self.metrics.observe_step(
                 step=self.state.step, seconds=time.perf_counter() - t0, data_wait=self.train_source.wait - wait0,
@@ -193,18 +189,6 @@ class DistributedTrainer(Trainer):
             )
         self._maybe_inject_failure()
         return m
-
-    def _mean_over_ranks(self, metrics: dict[str, Any]) -> dict[str, Any]:
-        """The loss of a step is the mean over the global batch: average the ranks' micro-batch metrics."""
-        import torch.distributed as dist
-
-        keys = sorted(k for k, v in metrics.items() if torch.is_tensor(v))
-        if not keys or self.world_size == 1:
-            return metrics
-        t = torch.stack([metrics[k].detach().float().reshape(()) for k in keys]).to(self.device)
-        dist.all_reduce(t)
-        t /= self.world_size
-        return {**metrics, **{k: t[i] for i, k in enumerate(keys)}}
 
     def _log(self, record: dict[str, Any]) -> None:
         super()._log(record)
@@ -228,43 +212,14 @@ class DistributedTrainer(Trainer):
         log.warning("injected failure: rank %d kills itself (SIGKILL) after step %d", self.rank, self.state.step)
         os.kill(os.getpid(), signal.SIGKILL)
 
-    # ------------------------------------------------------------------ validation (collective)
-    @torch.no_grad()
-    def validate(self) -> dict[str, float]:
-        import torch.distributed as dist
-
-        if self.val_data is None or len(self.val_data) == 0:
-            return {}
-        batches = list(iter_batches(self.val_data, self.micro_batch, self.cfg.train.val_batches))
-        per_rank = math.ceil(len(batches) / self.world_size)
+    # ------------------------------------------------------------------ validation (Trainer.validate)
+    def _val_modules(self) -> list[tuple[str, torch.nn.Module, bool]]:
+        """Under ZeRO-3 the raw weights are partitioned (every rank in every forward) and the EMA is
+        sharded: its full copy is materialised on each rank for the validation."""
         zero3 = self.engine.zero_stage == 3
         ema_module = self.ema.module if isinstance(self.ema, EMA) else self.ema.full_module(self.engine.module, self.template)
         ema_module.to(self.device)
-        out = {}
-        for name, module, collective in (("val/loss", self.engine.module, zero3), ("val/loss_ema", ema_module, False)):
-            was_training = module.training
-            module.eval()
-            total, n = 0.0, 0.0
-            for j in range(per_rank):
-                i = self.rank + j * self.world_size
-                if i >= len(batches) and not collective:
-                    break
-                weight = 1.0 if i < len(batches) else 0.0
-                raw = batches[min(i, len(batches) - 1)]
-                g_cpu = torch.Generator().manual_seed(self.cfg.seed + 12345 + i)
-                g_dev = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 54321 + i)
-                mb = self.batcher(raw, generator=g_cpu, augment=False).to(self.device)
-                with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-                    loss, _ = module(mb.x0, mb.y0, mb.mask, mb.cond, generator=g_dev)
-                total += float(loss) * len(mb) * weight
-                n += len(mb) * weight
-            module.train(was_training)
-            t = torch.tensor([total, n], dtype=torch.float64, device=self.device)
-            dist.all_reduce(t)
-            out[name] = float(t[0] / t[1]) if t[1] > 0 else float("nan")
-        if not isinstance(self.ema, EMA):
-            del ema_module
-        return out
+        return [("val/loss", self.engine.module, zero3), ("val/loss_ema", ema_module, False)]
 
     # ------------------------------------------------------------------ checkpoints (collective)
     def inference_payload(self) -> dict[str, Any] | None:

@@ -152,29 +152,64 @@ class Trainer:
         self.ema.update(self.engine.module)
         self.state.step += 1
         self.state.samples_seen += self.cfg.train.global_batch_size
-        return {**totals, "lr": lr, "grad_norm": grad_norm}
+        return self._mean_over_ranks({**totals, "lr": lr, "grad_norm": grad_norm})
 
     # ------------------------------------------------------------------ validation
+    def _val_modules(self) -> list[tuple[str, torch.nn.Module, bool]]:
+        """(metric name, module, collective) to validate: the raw and the EMA weights. A collective module
+        needs every rank in every forward (DeepSpeed ZeRO-3 gathers parameters per forward)."""
+        return [("val/loss", self.engine.module, False), ("val/loss_ema", self.ema.module, False)]
+
+    def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum ``t`` over the ranks (in place); nothing to do on one process."""
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(t)
+        return t
+
+    def _mean_over_ranks(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """The loss of a step is the mean over the global batch: average the ranks' micro-batch metrics."""
+        keys = sorted(k for k, v in metrics.items() if torch.is_tensor(v))
+        if not keys or self.world_size == 1:
+            return metrics
+        t = torch.stack([metrics[k].detach().float().reshape(()) for k in keys]).to(self.device)
+        self._all_reduce(t).div_(self.world_size)
+        return {**metrics, **{k: t[i] for i, k in enumerate(keys)}}
+
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Validation loss of the raw and the EMA weights, with fixed timesteps/noise/conditioning draws."""
+        """Validation loss of the raw and the EMA weights, with fixed timesteps/noise/conditioning draws.
+
+        The first ``val_batches`` micro-batches of the validation set are dealt round-robin to the ranks
+        (batch i to rank i mod world size, with its own seeds, so the result does not depend on the world
+        size) and the sums all-reduced; one process is the case world size 1. Under ZeRO-3 every rank
+        runs the same number of forwards, padded with weight-0 batches."""
         if self.val_data is None or len(self.val_data) == 0:
             return {}
+        batches = list(iter_batches(self.val_data, self.micro_batch, self.cfg.train.val_batches))
+        per_rank = math.ceil(len(batches) / self.world_size)
         out = {}
-        for name, module in (("val/loss", self.engine.module), ("val/loss_ema", self.ema.module)):
+        for name, module, collective in self._val_modules():
             was_training = module.training
             module.eval()
-            g_cpu = torch.Generator().manual_seed(self.cfg.seed + 12345)
-            g_dev = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 54321)
-            total, n = 0.0, 0
-            for raw in iter_batches(self.val_data, self.micro_batch, self.cfg.train.val_batches):
+            total, n = 0.0, 0.0
+            for j in range(per_rank):
+                i = self.rank + j * self.world_size
+                if i >= len(batches) and not collective:
+                    break
+                weight = 1.0 if i < len(batches) else 0.0
+                raw = batches[min(i, len(batches) - 1)]
+                g_cpu = torch.Generator().manual_seed(self.cfg.seed + 12345 + i)
+                g_dev = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 54321 + i)
                 mb = self.batcher(raw, generator=g_cpu, augment=False).to(self.device)
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
                     loss, _ = module(mb.x0, mb.y0, mb.mask, mb.cond, generator=g_dev)
-                total += float(loss) * len(mb)
-                n += len(mb)
+                total += float(loss) * len(mb) * weight
+                n += len(mb) * weight
             module.train(was_training)
-            out[name] = total / max(n, 1)
+            t = self._all_reduce(torch.tensor([total, n], dtype=torch.float64, device=self.device))
+            out[name] = float(t[0] / t[1]) if t[1] > 0 else float("nan")
         return out
 
     def check_quality(self) -> dict[str, Any]:
