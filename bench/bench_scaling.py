@@ -101,6 +101,7 @@ def _plot(summary, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rows = sorted(summary["rows"], key=lambda r: r["params"])
     x = [r["params"] for r in rows]
@@ -114,6 +115,7 @@ def _plot(summary, path: Path) -> None:
                        textcoords="offset points", xytext=(3, -10))
     for a, title in zip(ax, ("validity (%)", "coverage (%)")):
         a.set_xscale("log")
+        a.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # the minor labels overlap
         a.set_xlabel("parameters")
         a.set_title(title)
         a.grid(True, alpha=0.3)
