@@ -29,10 +29,9 @@ import os
 import shutil
 import signal
 import tempfile
-import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -119,89 +118,37 @@ class _WeightsOnlyCheckpointEngine:
         return safe_io.torch_loads(data, str(path), map_location, safe_io.deepspeed_safe_globals())
 
 
-class TimedSource:
-    """Wraps a data source and accumulates the time spent waiting for the next batch."""
+class RankZeroReporting:
+    """Trainer observer of rank 0: Ray/Prometheus metrics per step and per logged record, the record on the
+    driver's console (``progress.ProgressReporter``) and one log line in the worker's log."""
 
-    def __init__(self, source) -> None:
-        self.source = source
-        self.wait = 0.0
+    def __init__(self, metrics: TrainMetrics, progress, run_name: str) -> None:
+        self.metrics, self.progress, self.run_name = metrics, progress, run_name
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        it = iter(self.source)
-        while True:
-            t0 = time.perf_counter()
-            try:
-                batch = next(it)
-            except StopIteration:
-                return
-            self.wait += time.perf_counter() - t0
-            yield batch
+    def on_step(self, trainer: Trainer, seconds: float, data_wait: float) -> None:
+        if trainer.is_main:
+            s = trainer.spec
+            self.metrics.observe_step(step=trainer.state.step, seconds=seconds, data_wait=data_wait,
+                                      samples_per_step=trainer.cfg.train.global_batch_size, slots=s.L * s.H * s.W)
 
-    def state_dict(self) -> dict[str, Any]:
-        return self.source.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.source.load_state_dict(state)
-
-    def resize_state(self, state: dict[str, Any], old_world: int, old_micro: int) -> dict[str, Any]:
-        """The data position of a checkpoint written with another world size, mapped to this one."""
-        return self.source.resize_state(state, old_world, old_micro)
+    def on_log(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        self.metrics.observe_loss(float(record["loss"]))
+        if self.progress is not None:
+            self.progress.step(record)
+        log.info("run=%s step=%d loss=%.5f lr=%.3g samples/s=%.1f", self.run_name, record["step"], record["loss"],
+                 record.get("lr", float("nan")), record.get("samples_per_s", float("nan")))
 
 
-class DistributedTrainer(Trainer):
-    def __init__(
-        self,
-        cfg,
-        *,
-        template: torch.nn.Module | None,
-        run_name: str,
-        marker_fs=None,
-        marker_dir: str | None = None,
-        metrics: TrainMetrics | None = None,
-        progress=None,
-        **kwargs,
-    ) -> None:
-        kwargs["train_source"] = TimedSource(kwargs["train_source"])
-        super().__init__(cfg, **kwargs)
-        self.template = template  # an unpartitioned copy of the model (ZeRO-3 EMA materialisation)
-        self.run_name = run_name
-        self.marker_fs, self.marker_dir = marker_fs, marker_dir
-        self.metrics = metrics or TrainMetrics(None, "", run_name)
-        self.progress = progress  # ProgressReporter of rank 0: the driver's console (progress.py)
-        self.resumes = 0
-        self._slots = self.spec.L * self.spec.H * self.spec.W
+class FailureInjection:
+    """Trainer observer for the fault-tolerance tests (``distributed.fail_at``): the chosen rank SIGKILLs
+    itself after the chosen step, at most ``times`` times per run (markers in the run's storage)."""
 
-    # ------------------------------------------------------------------ parts
-    def parts(self) -> dict[str, Any]:
-        p = super().parts()
-        p.pop("engine")  # DeepSpeed saves model + optimizer itself
-        return p
+    def __init__(self, fail_at, marker_fs, marker_dir: str | None) -> None:
+        self.fail_at, self.marker_fs, self.marker_dir = fail_at, marker_fs, marker_dir
 
-    # ------------------------------------------------------------------ one step
-    def train_step(self) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        wait0 = self.train_source.wait
-        m = super().train_step()
-        if self.is_main:
-            self.metrics.observe_step(
-                step=self.state.step, seconds=time.perf_counter() - t0, data_wait=self.train_source.wait - wait0,
-                samples_per_step=self.cfg.train.global_batch_size, slots=self._slots,
-            )
-        self._maybe_inject_failure()
-        return m
-
-    def _log(self, record: dict[str, Any]) -> None:
-        super()._log(record)
-        if self.is_main and "loss" in record:
-            self.metrics.observe_loss(float(record["loss"]))
-            if self.progress is not None:
-                self.progress.step(record)
-            log.info("run=%s step=%d loss=%.5f lr=%.3g samples/s=%.1f", self.run_name, record["step"], record["loss"],
-                     record.get("lr", float("nan")), record.get("samples_per_s", float("nan")))
-
-    def _maybe_inject_failure(self) -> None:
-        f = self.cfg.distributed.fail_at
-        if f.step is None or self.state.step != f.step or self.rank != f.rank or self.marker_fs is None:
+    def on_step(self, trainer: Trainer, seconds: float, data_wait: float) -> None:
+        f = self.fail_at
+        if f.step is None or trainer.state.step != f.step or trainer.rank != f.rank or self.marker_fs is None:
             return
         prefix = f"{self.marker_dir}/fail_rank{f.rank}_step{f.step}_"
         self.marker_fs.makedirs(self.marker_dir, exist_ok=True)
@@ -209,8 +156,25 @@ class DistributedTrainer(Trainer):
         if len(done) >= f.times:
             return
         self.marker_fs.pipe_file(f"{prefix}{uuid.uuid4().hex}", b"injected\n")
-        log.warning("injected failure: rank %d kills itself (SIGKILL) after step %d", self.rank, self.state.step)
+        log.warning("injected failure: rank %d kills itself (SIGKILL) after step %d", trainer.rank, trainer.state.step)
         os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_log(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        pass
+
+
+class DistributedTrainer(Trainer):
+    def __init__(self, cfg, *, template: torch.nn.Module | None, run_name: str, **kwargs) -> None:
+        super().__init__(cfg, **kwargs)
+        self.template = template  # an unpartitioned copy of the model (ZeRO-3 EMA materialisation)
+        self.run_name = run_name
+        self.resumes = 0
+
+    # ------------------------------------------------------------------ parts
+    def parts(self) -> dict[str, Any]:
+        p = super().parts()
+        p.pop("engine")  # DeepSpeed saves model + optimizer itself
+        return p
 
     # ------------------------------------------------------------------ validation (Trainer.validate)
     def _val_modules(self) -> list[tuple[str, torch.nn.Module, bool]]:

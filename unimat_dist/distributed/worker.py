@@ -34,7 +34,7 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
     from .metrics import TrainMetrics
     from .progress import ProgressReporter
     from .sharded_ema import ShardedEMA
-    from .trainer import DistributedTrainer, verified_copy
+    from .trainer import DistributedTrainer, FailureInjection, RankZeroReporting, verified_copy
 
     os.environ.setdefault("PYTHONUNBUFFERED", "1")  # processes this worker starts flush their lines at once
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -95,10 +95,7 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
             cfg,
             template=template,
             run_name=run_name,
-            marker_fs=marker_fs,
-            marker_dir=marker_dir,
-            metrics=metrics,
-            progress=progress,
+            observers=[RankZeroReporting(metrics, progress, run_name), FailureInjection(d.fail_at, marker_fs, marker_dir)],
             engine=engine,
             ema=ema,
             batcher=setup.batcher,

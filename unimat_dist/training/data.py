@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -235,6 +236,36 @@ class ReplaySource:
 
     def resize_state(self, state: dict[str, int], old_world: int, old_micro: int) -> dict[str, int]:
         return dict(state)
+
+
+class TimedSource:
+    """Wraps a data source and accumulates the time spent waiting for the next batch (the trainer's
+    observers get it per step: how much of a step was the data's)."""
+
+    def __init__(self, source) -> None:
+        self.source = source
+        self.wait = 0.0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        it = iter(self.source)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.wait += time.perf_counter() - t0
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.source.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.source.load_state_dict(state)
+
+    def resize_state(self, state: dict[str, Any], old_world: int, old_micro: int) -> dict[str, Any]:
+        """The data position of a checkpoint written with another world size, mapped to this one."""
+        return self.source.resize_state(state, old_world, old_micro)
 
 
 def iter_batches(data: EncodedSet, batch_size: int, max_batches: int | None = None) -> Iterator[dict[str, Any]]:

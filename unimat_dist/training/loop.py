@@ -20,7 +20,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol, Sequence
 
 import torch
 
@@ -32,7 +32,7 @@ from unimat_dist.sampling.checkpoint import inference_payload
 from .batches import Batcher
 from .checkpoint import CheckpointManager, RNGState
 from .config import TrainConfig
-from .data import EncodedSet, iter_batches
+from .data import EncodedSet, TimedSource, iter_batches
 from .ema import EMA
 from .engine import Engine
 from .lr import lr_at
@@ -52,6 +52,16 @@ class TrainState:
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.step, self.samples_seen = int(state["step"]), int(state["samples_seen"])
         self.seconds = float(state.get("seconds", 0.0))
+
+
+class TrainObserver(Protocol):
+    """What a run reports outside its own files (the Ray adapter's metrics, the driver's console, fault
+    injection): ``on_step`` after every optimizer step on every rank, ``on_log`` on rank 0 for every logged
+    training record (the mean over ``log_every`` steps)."""
+
+    def on_step(self, trainer: "Trainer", seconds: float, data_wait: float) -> None: ...
+
+    def on_log(self, trainer: "Trainer", record: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -83,9 +93,11 @@ class Trainer:
         autocast_dtype: torch.dtype | None = None,
         rank: int = 0,
         world_size: int = 1,
+        observers: Sequence[TrainObserver] = (),
     ) -> None:
         self.cfg, self.engine, self.ema, self.batcher = cfg, engine, ema, batcher
-        self.train_source, self.val_data = train_source, val_data
+        self.train_source, self.val_data = TimedSource(train_source), val_data
+        self.observers = list(observers)
         self.spec, self.normalizer, self.scaler = spec, normalizer, scaler
         self.checkpoints, self.run_dir = checkpoints, run_dir
         self.autocast_dtype = autocast_dtype
@@ -136,6 +148,13 @@ class Trainer:
         return g_cpu, g_dev
 
     def train_step(self) -> dict[str, torch.Tensor | float]:
+        t0, wait0 = time.perf_counter(), self.train_source.wait
+        m = self._optimizer_step()
+        for o in self.observers:
+            o.on_step(self, time.perf_counter() - t0, self.train_source.wait - wait0)
+        return m
+
+    def _optimizer_step(self) -> dict[str, torch.Tensor | float]:
         if self._iter is None:
             self._iter = iter(self.train_source)
         self.engine.module.train()
@@ -266,6 +285,9 @@ class Trainer:
         if self.is_main and self.run_dir is not None:
             with open(self.run_dir / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(record) + "\n")
+        if self.is_main and "loss" in record:
+            for o in self.observers:
+                o.on_log(self, record)
 
     def fit(self) -> TrainResult:
         c = self.cfg.train
