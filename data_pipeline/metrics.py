@@ -79,6 +79,9 @@ class IngestMetrics:
                 if n:
                     s["unimat_ingest_records_quarantined_total"].inc(n, tags={"reason": str(reason)[:64]})
             s["unimat_ingest_units_done"].set(self.units)
+            # with every update, not once: a gauge set only at the start was missing from later exports
+            # of Ray's metrics agent on a slow machine, next to units_done
+            s["unimat_ingest_units_total"].set(self.total_units)
             s["unimat_ingest_records_per_second"].set(records_per_second)
         except Exception as exc:  # noqa: BLE001
             log.debug("ingest metrics not recorded: %s", exc)

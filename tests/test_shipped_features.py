@@ -49,7 +49,9 @@ def _same(a, b) -> None:
         x, y = getattr(a, name), getattr(b, name)
         assert (x is None) == (y is None), name
         if x is not None:
-            np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=f"{a.id} {name}")
+            # rtol 1e-6: CrystalNN's fingerprints differ in the 7th digit between CPUs (seen: 1.2e-7 relative
+            # on an AVX2-only EPYC against the machine that computed the shipped file)
+            np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-12, equal_nan=True, err_msg=f"{a.id} {name}")
 
 
 @pytest.mark.parametrize("entry", INDEX, ids=lambda e: f"{e['dataset']}:{e['split']}")
