@@ -86,6 +86,12 @@ class AutoGuidedDenoiser(nn.Module):
         return ex, ey
 
 
+def networks(denoiser: nn.Module) -> tuple[nn.Module, ...]:
+    """Every network a sampling denoiser runs: ``denoiser`` itself, or the main and guide networks of an
+    autoguided pair (what freeing or moving weights must cover)."""
+    return denoiser.networks() if isinstance(denoiser, AutoGuidedDenoiser) else (denoiser,)
+
+
 def main_network(denoiser: nn.Module) -> nn.Module:
     """The network that was trained to sample: ``denoiser`` itself, or the main one of an autoguided pair
     (what parameter counts report)."""

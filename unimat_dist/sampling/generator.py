@@ -119,7 +119,9 @@ class StructureGenerator:
         """Free the denoiser's weights (moved to the meta device) and keep its composition prior: what a
         process needs that only validates requests, draws their compositions and decodes results while the
         denoising loop runs elsewhere (the Serve app's sampling process)."""
-        for den in getattr(self.diffusion.denoiser, "networks", lambda: (self.diffusion.denoiser,))():
+        from unimat_dist.diffusion.autoguidance import networks
+
+        for den in networks(self.diffusion.denoiser):
             prior = getattr(den, "composition", None)
             if prior is not None:
                 den.composition = None
