@@ -97,3 +97,39 @@ def test_node_removed_and_added_back(tmp_path, capsys):
     assert any(ln.startswith("[train] worker failure (rank ") for ln in lines), lines
     assert any(ln.startswith("[train] restart 1: 1 worker(s) resumed at step ") for ln in lines), lines
     assert any(ln.startswith("[train] resized to 2 worker(s) (elastic), resumed at step ") for ln in lines), lines
+
+
+def test_progress_hub_outlives_worker_nodes():
+    """The driver's progress hub sits on the driver's node even when that node has no CPUs (Ray's soft
+    node affinity placed it on worker nodes 5 times in 6 here), so a lost worker node never silences the
+    console: records pushed after every worker node is gone are still printed."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from unimat_dist.distributed.progress import ProgressPrinter
+
+    class Sink:
+        def write(self, s):
+            pass
+
+        def flush(self):
+            pass
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    workers = [cluster.add_node(num_cpus=1), cluster.add_node(num_cpus=1)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        printers = [ProgressPrinter(10, 8, stream=Sink()) for _ in range(4)]
+        hubs = [p.start() for p in printers]
+        ray.get([h.push.remote({"kind": "start", "step": 0, "world_size": 2}) for h in hubs], timeout=60)
+        for node in workers:
+            cluster.remove_node(node)
+        ray.get([h.push.remote({"kind": "step", "step": 5, "loss": 0.5, "world_size": 1}) for h in hubs], timeout=60)
+        for p in printers:
+            p.close()
+            assert p.lines[0] == "[train] 2 worker(s) started, 10 steps", p.lines
+            assert [ln.split(" loss=")[0] for ln in p.lines[1:]] == ["[train] step 5/10 (50%)"], p.lines
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from metrics_scrape import MetricsScraper, init_ray_with_metrics_port, metric_value
-from unimat_dist.distributed.progress import ProgressPrinter, format_eta
+from unimat_dist.distributed.progress import ProgressPrinter, _Hub, format_eta
 from unimat_dist.launch import run_training
 from unimat_dist.training import load_train_config
 
@@ -58,6 +58,20 @@ def test_progress_lines_without_ray():
     ]
     assert (p.restarts, p.resizes) == (1, 1)
     assert format_eta(None) == "?" and format_eta(3725) == "1:02:05"
+
+
+def test_hub_keeps_records_until_acknowledged():
+    """A drain whose reply the driver gave up on (timeout under load) loses nothing."""
+    hub = _Hub()
+    for step in (1, 2, 3):
+        hub.push({"kind": "step", "step": step})
+    first = hub.drain(0)
+    assert [n for n, _ in first] == [1, 2, 3]
+    hub.push({"kind": "step", "step": 4})
+    # the driver never saw the first reply: asking again with seen=0 returns everything once more
+    assert [r["step"] for _, r in hub.drain(0)] == [1, 2, 3, 4]
+    assert [r["step"] for _, r in hub.drain(3)] == [4]
+    assert hub.drain(4) == [] and hub.records == []
 
 
 @pytest.mark.slow

@@ -40,17 +40,23 @@ PREFIX = "[train]"
 
 
 class _Hub:
-    """Actor body: a list of records, drained by the driver."""
+    """Actor body: numbered records, kept until the driver acknowledges them.
+
+    ``drain(seen)`` drops the records numbered ``<= seen`` and returns the rest, so a drain whose reply
+    the driver gave up on (a timeout under load) loses nothing: the next drain returns the same records.
+    """
 
     def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
+        self.records: list[tuple[int, dict[str, Any]]] = []
+        self.count = 0
 
     def push(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
+        self.count += 1
+        self.records.append((self.count, record))
 
-    def drain(self) -> list[dict[str, Any]]:
-        out, self.records = self.records, []
-        return out
+    def drain(self, seen: int = 0) -> list[tuple[int, dict[str, Any]]]:
+        self.records = [(n, r) for n, r in self.records if n > seen]
+        return list(self.records)
 
 
 def format_eta(seconds: float | None) -> str:
@@ -77,8 +83,10 @@ class ProgressPrinter:
         self.last: dict[str, Any] | None = None
         self.lines: list[str] = []
         self._attempt_first: tuple[int, float] | None = None  # (step, worker wall time) of this attempt
+        self._seen = 0  # number of the last hub record handled
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # the polling thread and close() both poll
 
     # ------------------------------------------------------------------ lifecycle
     def start(self):
@@ -87,8 +95,10 @@ class ProgressPrinter:
 
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-        # on the driver's node: it lives as long as the driver, whichever worker node dies
+        # on the driver's node: it lives as long as the driver, whichever worker node dies. A hard affinity:
+        # with soft=True Ray 2.60 places a num_cpus=0 actor on any node when the driver's node has no CPUs
+        # (a CPU-less head), and the hub then dies with that worker node
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self.handle = ray.remote(num_cpus=0, max_restarts=0)(_Hub).options(scheduling_strategy=here).remote()
         self._thread = threading.Thread(target=self._run, name="unimat-train-progress", daemon=True)
         self._thread.start()
@@ -118,13 +128,16 @@ class ProgressPrinter:
             return
         import ray
 
-        try:
-            records = ray.get(self.handle.drain.remote(), timeout=30)
-        except Exception as exc:  # noqa: BLE001 - progress must never fail a run
-            log.debug("progress hub not reachable: %s", exc)
-            return
-        for rec in records:
-            self.handle_record(rec)
+        with self._lock:
+            try:
+                records = ray.get(self.handle.drain.remote(self._seen), timeout=30)
+            except Exception as exc:  # noqa: BLE001 - progress must never fail a run
+                log.debug("progress hub not reachable: %s", exc)
+                return
+            for n, rec in records:
+                if n > self._seen:
+                    self._seen = n
+                    self.handle_record(rec)
 
     # ------------------------------------------------------------------ formatting
     def handle_record(self, rec: dict[str, Any]) -> None:
