@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..parallel import parallel_map
 from ..representation import periodic_table as pt
 from .cdvae_csv import iter_cdvae_csv
 from .parse import structure_from_cif
@@ -63,11 +63,8 @@ def split_stats(name: str, split: str, workers: int = 1, limit: int | None = Non
     chunk = 256
     chunks = [records[i : i + chunk] for i in range(0, len(records), chunk)]
     element_counter: Counter = Counter()
-    results = (
-        map(_summarise_chunk, chunks)
-        if workers <= 1
-        else ProcessPoolExecutor(workers).map(_summarise_chunk, chunks)
-    )
+    # spawned workers (parallel_map), never forked ones: a fork of a process holding threads can crash
+    results = parallel_map(_summarise_chunk, chunks, workers=workers, progress=False, min_parallel=2, chunksize=1)
     hist: Counter = Counter()
     for rows, failures in results:
         st.failures.extend(failures)
