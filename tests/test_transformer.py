@@ -175,7 +175,8 @@ def trained(tmp_path_factory):
         "optim.warmup_steps=50", "optim.ema_decay=0.99", "train.steps=1000", "train.global_batch_size=32",
         "train.num_threads=1", "train.log_every=50", "train.val_every=0", "train.ckpt_every=0",
         "train.quality_every=500", "train.quality_samples=16", "train.quality_reference=48", "train.progress=false",
-        "train.quality_eta=1.0", "train.quality_noise_scale=0.5",  # checks sample as a release would (η, λ)
+        "train.quality_eta=1.0", "train.quality_noise_scale=0.5",  # checks sample as a release would (η, λ,
+        "train.quality_restart=[20,5]",  # and a restart pass)
     ])
     result = run_training(cfg)
     spec = resolve_spec(cfg.data)

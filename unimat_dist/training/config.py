@@ -157,6 +157,7 @@ class LoopConfig:
     quality_steps: int = 50  # DDIM steps of those samples
     quality_eta: float = 0.0  # their DDIM η and noise scale: sample as the model will be released (docs: Carbon-24)
     quality_noise_scale: float = 1.0
+    quality_restart: list[int] | None = None  # [t, steps]: the release's restart pass (checked against T at build)
     quality_reference: int = 200  # validation crystals they are compared with (fingerprinted once)
 
     def __post_init__(self) -> None:
@@ -167,6 +168,9 @@ class LoopConfig:
         for name in ("quality_eta", "quality_noise_scale"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ValueError(f"train.{name} must be in [0, 1], got {getattr(self, name)}")
+        from unimat_dist.diffusion.samplers import check_restart
+
+        check_restart(self.quality_restart, None, "train.quality_restart")
 
     def grad_accum_steps(self, world_size: int = 1) -> tuple[int, int]:
         """(micro batch, accumulation steps) with micro * accum * world_size == global_batch_size."""

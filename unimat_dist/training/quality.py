@@ -1,8 +1,10 @@
 """Sample quality measured while a model trains: is it learning crystals, not only lowering a loss?
 
 Every ``train.quality_every`` steps the trainer hands its EMA model to ``QualityMonitor.evaluate``, which
-draws ``quality_samples`` unconditional crystals (DDIM, ``quality_steps`` steps, a fixed seed so that
-successive points differ only by the weights) and compares them with a fixed subset of the validation
+draws ``quality_samples`` unconditional crystals (DDIM, ``quality_steps`` steps, with the release's η,
+noise scale and restart pass when ``quality_eta`` / ``quality_noise_scale`` / ``quality_restart`` say so; a
+fixed seed so that successive points differ only by the weights; no autoguidance: the guide is an earlier
+checkpoint of a finished run) and compares them with a fixed subset of the validation
 split (``quality_reference`` crystals, fingerprinted once):
 
     quality/struct_valid, quality/comp_valid  CDVAE validity (fractions of all draws)
@@ -39,7 +41,8 @@ def shortest_distance(structure) -> float:
 
 class QualityMonitor:
     def __init__(self, val_data, spec, normalizer, scaler, dataset: str, *, samples: int = 64, steps: int = 50,
-                 reference: int = 200, seed: int = 0, eta: float = 0.0, noise_scale: float = 1.0) -> None:
+                 reference: int = 200, seed: int = 0, eta: float = 0.0, noise_scale: float = 1.0,
+                 restart: tuple[int, int] | None = None) -> None:
         from unimat_dist.evaluation.coverage import COV_CUTOFFS, protocol_name
         from unimat_dist.evaluation.fingerprints import analyse_record
         from unimat_dist.evaluation.structures_io import StructureRecord
@@ -49,6 +52,7 @@ class QualityMonitor:
         self.spec, self.normalizer, self.scaler = spec, normalizer, scaler
         self.samples, self.steps, self.seed = int(samples), int(steps), int(seed)
         self.eta, self.noise_scale = float(eta), float(noise_scale)  # DDIM η and sampling temperature
+        self.restart = tuple(restart) if restart else None  # (t, steps) of a second pass, as a release samples
         try:
             self.cutoffs = COV_CUTOFFS[protocol_name(dataset)]
         except ValueError:
@@ -78,8 +82,8 @@ class QualityMonitor:
         g = StructureGenerator(diffusion, self.spec, self.normalizer, self.scaler)
         try:
             structures = g.sample_requests([SampleRequest()] * self.samples, sampler="ddim", steps=self.steps,
-                                           eta=self.eta, noise_scale=self.noise_scale, seed=self.seed,
-                                           batch_size=self.samples)
+                                           eta=self.eta, noise_scale=self.noise_scale, restart=self.restart,
+                                           seed=self.seed, batch_size=self.samples)
         finally:
             diffusion.train(was_training)
         feats, dists = [], []
@@ -117,7 +121,7 @@ def build_monitor(cfg, val_data, spec, normalizer, scaler) -> QualityMonitor | N
         return None
     return QualityMonitor(val_data, spec, normalizer, scaler, cfg.data.dataset, samples=c.quality_samples,
                           steps=c.quality_steps, reference=c.quality_reference, seed=cfg.seed,
-                          eta=c.quality_eta, noise_scale=c.quality_noise_scale)
+                          eta=c.quality_eta, noise_scale=c.quality_noise_scale, restart=c.quality_restart)
 
 
 __all__ = ["QualityMonitor", "build_monitor"]
