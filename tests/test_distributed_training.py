@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from metrics_scrape import MetricsScraper
 from storage_emulators import s3_emulator  # noqa: F401 (fixture)
@@ -91,6 +92,9 @@ def test_outputs_of_a_run(runs):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 10 and summary["world_size"] == 2 and summary["resumes"] == 0
     assert (out / "loss.png").stat().st_size > 10_000
+    # the resolved config, as the local trainer writes it
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["trainer"] == "ray" and saved["distributed"]["num_workers"] == 2 and saved["out_dir"] == str(out)
     ckpt = Path(summary["checkpoint"])
     names = {p.name for p in ckpt.iterdir()}
     assert {"deepspeed", "inference.pt", "meta.json", "metrics.jsonl", "rank_00000.pt", "rank_00001.pt"} <= names

@@ -10,7 +10,7 @@ was written (bit rot, a partial copy, tampering) must be refused before its cont
   ``UnsafeFileError`` naming the file, before any of it runs.
 * sha256 sidecars: ``<file>.sha256`` holds ``"<hex digest>  <file name>"`` (the format of ``sha256sum``,
   so ``sha256sum -c model.pt.sha256`` checks a downloaded file by hand). ``write_with_sidecar`` writes
-  both. Readers (``sampling.checkpoint.load_torch``, ``distributed.trainer.verified_copy``) read a file
+  both. Readers (``sampling.checkpoint.load_torch``, ``distributed.checkpointing.verified_copy``) read a file
   once, check those bytes and parse the same bytes: no window in which it can be swapped in between.
 * A file without a sidecar (written before checksums existed) still loads, with a logged warning, unless
   the caller knows one must exist (``required=True``: checkpoint directories record that they were
@@ -174,10 +174,14 @@ def write_with_sidecar(uri: str, data: bytes) -> str:
 
 # ------------------------------------------------------------------ checksum lists (one JSON for many files)
 def write_checksums(path: str, root: str, files: Iterable[str]) -> dict[str, str]:
-    """Write ``{"format", "files": {path relative to root: sha256}}`` to the local file ``path``."""
-    sums = {os.path.relpath(f, root).replace(os.sep, "/"): sha256_file(f) for f in sorted(files)}
+    """Write ``{"format", "files": {path relative to root: sha256}, "sizes": {path: bytes}}`` to the local file
+    ``path``. The sizes let a reader tell a torn copy (a file cut short or missing) without reading it."""
+    files = sorted(files)
+    rel = [os.path.relpath(f, root).replace(os.sep, "/") for f in files]
+    sums = {r: sha256_file(f) for r, f in zip(rel, files)}
+    sizes = {r: os.path.getsize(f) for r, f in zip(rel, files)}
     with open(path, "w") as fh:
-        json.dump({"format": CHECKSUMS_FORMAT, "files": sums}, fh, indent=1, sort_keys=True)
+        json.dump({"format": CHECKSUMS_FORMAT, "files": sums, "sizes": sizes}, fh, indent=1, sort_keys=True)
     return sums
 
 

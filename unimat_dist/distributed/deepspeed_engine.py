@@ -80,6 +80,7 @@ class DeepSpeedEngine:
         self.module: nn.Module = ds_engine.module
         self.device = ds_engine.device
         self.zero_stage = ds_engine.zero_optimization_stage()
+        self.partitioned = self.zero_stage == 3
 
     @classmethod
     def create(cls, module: nn.Module, ds_config: dict[str, Any], *, weight_decay: float) -> "DeepSpeedEngine":

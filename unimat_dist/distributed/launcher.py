@@ -21,6 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from unimat_dist.config import to_dict
 from unimat_dist.training.config import TrainConfig
 from unimat_dist.training.loop import TrainResult
@@ -87,7 +89,7 @@ def run_ray_training(cfg: TrainConfig) -> TrainResult:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from unimat_dist.storage import pyarrow_filesystem
+    from unimat_dist.storage import pyarrow_filesystem, write_bytes_atomic
 
     from .worker import train_worker
 
@@ -95,6 +97,10 @@ def run_ray_training(cfg: TrainConfig) -> TrainResult:
     d = cfg.distributed
     cfg = with_absolute_paths(cfg)
     run_name, storage = run_name_of(cfg), storage_of(cfg)
+    # the resolved config, as the local trainer saves and prints it (out_dir may be a bucket URI)
+    resolved = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    write_bytes_atomic(f"{cfg.out_dir.rstrip('/')}/config.yaml", resolved.encode(), d.storage_options or None)
+    log.info("config:\n%s", resolved)
     _ray_init(cfg)
     pa_fs, pa_path = pyarrow_filesystem(storage, d.storage_options or None)
     if "://" not in storage:

@@ -27,14 +27,15 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
     from unimat_dist.training.config import TrainConfig
     from unimat_dist.training.ema import EMA
     from unimat_dist.training.engine import resolve_autocast
+    from unimat_dist.training.loop import Trainer
     from unimat_dist.training.setup import build_diffusion, make_train_source, prepare_run
 
     from . import checkpointing as ck
     from .deepspeed_engine import DeepSpeedEngine, deepspeed_config, resolve_precision
     from .metrics import TrainMetrics
+    from .observers import FailureInjection, RankZeroReporting
     from .progress import ProgressReporter
     from .sharded_ema import ShardedEMA
-    from .trainer import DistributedTrainer, FailureInjection, RankZeroReporting, verified_copy
 
     os.environ.setdefault("PYTHONUNBUFFERED", "1")  # processes this worker starts flush their lines at once
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -66,9 +67,9 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
         meta = None
         if ckpt_dir is not None:
             # Everything below (DeepSpeed, ds_to_universal, the loop state) reads this rank's verified
-            # private copy, never the shared storage: see trainer.verified_copy.
+            # private copy, never the shared storage: see checkpointing.verified_copy.
             verified = tempfile.mkdtemp(prefix=f"unimat-verified-r{rank}-")
-            meta = verified_copy(ckpt_dir, verified)
+            meta = ck.verified_copy(ckpt_dir, verified)
         universal = None
         if meta is not None and meta["world_size"] != world:
             out = ck.universal_dir(ckpt_dir)  # keyed by the original checkpoint: shared by the node's ranks
@@ -91,10 +92,10 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
         amp = torch.bfloat16 if resolve_precision(d.precision, device.type) == "bf16" else None
         metrics = TrainMetrics(d.metrics_port if rank == 0 else None, d.metrics_host, run_name, ray_metrics=rank == 0)
         progress = ProgressReporter(payload.get("progress") if rank == 0 else None, world)
-        trainer = DistributedTrainer(
+        checkpointer = ck.RayCheckpointer(run_name, (verified, meta, universal) if meta is not None else None)
+        trainer = Trainer(
             cfg,
             template=template,
-            run_name=run_name,
             observers=[RankZeroReporting(metrics, progress, run_name), FailureInjection(d.fail_at, marker_fs, marker_dir)],
             engine=engine,
             ema=ema,
@@ -104,14 +105,13 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
             spec=setup.spec,
             normalizer=setup.normalizer,
             scaler=setup.scaler,
-            checkpoints=None,
+            checkpointer=checkpointer,
             run_dir=run_dir if rank == 0 else None,
             autocast_dtype=amp if amp is not None else resolve_autocast("fp32", device),
             rank=rank,
             world_size=world,
         )
-        if ckpt_dir is not None:
-            trainer.resume_from(verified, meta, universal)
+        trainer.resume()  # now: the verified copy is deleted below
     finally:
         if verified is not None:
             shutil.rmtree(verified, ignore_errors=True)
@@ -121,8 +121,8 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
             shutil.rmtree(ckpt_tmp, ignore_errors=True)
 
     if rank == 0:
-        metrics.started(world_size=world, total_steps=cfg.train.steps, step=trainer.state.step, resumes=trainer.resumes)
-        progress.started(trainer.state.step, trainer.resumes)
+        metrics.started(world_size=world, total_steps=cfg.train.steps, step=trainer.state.step, resumes=checkpointer.resumes)
+        progress.started(trainer.state.step, checkpointer.resumes)
         log.info("run=%s rank 0/%d: %s, ZeRO-%d, micro-batch %d x %d accumulation, device %s",
                  run_name, world, setup.spec.describe(), engine.zero_stage, trainer.micro_batch, trainer.accum, device)
     try:
@@ -135,7 +135,7 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
         "last_loss": result.last_loss,
         "val_loss": result.val_loss,
         "world_size": world,
-        "resumes": trainer.resumes,
+        "resumes": checkpointer.resumes,
         "history": result.history,
     }
 

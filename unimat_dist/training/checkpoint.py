@@ -115,3 +115,33 @@ class CheckpointManager:
             return
         for step in self.steps()[: -self.keep]:
             self.fs.rm(self.fs._strip_protocol(self.step_dir(step)), recursive=True)
+
+
+class Checkpointer(Protocol):
+    """Where a ``Trainer`` saves and resumes. ``StepFolders`` here (a step folder per checkpoint, local path or
+    fsspec URI); ``distributed.checkpointing.RayCheckpointer`` (DeepSpeed's files + ``ray.train.report``)."""
+
+    def save(self, trainer) -> str | None: ...
+
+    def resume(self, trainer) -> None: ...
+
+
+class StepFolders:
+    """The local trainer's checkpoints: ``CheckpointManager`` step folders; ``resume`` is ``train.resume``
+    (``auto``: the newest complete step folder, ``never``, or a step folder's path)."""
+
+    def __init__(self, manager: CheckpointManager, resume: str = "auto") -> None:
+        self.manager, self.how = manager, resume
+
+    def save(self, trainer) -> str:
+        payload = trainer.inference_payload()  # every rank calls it (collective for a sharded EMA)
+        path = self.manager.save(trainer.state.step, trainer.parts(), payload if trainer.is_main else None)
+        log.info("saved checkpoint %s", path)
+        return path
+
+    def resume(self, trainer) -> None:
+        path = self.manager.latest() if self.how == "auto" else None if self.how == "never" else self.how
+        if path is None:
+            return
+        self.manager.load(path, trainer.parts())
+        trainer.resumed(f"resumed from {path} at step {trainer.state.step}")

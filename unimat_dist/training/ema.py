@@ -3,6 +3,10 @@
 The shadow is a full module (eval mode, no grads), so validation and sampling use it directly and an
 inference checkpoint is just its state dict. Decay warms up as min(decay, (1 + n) / (10 + n)) so that
 short runs are not dominated by the random initial weights.
+
+The EMA protocol the trainer uses: ``update(module)``, ``full_module(module, template)`` (the EMA weights as a
+plain module; collective for ``distributed.sharded_ema.ShardedEMA``, the EMA of ZeRO-3 partitions),
+``state_dict()`` / ``load_state_dict()``.
 """
 from __future__ import annotations
 
@@ -22,6 +26,10 @@ class EMA:
         self.module = copy.deepcopy(module).eval().requires_grad_(False)
         for p in self.module.parameters():  # float32 shadow weights; buffers keep their dtype
             p.data = p.data.float()
+
+    def full_module(self, module: nn.Module | None = None, template: nn.Module | None = None) -> nn.Module:
+        """The EMA weights as a plain module (the EMA protocol; ``ShardedEMA`` gathers its shards here)."""
+        return self.module
 
     def current_decay(self) -> float:
         return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))

@@ -27,6 +27,7 @@ from .batches import ModelBatch
 
 class Engine(Protocol):
     module: nn.Module
+    partitioned: bool  # every rank holds a slice of each weight (ZeRO-3): each forward is collective
 
     def set_lr(self, lr: float) -> None: ...
 
@@ -76,6 +77,7 @@ class LocalEngine:
         forward: nn.Module | None = None,
     ) -> None:
         self.module = module
+        self.partitioned = False
         self.forward = forward if forward is not None else module  # e.g. a torch.compile'd view of ``module``
         self.optimizer = optimizer
         self.grad_accum = grad_accum

@@ -1,6 +1,9 @@
 """The training loop: `Trainer.fit` runs optimizer steps over an `Engine`, with EMA, validation,
-checkpoints, metrics and a progress bar. Plain PyTorch; the distributed trainer runs the same class
-with a DeepSpeed engine, a shard data source and its own checkpoint storage.
+checkpoints, metrics and a progress bar. Plain PyTorch. A Ray Train worker runs the same class with
+its rank and world size, a DeepSpeed engine, a shard data source, a sharded EMA under ZeRO-3 and a
+``RayCheckpointer`` (``distributed/worker.py``); the local trainer is the case world size 1 with a
+``StepFolders`` checkpointer. What differs is behind three protocols: ``Engine`` (engine.py), the EMA
+(ema.py) and ``Checkpointer`` (checkpoint.py).
 
 One optimizer step (``train_step``)::
 
@@ -30,7 +33,7 @@ from unimat_dist.representation import Normalizer, UniMatSpec
 from unimat_dist.sampling.checkpoint import inference_payload
 
 from .batches import Batcher
-from .checkpoint import CheckpointManager, RNGState
+from .checkpoint import Checkpointer, RNGState
 from .config import TrainConfig
 from .data import EncodedSet, TimedSource, iter_batches
 from .ema import EMA
@@ -88,18 +91,20 @@ class Trainer:
         spec: UniMatSpec,
         normalizer: Normalizer,
         scaler: PropertyScaler,
-        checkpoints: CheckpointManager | None,
+        checkpointer: Checkpointer | None,
         run_dir: Path | None,
         autocast_dtype: torch.dtype | None = None,
         rank: int = 0,
         world_size: int = 1,
         observers: Sequence[TrainObserver] = (),
+        template: torch.nn.Module | None = None,
     ) -> None:
         self.cfg, self.engine, self.ema, self.batcher = cfg, engine, ema, batcher
         self.train_source, self.val_data = TimedSource(train_source), val_data
         self.observers = list(observers)
         self.spec, self.normalizer, self.scaler = spec, normalizer, scaler
-        self.checkpoints, self.run_dir = checkpoints, run_dir
+        self.checkpointer, self.run_dir = checkpointer, run_dir
+        self.template = template  # an unpartitioned copy of the model, for a sharded EMA's full weights
         self.autocast_dtype = autocast_dtype
         self.rank, self.world_size = rank, world_size
         self.micro_batch, self.accum = cfg.train.grad_accum_steps(world_size)
@@ -107,6 +112,7 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self._iter: Iterator[dict[str, Any]] | None = None
         self._monitor = None
+        self._resume_done = False
 
     @property
     def is_main(self) -> bool:
@@ -174,10 +180,14 @@ class Trainer:
         return self._mean_over_ranks({**totals, "lr": lr, "grad_norm": grad_norm})
 
     # ------------------------------------------------------------------ validation
+    def ema_module(self) -> torch.nn.Module:
+        """The EMA weights as a plain module on this rank's device; collective for a sharded EMA (ZeRO-3)."""
+        return self.ema.full_module(self.engine.module, self.template).to(self.device)
+
     def _val_modules(self) -> list[tuple[str, torch.nn.Module, bool]]:
         """(metric name, module, collective) to validate: the raw and the EMA weights. A collective module
         needs every rank in every forward (DeepSpeed ZeRO-3 gathers parameters per forward)."""
-        return [("val/loss", self.engine.module, False), ("val/loss_ema", self.ema.module, False)]
+        return [("val/loss", self.engine.module, self.engine.partitioned), ("val/loss_ema", self.ema_module(), False)]
 
     def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         """Sum ``t`` over the ranks (in place); nothing to do on one process."""
@@ -233,7 +243,10 @@ class Trainer:
 
     def check_quality(self) -> dict[str, Any]:
         """Sample-quality metrics of the EMA model (``quality.py``); rank 0 only, {} elsewhere or when off."""
-        if not self.is_main or not self.cfg.train.quality_every:
+        if not self.cfg.train.quality_every:
+            return {}
+        module = self.ema_module()  # every rank: gathers a sharded EMA
+        if not self.is_main:
             return {}
         if self._monitor is None:
             from .quality import build_monitor
@@ -241,14 +254,18 @@ class Trainer:
             self._monitor = build_monitor(self.cfg, self.val_data, self.spec, self.normalizer, self.scaler)
             if self._monitor is None:
                 return {}
-        q = self._monitor.evaluate(self.ema.module)
+        q = self._monitor.evaluate(module)
         log.info("step %d quality: %s", self.state.step,
                  ", ".join(f"{k.split('/')[1]} {v:.3g}" for k, v in q.items()))
         return q
 
     # ------------------------------------------------------------------ checkpoints
-    def inference_payload(self) -> dict[str, Any]:
-        diffusion = self.ema.module
+    def inference_payload(self) -> dict[str, Any] | None:
+        """What ``unimat sample`` loads: the EMA weights and everything to decode. Every rank calls it (a
+        sharded EMA is gathered); rank 0 gets the payload, the others None."""
+        diffusion = self.ema_module()
+        if not self.is_main:
+            return None
         return inference_payload(
             diffusion.denoiser,
             diffusion.config(),
@@ -261,22 +278,19 @@ class Trainer:
         )
 
     def save_checkpoint(self) -> str | None:
-        if self.checkpoints is None:
-            return None
-        path = self.checkpoints.save(self.state.step, self.parts(), self.inference_payload() if self.is_main else None)
-        log.info("saved checkpoint %s", path)
-        return path
+        return self.checkpointer.save(self) if self.checkpointer is not None else None
 
-    def maybe_resume(self) -> None:
-        how = self.cfg.train.resume
-        if how == "never" or self.checkpoints is None:
-            return
-        path = self.checkpoints.latest() if how == "auto" else how
-        if path is None:
-            return
-        self.checkpoints.load(path, self.parts())
+    def resume(self) -> None:
+        """Resume through the checkpointer, once (``fit`` calls it; a caller may call it earlier)."""
+        if not self._resume_done:
+            self._resume_done = True
+            if self.checkpointer is not None:
+                self.checkpointer.resume(self)
+
+    def resumed(self, message: str) -> None:
+        """Called by a checkpointer after it restored the parts: the loss curve continues from this step."""
         self._iter = None
-        log.info("resumed from %s at step %d", path, self.state.step)
+        log.info("rank %d %s", self.rank, message)
         if self.is_main and self.run_dir is not None:
             truncate_metrics(self.run_dir / "metrics.jsonl", self.state.step)
 
@@ -291,7 +305,7 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         c = self.cfg.train
-        self.maybe_resume()
+        self.resume()
         bar = None
         if self.is_main and c.progress:
             from tqdm.auto import tqdm

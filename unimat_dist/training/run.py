@@ -16,7 +16,7 @@ import yaml
 
 from unimat_dist.config import save_config, to_dict
 
-from .checkpoint import CheckpointManager
+from .checkpoint import CheckpointManager, StepFolders
 from .config import TrainConfig
 from .ema import EMA
 from .engine import LocalEngine, build_optimizer, resolve_autocast, resolve_device
@@ -66,7 +66,7 @@ def build_local_trainer(cfg: TrainConfig) -> Trainer:
         spec=setup.spec,
         normalizer=setup.normalizer,
         scaler=setup.scaler,
-        checkpoints=CheckpointManager(cfg.checkpoint_path(), t.keep_checkpoints),
+        checkpointer=StepFolders(CheckpointManager(cfg.checkpoint_path(), t.keep_checkpoints), t.resume),
         run_dir=run_dir,
         autocast_dtype=amp,
     )
