@@ -94,14 +94,13 @@ def build_config(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
-    from unimat_dist.config import to_dict
+    from unimat_dist.config import config_yaml
 
     from data_pipeline.job import run_ingest
 
     cfg = build_config(args)
     import logging
-    import yaml
 
-    logging.getLogger("unimat.ingest").info("config:\n%s", yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip())
+    logging.getLogger("unimat.ingest").info("config:\n%s", config_yaml(cfg).rstrip())
     run_ingest(cfg)
     return 0

@@ -30,11 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def print_config(cfg) -> None:
-    import yaml
+    from unimat_dist.config import config_yaml
 
-    from unimat_dist.config import to_dict
-
-    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    text = config_yaml(cfg)
     if cfg.trainer == "ray":
         from unimat_dist.distributed.launcher import run_name_of, storage_of
 

@@ -188,6 +188,11 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     return resolve_job_paths(from_dict(cls, apply_overrides(data, overrides)))
 
 
+def config_yaml(cfg) -> str:
+    """The resolved config as YAML, keys in declaration order: what runs save and print."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
 def save_config(cfg, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    Path(path).write_text(config_yaml(cfg))

@@ -250,6 +250,12 @@ class _WeightsOnlyCheckpointEngine:
         return safe_io.torch_loads(data, str(path), map_location, safe_io.deepspeed_safe_globals())
 
 
+def _loop_parts(trainer) -> dict[str, Any]:
+    """The trainer's stateful parts in a rank file: all but the engine, whose model and optimizer are
+    DeepSpeed's own files."""
+    return {name: part for name, part in trainer.parts().items() if name != "engine"}
+
+
 class RayCheckpointer:
     """The ``Checkpointer`` of a Ray Train worker: DeepSpeed's files, the rank's loop state and (rank 0) the
     inference file and meta.json, reported to Ray Train; ``resume`` restores from a ``verified_copy``.
@@ -271,9 +277,7 @@ class RayCheckpointer:
         tmp = Path(tempfile.mkdtemp(prefix=f"unimat-ckpt-{step:08d}-r{rank}-"))
         try:
             trainer.engine.ds.save_checkpoint(str(tmp / DS_DIR), tag=DS_TAG, client_state={"step": step})
-            parts = trainer.parts()
-            parts.pop("engine")  # DeepSpeed saved model + optimizer above
-            torch.save({name: part.state_dict() for name, part in parts.items()}, tmp / rank_file(rank))
+            torch.save({name: part.state_dict() for name, part in _loop_parts(trainer).items()}, tmp / rank_file(rank))
             # (verified_copy proves on resume that this holds only tensors and plain data)
             payload = trainer.inference_payload()  # collective under ZeRO-3; None off rank 0
             metrics = {"step": step}
@@ -327,12 +331,10 @@ class RayCheckpointer:
         else:
             # ds_to_universal's output, converted in this node's private folder from the verified copy
             ds.load_checkpoint(universal[0], tag=universal[1])
-        parts = trainer.parts()
-        parts.pop("engine")
         if meta["world_size"] == trainer.world_size:
             own = ckpt / rank_file(rank)
             state = safe_io.torch_loads(own.read_bytes(), str(own))
-            for name, part in parts.items():
+            for name, part in _loop_parts(trainer).items():
                 part.load_state_dict(state[name])
         else:
             state0 = safe_io.torch_loads((ckpt / rank_file(0)).read_bytes(), str(ckpt / rank_file(0)))

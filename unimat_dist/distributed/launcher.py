@@ -21,9 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from unimat_dist.config import to_dict
+from unimat_dist.config import config_yaml, to_dict
 from unimat_dist.training.config import TrainConfig
 from unimat_dist.training.loop import TrainResult
 
@@ -98,7 +96,7 @@ def run_ray_training(cfg: TrainConfig) -> TrainResult:
     cfg = with_absolute_paths(cfg)
     run_name, storage = run_name_of(cfg), storage_of(cfg)
     # the resolved config, as the local trainer saves and prints it (out_dir may be a bucket URI)
-    resolved = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    resolved = config_yaml(cfg)
     write_bytes_atomic(f"{cfg.out_dir.rstrip('/')}/config.yaml", resolved.encode(), d.storage_options or None)
     log.info("config:\n%s", resolved)
     _ray_init(cfg)

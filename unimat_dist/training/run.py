@@ -12,9 +12,8 @@ import logging
 from pathlib import Path
 
 import torch
-import yaml
 
-from unimat_dist.config import save_config, to_dict
+from unimat_dist.config import config_yaml, save_config
 
 from .checkpoint import CheckpointManager, StepFolders
 from .config import TrainConfig
@@ -48,7 +47,7 @@ def build_local_trainer(cfg: TrainConfig) -> Trainer:
     run_dir = Path(cfg.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    log.info("config:\n%s", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    log.info("config:\n%s", config_yaml(cfg))
     for note in setup.notes:
         log.info("data: %s", note)
     log.info(
