@@ -72,7 +72,7 @@ def _memory_worker(cfg: dict) -> dict:
     import torch
 
     from unimat_dist.config import from_dict
-    from unimat_dist.distributed.deepspeed_engine import DeepSpeedEngine, deepspeed_config
+    from unimat_dist.training.deepspeed_engine import DeepSpeedEngine, deepspeed_config
     from unimat_dist.training.config import TrainConfig
     from unimat_dist.training.setup import prepare_run
 

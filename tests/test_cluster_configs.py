@@ -73,7 +73,7 @@ def test_kuberay_rayjobs(name):
 
 
 def test_every_shipped_training_config_loads_and_fits_its_world_sizes():
-    from unimat_dist.distributed.deepspeed_engine import deepspeed_config
+    from unimat_dist.training.deepspeed_engine import deepspeed_config
 
     for path in sorted((ROOT / "cluster" / "jobs").glob("train_*.yaml")):
         cfg = load_train_config(path)

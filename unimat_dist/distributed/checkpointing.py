@@ -34,6 +34,7 @@ from before this load with a warning.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -175,6 +176,50 @@ def local_copy(uri: str, storage_options: dict | None = None) -> tuple[str, str 
     tmp = tempfile.mkdtemp(prefix="unimat-resume-")
     fs.get(path.rstrip("/") + "/", tmp + "/", recursive=True)
     return tmp, tmp
+
+
+@contextlib.contextmanager
+def resume_point(storage_path: str, run_name: str, storage_options: dict | None, *, rank: int, world_size: int,
+                 local_rank: int, ray_checkpoint=None):
+    """The checkpoint a (re)started worker resumes, as ``RayCheckpointer``'s ``source``: (verified private
+    copy, its meta.json, DeepSpeed universal checkpoint or None), or None for a fresh run.
+
+    The newest complete checkpoint in the run's storage wins over Ray's registered one (``ray_checkpoint``,
+    the fallback when storage cannot be listed; see ``latest_complete``). Everything that loads it (DeepSpeed,
+    ``ds_to_universal``, the loop state) reads this rank's ``verified_copy``, never the shared storage; the
+    copies are deleted on exit, so resume inside the ``with``. On another world size the node's local rank
+    0 converts the copy to DeepSpeed's universal format, keyed by the original checkpoint so that the
+    node's ranks share it."""
+    import torch.distributed as dist
+
+    found = latest_complete(storage_path, run_name, storage_options)
+    ckpt_ctx = ckpt_dir = ckpt_tmp = verified = None
+    if found is not None:
+        ckpt_dir, ckpt_tmp = local_copy(found[0], storage_options)
+    elif ray_checkpoint is not None:
+        ckpt_ctx = ray_checkpoint.as_directory()
+        ckpt_dir = ckpt_ctx.__enter__()
+    try:
+        if ckpt_dir is None:
+            yield None
+            return
+        verified = tempfile.mkdtemp(prefix=f"unimat-verified-r{rank}-")
+        meta = verified_copy(ckpt_dir, verified)
+        universal = None
+        if meta["world_size"] != world_size:
+            out = universal_dir(ckpt_dir)
+            if local_rank == 0:
+                universal = convert_to_universal(verified, out)
+            dist.barrier()
+            universal = universal or (str(out), f"{DS_TAG}_universal")
+        yield verified, meta, universal
+    finally:
+        if verified is not None:
+            shutil.rmtree(verified, ignore_errors=True)
+        if ckpt_ctx is not None:
+            ckpt_ctx.__exit__(None, None, None)
+        if ckpt_tmp is not None:
+            shutil.rmtree(ckpt_tmp, ignore_errors=True)
 
 
 CHECKSUMS_PREFIX = "sha256_rank_"

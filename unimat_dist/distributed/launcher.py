@@ -70,7 +70,7 @@ def check_config(cfg: TrainConfig) -> None:
 
         resolve_split(cfg.data.dataset, cfg.data.train_split)
         resolve_split(cfg.data.dataset, cfg.data.val_split)
-    from .deepspeed_engine import deepspeed_config
+    from unimat_dist.training.deepspeed_engine import deepspeed_config
 
     deepspeed_config(cfg, world_size=d.num_workers, device_type="cuda" if d.use_gpu else "cpu")
     if d.fail_at.step is not None and not 0 <= d.fail_at.rank < (d.min_workers or d.num_workers):

@@ -5,7 +5,7 @@ inference checkpoint is just its state dict. Decay warms up as min(decay, (1 + n
 short runs are not dominated by the random initial weights.
 
 The EMA protocol the trainer uses: ``update(module)``, ``full_module(module, template)`` (the EMA weights as a
-plain module; collective for ``distributed.sharded_ema.ShardedEMA``, the EMA of ZeRO-3 partitions),
+plain module; collective for ``training.sharded_ema.ShardedEMA``, the EMA of ZeRO-3 partitions),
 ``state_dict()`` / ``load_state_dict()``.
 """
 from __future__ import annotations

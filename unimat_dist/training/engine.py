@@ -29,6 +29,8 @@ class Engine(Protocol):
     module: nn.Module
     partitioned: bool  # every rank holds a slice of each weight (ZeRO-3): each forward is collective
 
+    def describe(self) -> str: ...  # for the run's log line
+
     def set_lr(self, lr: float) -> None: ...
 
     def loss(self, batch: ModelBatch, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
@@ -89,6 +91,9 @@ class LocalEngine:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def describe(self) -> str:
+        return "torch AdamW" + (" (torch.compile)" if self.forward is not self.module else "")
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:

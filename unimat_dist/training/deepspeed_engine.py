@@ -72,6 +72,26 @@ def deepspeed_config(cfg: TrainConfig, *, world_size: int, device_type: str, loa
     return ds
 
 
+def deepspeed_parts(cfg: TrainConfig, setup, *, device: torch.device, rank: int, world_size: int,
+                    load_universal: bool = False):
+    """(engine, EMA, template, autocast dtype) of ``trainer: ray`` (``training.run.build_trainer``). Under
+    ZeRO-3 a rank holds only its partitions, so the EMA is sharded too and ``template`` is an unpartitioned
+    copy of the model that the sharded EMA's full weights are gathered into."""
+    from .ema import EMA
+    from .setup import build_diffusion
+    from .sharded_ema import ShardedEMA
+
+    ds_cfg = deepspeed_config(cfg, world_size=world_size, device_type=device.type, load_universal=load_universal)
+    engine = DeepSpeedEngine.create(setup.diffusion, ds_cfg, weight_decay=cfg.optim.weight_decay)
+    if engine.partitioned:
+        ema = ShardedEMA(engine.module, cfg.optim.ema_decay, rank)
+        template = build_diffusion(cfg, setup.spec, len(setup.scaler.names), setup.normalizer).to(device)
+    else:
+        ema, template = EMA(engine.module, cfg.optim.ema_decay), None
+    amp = torch.bfloat16 if resolve_precision(cfg.distributed.precision, device.type) == "bf16" else None
+    return engine, ema, template, amp
+
+
 class DeepSpeedEngine:
     """The ``Engine`` protocol over a ``deepspeed.DeepSpeedEngine``."""
 
@@ -96,6 +116,9 @@ class DeepSpeedEngine:
     @property
     def optimizer(self):
         return self.ds.optimizer
+
+    def describe(self) -> str:
+        return f"DeepSpeed ZeRO-{self.zero_stage}"
 
     def set_lr(self, lr: float) -> None:
         for group in self.ds.optimizer.param_groups:
