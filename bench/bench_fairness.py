@@ -102,7 +102,7 @@ def evaluation_cost(checkpoint: str, big_rows: int) -> dict:
     """Milliseconds per evaluation by rows (bare sampler, DDIM-10, best of 5) and the slowdowns each floor
     predicts for a 1-row job next to a ``big_rows`` one (and for that one)."""
     from unimat_dist.generation import GenerationJob, open_generator, prepare_job, run_jobs
-    from unimat_dist.sampling import SampleRequest
+    from unimat_dist.inference import SampleRequest
 
     g = open_generator(checkpoint, device="cpu")
     rows = sorted({1, 2, 3, 5, 9, 17, 33, big_rows, big_rows + 1})
@@ -126,7 +126,7 @@ def evaluation_cost(checkpoint: str, big_rows: int) -> dict:
 def engine_run(checkpoint: str, share_rows: int | None, big: dict, seconds: float, warmup: float) -> dict:
     from unimat_dist.generation import GenerationJob, open_generator, prepare_job
     from unimat_dist.generation.engine_process import ProcessSampler
-    from unimat_dist.sampling import SampleRequest
+    from unimat_dist.inference import SampleRequest
 
     g = open_generator(checkpoint, device="cpu")  # for prepare_job (conditions) only
     engine = ProcessSampler({"checkpoint": checkpoint, "device": "cpu"}, max_requests=32, max_rows=512,

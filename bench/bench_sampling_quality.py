@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     from unimat_dist.datasets import resolve_split
     from unimat_dist.evaluation.proxy import proxy_evaluation
     from unimat_dist.evaluation.structures_io import StructureRecord
-    from unimat_dist.sampling import load_generator
+    from unimat_dist.inference import load_generator
 
     g = load_generator(args.checkpoint, device="cpu", precision="fp32", autoguidance=args.autoguidance)
     ag = g.meta.get("autoguidance")

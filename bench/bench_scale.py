@@ -383,7 +383,7 @@ def phase_generate(args, work: Path) -> dict:
     import csv
 
     from unimat_dist.bundled import resolve_released
-    from unimat_dist.sampling.checkpoint import load_inference_checkpoint
+    from unimat_dist.inference.checkpoint import load_inference_checkpoint
 
     ckpt = resolve_released(args.gen_checkpoint)
     spec = load_inference_checkpoint(ckpt)["spec"]

@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     from unimat_dist.datasets import resolve_split
     from unimat_dist.evaluation.proxy import proxy_evaluation
     from unimat_dist.evaluation.structures_io import StructureRecord
-    from unimat_dist.sampling import load_generator
+    from unimat_dist.inference import load_generator
     from unimat_dist.launch import run_training
     from unimat_dist.training import load_train_config
 

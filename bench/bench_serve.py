@@ -67,7 +67,7 @@ def random_checkpoint(path: Path) -> str:
     from unimat_dist.diffusion import GaussianDiffusion
     from unimat_dist.model import PropertyScaler, build_unet, get_preset
     from unimat_dist.representation import Normalizer, UniMatSpec
-    from unimat_dist.sampling import inference_payload, save_inference_checkpoint
+    from unimat_dist.inference import inference_payload, save_inference_checkpoint
 
     torch.manual_seed(0)
     spec = UniMatSpec(max_atoms_per_element=3)
@@ -86,7 +86,7 @@ def offline_bound(checkpoint: str, steps: int, threads: int, batch: int, precisi
     import torch
 
     from unimat_dist.generation import GenerationJob, open_generator, prepare_job, run_jobs
-    from unimat_dist.sampling import SampleRequest
+    from unimat_dist.inference import SampleRequest
 
     torch.set_num_threads(threads)
     g = open_generator(checkpoint, device=device, precision=precision)

@@ -349,7 +349,7 @@ def code_version() -> dict:
             return ""
     return {"commit": git("rev-parse", "--short", "HEAD"),
             "uncommitted": [line[3:] for line in git("status", "--porcelain").splitlines()  # the serving code
-                            if line[3:].startswith(("deploy/", "unimat_dist/generation/", "unimat_dist/sampling/",
+                            if line[3:].startswith(("deploy/", "unimat_dist/generation/", "unimat_dist/inference/",
                                                     "unimat_dist/cli/generate.py"))]}
 
 

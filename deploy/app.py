@@ -241,7 +241,7 @@ class UniMatGenerator:
         import threading
 
         from unimat_dist.generation import GenerationJob, prepare_job, validity_flags
-        from unimat_dist.sampling import SampleRequest
+        from unimat_dist.inference import SampleRequest
 
         job = prepare_job(self.g, GenerationJob(1, SampleRequest(), "ddim", 1, 0.0, 0))
         done, result = threading.Event(), []
@@ -410,7 +410,7 @@ class UniMatGenerator:
         """Service limits and the model's constraints -> a prepared job; ``ApiError`` 422 otherwise."""
         from unimat_dist.diffusion.samplers import reverse_plan
         from unimat_dist.generation import GenerationJob, prepare_job
-        from unimat_dist.sampling import SampleRequest
+        from unimat_dist.inference import SampleRequest
 
         s, T = self.settings, self.info["timesteps"]
         if req.num_samples > s.max_samples_per_request:

@@ -77,7 +77,7 @@ def perturbed_tiny_generator():
     from unimat_dist.diffusion import GaussianDiffusion
     from unimat_dist.model import PropertyScaler
     from unimat_dist.representation import Normalizer, spec_for_elements
-    from unimat_dist.sampling import StructureGenerator
+    from unimat_dist.inference import StructureGenerator
 
     spec = spec_for_elements(["Li", "Fe", "O", "P", "Sr", "Ti"], 4)
     net = perturbed_tiny_unet(spec, num_properties=1)
@@ -87,7 +87,7 @@ def perturbed_tiny_generator():
 
 def save_perturbed_tiny_checkpoint(path: Path, **meta) -> Path:
     """``perturbed_tiny_generator`` saved as an inference checkpoint at ``path`` (``meta``: e.g. step, weights)."""
-    from unimat_dist.sampling import inference_payload, save_inference_checkpoint
+    from unimat_dist.inference import inference_payload, save_inference_checkpoint
 
     g = perturbed_tiny_generator()
     d = g.diffusion
@@ -99,7 +99,7 @@ def save_perturbed_tiny_checkpoint(path: Path, **meta) -> Path:
 def make_job(g, n, comp=None, seed=0, sampler="ddim", steps=4, eta=0.0, noise_scale=1.0, restart=None, **kw):
     """A prepared ``GenerationJob`` of ``n`` crystals (``kw``: the ``SampleRequest`` fields)."""
     from unimat_dist.generation import GenerationJob, prepare_job
-    from unimat_dist.sampling import SampleRequest
+    from unimat_dist.inference import SampleRequest
 
     job = GenerationJob(n, SampleRequest(comp, **kw), sampler, steps, eta, seed, noise_scale=noise_scale,
                         restart=restart)

@@ -5,7 +5,7 @@ still a dependency). Two rules:
 
 * packages (``unimat_dist.<name>``, and ``data_pipeline`` / ``deploy`` as wholes) sit in the rows of the
   README's architecture diagram and import only from lower rows: representation <- model <- diffusion <-
-  sampling <- training / generation <- Ray adapters, jobs, service <- CLI; evaluation sees structures only;
+  inference <- training / generation <- Ray adapters, jobs, service <- CLI; evaluation sees structures only;
 * no two modules import each other at module level (the cycles that break depending on import order).
 
 A new package must be placed in a row of that diagram.
@@ -92,7 +92,7 @@ def test_packages_import_only_from_lower_tiers():
                     if _package(a) != _package(b) and tier[_package(b)] >= tier[_package(a)]})
     assert not wrong, "imports against the direction (importer -> imported):\n" + "\n".join(f"  {a} -> {b}" for a, b in wrong)
     # evaluation sees structures only: no tensors, models or checkpoints
-    blind = {"representation", "model", "diffusion", "sampling", "data"}
+    blind = {"representation", "model", "diffusion", "inference", "data"}
     seen = sorted({b for a, b, _ in _imports(mods) if _package(a) == "evaluation" and _package(b) in blind})
     assert not seen, f"evaluation imports {seen}"
 

@@ -15,7 +15,7 @@ import torch
 from unimat_dist.cli import main
 from unimat_dist.diffusion.autoguidance import AutoGuidedDenoiser, check_weight, main_network
 from unimat_dist.generation.model_source import model_info
-from unimat_dist.sampling import SampleRequest, load_generator, load_inference_checkpoint, save_inference_checkpoint
+from unimat_dist.inference import SampleRequest, load_generator, load_inference_checkpoint, save_inference_checkpoint
 
 from generation_fixtures import perturbed_tiny_generator, save_perturbed_tiny_checkpoint  # noqa: E402
 

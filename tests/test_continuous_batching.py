@@ -23,7 +23,7 @@ from generation_fixtures import (
 from unimat_dist.generation import GenerationJob, run_jobs
 from unimat_dist.generation.continuous import ContinuousSampler
 from unimat_dist.model import Condition
-from unimat_dist.sampling import StructureGenerator
+from unimat_dist.inference import StructureGenerator
 
 torch.set_num_threads(1)
 

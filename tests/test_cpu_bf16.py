@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from unimat_dist.generation import GenerationJob, model_info, prepare_job, run_jobs, validity_flags
 from unimat_dist.model import Condition
 from unimat_dist.model.attention import attend
-from unimat_dist.sampling import SampleRequest, load_generator
+from unimat_dist.inference import SampleRequest, load_generator
 
 CKPT = str(Path(__file__).resolve().parents[1] / "checkpoints" / "perov5_transformer_cpu.pt")
 COMPOSITIONS = ["SrTiO3", "BaTiO3", "CaZrO3", "LaAlO3", "KNbO3", "NaTaO3", "PbTiO3", "BiFeO3"]

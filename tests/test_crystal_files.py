@@ -196,7 +196,7 @@ def test_service_response_carries_facts_and_symmetrised_cif(fmt):
     from deploy.app import _Pending, _response_body
     from deploy.schemas import GenerateResponse
     from unimat_dist.generation import GenerationJob
-    from unimat_dist.sampling import SampleRequest
+    from unimat_dist.inference import SampleRequest
 
     structures = [r.structure for r in load_structures(bundled_path("perov_5", "test"), limit=3)] + [None]
     job = GenerationJob(4, SampleRequest(None, True, {}, 0.0), "ddim", 10, 0.0, 5)

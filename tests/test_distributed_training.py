@@ -121,7 +121,7 @@ def test_zero1_trains(tmp_path):
 
 
 def test_zero3_consolidated_weights_sample_and_resume_on_fewer_workers(tmp_path):
-    from unimat_dist.sampling import load_generator
+    from unimat_dist.inference import load_generator
 
     out = tmp_path / "z3"
     first = run_training(cfg(out, "distributed.zero_stage=3", "train.steps=6"))

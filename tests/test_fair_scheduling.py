@@ -148,7 +148,7 @@ def test_the_sampling_process_applies_the_share(g, tmp_path):
     from generation_fixtures import collect
 
     from unimat_dist.generation.engine_process import ProcessSampler
-    from unimat_dist.sampling import inference_payload, save_inference_checkpoint
+    from unimat_dist.inference import inference_payload, save_inference_checkpoint
 
     d = g.diffusion
     path = tmp_path / "inference.pt"

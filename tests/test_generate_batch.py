@@ -229,7 +229,7 @@ def test_unset_sampler_settings_follow_the_checkpoint(tmp_path, tiny_checkpoint)
     them out, exactly as if the config had spelled them out (the same crystals, byte for byte), and the
     manifest records what ran."""
     from unimat_dist.cli import main
-    from unimat_dist.sampling import load_inference_checkpoint
+    from unimat_dist.inference import load_inference_checkpoint
 
     T = int(load_inference_checkpoint(str(tiny_checkpoint))["diffusion"]["timesteps"])
     restart = [max(T // 10, 2), 2]

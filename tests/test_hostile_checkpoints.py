@@ -53,7 +53,7 @@ def flip(path: Path, n: int = 64, at: float = 0.5) -> None:
 
 # ------------------------------------------------------------------ inference checkpoints (incl. released)
 def test_inference_checkpoint_planted_pickle_altered_bytes_and_legacy(tmp_path, caplog):
-    from unimat_dist.sampling import load_inference_checkpoint
+    from unimat_dist.inference import load_inference_checkpoint
 
     marker = tmp_path / "PWNED"
     ck = tmp_path / "model.pt"
@@ -82,8 +82,8 @@ def test_inference_checkpoint_planted_pickle_altered_bytes_and_legacy(tmp_path, 
 def test_inference_checkpoint_on_fsspec_storage(tmp_path):
     import fsspec
 
-    from unimat_dist.sampling import load_inference_checkpoint, save_inference_checkpoint
-    from unimat_dist.sampling.checkpoint import load_torch
+    from unimat_dist.inference import load_inference_checkpoint, save_inference_checkpoint
+    from unimat_dist.inference.checkpoint import load_torch
 
     payload = torch.load(RELEASED, weights_only=True)
     uri = "memory://hostile/run/inference.pt"
@@ -125,7 +125,7 @@ def test_local_trainer_checkpoint(tmp_path, caplog):
     assert torch.equal(restored.weight, model.weight)
 
     # the inference file of a step directory is verified through COMPLETE too
-    from unimat_dist.sampling import load_inference_checkpoint
+    from unimat_dist.inference import load_inference_checkpoint
 
     assert load_inference_checkpoint(str(tmp_path / "ckpts"))["path"] == f"{d}/inference.pt"
     original = (d / STATE_FILE).read_bytes()
@@ -250,7 +250,7 @@ def _latest(out: Path) -> Path:
 
 
 def test_ray_checkpoint_records_checksums(ray_run, tmp_path):
-    from unimat_dist.sampling import load_inference_checkpoint
+    from unimat_dist.inference import load_inference_checkpoint
 
     assert ray_run["result"].steps == 4
     # out_dir's inference.pt (copied there with meta.json by the launcher) is verified through meta.json

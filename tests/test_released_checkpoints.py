@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from unimat_dist.sampling import load_generator
+from unimat_dist.inference import load_generator
 
 ROOT = Path(__file__).resolve().parents[1]
 # file: (composition request, its counts, allowed atom counts, the range the median shortest interatomic

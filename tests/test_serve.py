@@ -313,7 +313,7 @@ def test_checkpoint_from_s3_emulator(service, s3_emulator):
 
     from deploy.app import application
     from unimat_dist.storage import put_file_atomic
-    from unimat_dist.sampling import resolve_inference_path
+    from unimat_dist.inference import resolve_inference_path
 
     local = resolve_inference_path(str(service.checkpoint))
     uri = s3_emulator.uri("models", "tiny", "inference.pt")

@@ -20,7 +20,7 @@ from unimat_dist.generation import (
     validity_flags,
 )
 from unimat_dist.generation.records import composition_valid
-from unimat_dist.sampling import StructureGenerator
+from unimat_dist.inference import StructureGenerator
 
 from generation_fixtures import make_job, perturbed_tiny_generator  # noqa: E402
 

@@ -158,7 +158,7 @@ def test_resume_is_exact(tmp_path):
 
 def test_unimat_train_cli_writes_a_run_and_resumes(tmp_path):
     from unimat_dist.cli import main
-    from unimat_dist.sampling import load_inference_checkpoint
+    from unimat_dist.inference import load_inference_checkpoint
 
     args = ["train", "--config", str(JOBS / "train_tiny_cpu.yaml"), f"out_dir={tmp_path}/run",
             f"data.cache_dir={tmp_path}/cache", "data.limit_train=8", "data.limit_val=4", "train.global_batch_size=4",
@@ -214,7 +214,7 @@ def overfit(tmp_path_factory):
     result = run_training(cfg)
     spec = resolve_spec(cfg.data)
     data, _ = load_encoded_split("perov_5", "train", spec, limit=4, cache_dir=f"{tmp}/cache")
-    from unimat_dist.sampling import load_generator
+    from unimat_dist.inference import load_generator
 
     return result, data, spec, load_generator(result.inference_checkpoint, device="cpu")
 
@@ -239,7 +239,7 @@ def test_unconditional_samples_are_valid_training_compositions(overfit):
 
 def test_exact_counts_are_honoured_and_geometry_learned(overfit):
     _, data, spec, g = overfit
-    from unimat_dist.sampling import SampleRequest
+    from unimat_dist.inference import SampleRequest
 
     comps = compositions_of(data, spec)
     reqs = [SampleRequest(c, exact_counts=True) for c in comps for _ in range(8)]

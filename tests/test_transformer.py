@@ -181,7 +181,7 @@ def trained(tmp_path_factory):
     result = run_training(cfg)
     spec = resolve_spec(cfg.data)
     data, _ = load_encoded_split("perov_5", "train", spec, limit=48, cache_dir=f"{tmp}/cache")
-    from unimat_dist.sampling import load_generator
+    from unimat_dist.inference import load_generator
 
     return result, data, spec, load_generator(result.inference_checkpoint, device="cpu"), Path(cfg.out_dir)
 
@@ -263,7 +263,7 @@ def test_a_process_without_weights_still_draws_compositions(trained):
     """The Serve app's front process drops the denoiser's weights (the loop runs in a child process) but
     must keep the composition prior to prepare unconditional jobs."""
     from unimat_dist.generation.jobs import GenerationJob, prepare_job
-    from unimat_dist.sampling import load_generator
+    from unimat_dist.inference import load_generator
 
     *_, run_dir = trained
     g = load_generator(str(run_dir / "checkpoints"), device="cpu")

@@ -45,8 +45,8 @@ parser = build_parser()  # every subcommand module: none may import an extra at 
 for argv in (["sample", "--checkpoint", "x", "--num", "1"], ["evaluate", "proxy", "--generated", "g",
              "--reference", "r", "--dataset", "perov_5"], ["gallery", "run"], ["data", "list"]):
     parser.parse_args(argv)
-import unimat_dist.sampling.generator, unimat_dist.evaluation, unimat_dist.evaluation.proxy
-import unimat_dist.gallery.build, unimat_dist.crystal_files, unimat_dist.crystal_facts, unimat_dist.sampling.writers
+import unimat_dist.inference.generator, unimat_dist.evaluation, unimat_dist.evaluation.proxy
+import unimat_dist.gallery.build, unimat_dist.crystal_files, unimat_dist.crystal_facts, unimat_dist.inference.writers
 leaked = sorted({m.split(".")[0] for m in sys.modules} & BLOCKED)
 assert not leaked, leaked
 sys.exit(main(["serve", "--checkpoint", "perov5_transformer_cpu"]))

@@ -151,7 +151,7 @@ def sample_statistics(generator, data, spec, num: int, steps: int, seed: int = 0
 def measure(g, cfg, label: str, steps: int, train_seconds: float, final_loss: float | None, samples: int,
             sample_steps: int, eval_rows: int) -> dict[str, Any]:
     """Every ladder measurement of one trained generator ``g`` on the data of training config ``cfg``."""
-    from unimat_dist.sampling import StructureGenerator
+    from unimat_dist.inference import StructureGenerator
     from unimat_dist.training.setup import prepare_run
 
     setup = prepare_run(cfg)
@@ -178,7 +178,7 @@ def measure_checkpoint(checkpoint: str, out: Path, samples: int = 64, sample_ste
     """The ladder's measurements of an already trained model (e.g. a released checkpoint), on the data
     of the config stored in it (``overrides`` adjust it, e.g. the validation split)."""
     from unimat_dist.config import from_dict
-    from unimat_dist.sampling import load_generator
+    from unimat_dist.inference import load_generator
     from unimat_dist.training.config import TrainConfig, load_train_config
 
     g = load_generator(checkpoint, device="cpu")
@@ -204,7 +204,7 @@ def measure_checkpoint(checkpoint: str, out: Path, samples: int = 64, sample_ste
 
 def run_ladder(config: str | None, overrides: list[str], sizes: Sequence[str], steps: int, out: Path,
                samples: int = 64, sample_steps: int = 50, eval_rows: int = 64) -> list[dict[str, Any]]:
-    from unimat_dist.sampling import load_generator
+    from unimat_dist.inference import load_generator
     from unimat_dist.launch import run_training
     from unimat_dist.training import load_train_config
 

@@ -101,7 +101,7 @@ class BatchSummary:
 def resolve_checkpoint(cfg: GenerateBatchConfig) -> str:
     """The exact inference file the job uses: a run directory resolves to its newest complete step now,
     so every actor (and every resumed run) loads the same weights."""
-    from unimat_dist.sampling import resolve_inference_path
+    from unimat_dist.inference import resolve_inference_path
 
     ckpt = cfg.model.checkpoint
     if not ckpt:
@@ -113,10 +113,10 @@ def resolve_checkpoint(cfg: GenerateBatchConfig) -> str:
 
 def resolve_job_sampling(cfg: GenerateBatchConfig, defaults: dict[str, Any], timesteps: int) -> GenerateBatchConfig:
     """``cfg`` with every sampler setting decided: the config's value, else the checkpoint's release settings
-    (``defaults``: its ``"sampling"``), else the library's (``sampling.resolve_sampling``, as the service and
+    (``defaults``: its ``"sampling"``), else the library's (``inference.resolve_sampling``, as the service and
     ``unimat sample`` do). Done once by the driver, so the fingerprint, the manifest and every unit use the
     same values; steps stay null where the sampler's default applies."""
-    from unimat_dist.sampling import resolve_sampling
+    from unimat_dist.inference import resolve_sampling
 
     s = cfg.sampling
     r = resolve_sampling(defaults, timesteps, s.sampler, s.steps, s.eta, s.noise_scale, s.restart)
@@ -126,7 +126,7 @@ def resolve_job_sampling(cfg: GenerateBatchConfig, defaults: dict[str, Any], tim
 
 def _checkpoint_sampling(checkpoint: str, storage_options: dict[str, Any]) -> tuple[dict[str, Any], int]:
     """(the checkpoint's sampler defaults, its T), read on the driver before any unit runs."""
-    from unimat_dist.sampling import load_inference_checkpoint
+    from unimat_dist.inference import load_inference_checkpoint
 
     payload = load_inference_checkpoint(checkpoint, "cpu", storage_options)
     return dict(payload["sampling"]), int(payload["diffusion"]["timesteps"])

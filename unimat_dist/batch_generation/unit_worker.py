@@ -76,7 +76,7 @@ def generate_unit(g, unit: WorkUnit, ctx: JobContext) -> dict[str, Any]:
     from unimat_dist.crystal_facts import crystal_facts
     from unimat_dist.storage import join_uri, write_bytes_atomic
     from unimat_dist.generation import GenerationJob, prepare_job, run_jobs, validity_flags
-    from unimat_dist.sampling import SampleRequest
+    from unimat_dist.inference import SampleRequest
 
     t0 = time.perf_counter()
     accepted: list[tuple[BatchRequest, Any]] = []

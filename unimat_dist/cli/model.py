@@ -95,7 +95,7 @@ def run_sampling(args) -> int:
     import json
     from pathlib import Path
 
-    from unimat_dist.sampling.checkpoint import (
+    from unimat_dist.inference.checkpoint import (
         autoguidance_summary,
         load_inference_checkpoint,
         sampling_defaults,
@@ -141,7 +141,7 @@ def _autoguidance(payload: dict, guide_path: str | None, weight: float | None, m
     the guide must be the same model on the same data (architecture, spec, normalizer, diffusion) and
     trained less."""
     from unimat_dist.diffusion.autoguidance import check_max_t, check_weight
-    from unimat_dist.sampling.checkpoint import autoguidance_entry, load_inference_checkpoint
+    from unimat_dist.inference.checkpoint import autoguidance_entry, load_inference_checkpoint
 
     entry = payload.get("autoguidance")
     if weight is not None:

@@ -125,7 +125,7 @@ def sample_to_folder(
     from unimat_dist.crystal_facts import facts_table
     from unimat_dist.crystal_files import write_crystal_files, write_text_atomic
     from unimat_dist.generation.records import validity_flags
-    from unimat_dist.sampling import load_generator
+    from unimat_dist.inference import load_generator
 
     prepare_output(Path(out), overwrite)  # before minutes of sampling, not after
     t0 = time.perf_counter()

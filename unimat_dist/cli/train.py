@@ -11,7 +11,7 @@ A run writes <out_dir>/config.yaml, metrics.jsonl, loss.png and checkpoints/step
 inference.pt}; running the same command again resumes from the newest checkpoint.
 
 ``--dry-run`` checks world size, batch divisibility, data sources and storage reachability before any
-data loads (see ``unimat_dist.distributed.preflight``) and fails with one line naming the config key.
+data loads (see ``unimat_dist.launch.preflight``) and fails with one line naming the config key.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def run(args) -> int:
     if args.print_config:
         print_config(cfg)
     if args.dry_run:
-        from unimat_dist.distributed.preflight import run_preflight
+        from unimat_dist.launch.preflight import run_preflight
 
         for line in run_preflight(cfg):
             print(f"ok  {line}", flush=True)

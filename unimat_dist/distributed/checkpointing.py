@@ -316,7 +316,7 @@ class RayCheckpointer:
         import ray.train
         import torch
 
-        from unimat_dist.sampling.checkpoint import INFERENCE_FILE, save_inference_checkpoint, step_name
+        from unimat_dist.inference.checkpoint import INFERENCE_FILE, save_inference_checkpoint, step_name
 
         step, rank = trainer.state.step, trainer.rank
         tmp = Path(tempfile.mkdtemp(prefix=f"unimat-ckpt-{step:08d}-r{rank}-"))
@@ -337,7 +337,7 @@ class RayCheckpointer:
                     "resumes": self.resumes,
                     "checksums": 1,  # every rank's files are listed in sha256_rank_<r>.json
                     # also here: the launcher copies inference.pt + meta.json to out_dir, where sampling
-                    # verifies it through this entry (sampling.checkpoint.recorded_sha256)
+                    # verifies it through this entry (inference.checkpoint.recorded_sha256)
                     "sha256": {INFERENCE_FILE: save_inference_checkpoint(payload, str(tmp / INFERENCE_FILE))},
                 }
                 (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
@@ -361,7 +361,7 @@ class RayCheckpointer:
             return
         import torch
 
-        from unimat_dist.sampling.checkpoint import INFERENCE_FILE, load_torch
+        from unimat_dist.inference.checkpoint import INFERENCE_FILE, load_torch
         from unimat_dist.training.ema import EMA
 
         ckpt_dir, meta, universal = self.source

@@ -172,7 +172,7 @@ def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
 def _collect(cfg: TrainConfig, result, run_name: str) -> TrainResult:
     """Copy the last checkpoint's inference file and loss curve to ``out_dir``; plot loss and throughput."""
     from unimat_dist.storage import filesystem
-    from unimat_dist.sampling.checkpoint import INFERENCE_FILE
+    from unimat_dist.inference.checkpoint import INFERENCE_FILE
 
     from . import checkpointing as ck
     from unimat_dist.training.plots import plot_metrics

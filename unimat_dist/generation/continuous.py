@@ -51,7 +51,7 @@ import torch
 from unimat_dist.diffusion.guidance import guided_eps, guided_rows, paired_condition
 from unimat_dist.diffusion.samplers import RowCoefficients, SampleOutput, constraint_masks, reverse_plan, reverse_step
 from unimat_dist.model import Condition
-from unimat_dist.sampling import GeneratedBatch, StructureGenerator
+from unimat_dist.inference import GeneratedBatch, StructureGenerator
 
 from .jobs import GenerationJob, job_condition
 

@@ -39,7 +39,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from unimat_dist.sampling import GeneratedBatch
+from unimat_dist.inference import GeneratedBatch
 
 from .continuous import Callback, JobStats, SamplerBase
 from .jobs import GenerationJob

@@ -25,7 +25,7 @@ import torch
 from unimat_dist.diffusion.noise import RowGenerators
 from unimat_dist.diffusion.samplers import DEFAULT_DDIM_STEPS, SAMPLERS, check_restart, default_steps
 from unimat_dist.model import Condition
-from unimat_dist.sampling import SampleRequest, StructureGenerator
+from unimat_dist.inference import SampleRequest, StructureGenerator
 
 SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed accepts 64-bit seeds; JSON clients handle 63 bits
 

@@ -16,7 +16,7 @@ def open_generator(
     precision: str = "auto",
 ):
     """``load_generator`` for a local path, ``file://`` URI or a cloud URI reached with ``storage_options``."""
-    from unimat_dist.sampling import load_generator
+    from unimat_dist.inference import load_generator
 
     if not checkpoint:
         raise ValueError("a checkpoint is required (inference.pt, a checkpoint/run directory, or a URI)")

@@ -160,7 +160,7 @@ def sample_run(o: RunOptions) -> tuple[Path, dict[str, Any]]:
     from unimat_dist.crystal_files import FILE_KEYS, facts_info, sample_name, table_csv, write_text_atomic
     from unimat_dist.diffusion.autoguidance import main_network
     from unimat_dist.generation.records import validity_flags
-    from unimat_dist.sampling import load_generator
+    from unimat_dist.inference import load_generator
 
     o.out.mkdir(parents=True, exist_ok=True)
     gen = load_generator(o.checkpoint, device=None, autoguidance=o.autoguidance)
@@ -224,7 +224,7 @@ def sample_run(o: RunOptions) -> tuple[Path, dict[str, Any]]:
 
 
 def _uncond():
-    from unimat_dist.sampling import SampleRequest
+    from unimat_dist.inference import SampleRequest
 
     return SampleRequest()
 
@@ -311,7 +311,7 @@ def csp_run(o: RunOptions, test_csv: Path) -> dict[str, Any]:
     from unimat_dist.evaluation.csp import evaluate_csp
     from unimat_dist.evaluation.fingerprints import analyse_record
     from unimat_dist.evaluation.structures_io import StructureRecord, load_structures
-    from unimat_dist.sampling import SampleRequest, load_generator
+    from unimat_dist.inference import SampleRequest, load_generator
 
     targets = [r for r in load_structures(test_csv, limit=o.limit_csp) if r.structure is not None]
     gen = load_generator(o.checkpoint, device=None, autoguidance=o.autoguidance)
@@ -337,7 +337,7 @@ def conditional_run(o: RunOptions, test_csv: Path) -> dict[str, Any]:
     per-composition Delta E_f (model - AIRSS) and the E_f reduction rate."""
     from unimat_dist.evaluation import evaluate_energy, generate_random_structures
     from unimat_dist.evaluation.structures_io import StructureRecord
-    from unimat_dist.sampling import SampleRequest, load_generator
+    from unimat_dist.inference import SampleRequest, load_generator
 
     comps = test_compositions(test_csv, o.conditional, o.seed)
     gen = load_generator(o.checkpoint, device=None, autoguidance=o.autoguidance)

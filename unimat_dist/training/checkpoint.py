@@ -1,7 +1,7 @@
 """Training checkpoints: a directory per step holding the state of every stateful part, plus the inference file.
 
     <checkpoint_dir>/step_00001000/train_state.pt   {part name: part.state_dict()} (torch.save, weights_only-safe)
-    <checkpoint_dir>/step_00001000/inference.pt     the inference checkpoint (unimat_dist.sampling.checkpoint)
+    <checkpoint_dir>/step_00001000/inference.pt     the inference checkpoint (unimat_dist.inference.checkpoint)
     <checkpoint_dir>/step_00001000/COMPLETE         written last: a directory without it is ignored;
                                                     JSON {"step", "checksums": true, "sha256": {file: digest}}
 
@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from unimat_dist.sampling.checkpoint import (
+from unimat_dist.inference.checkpoint import (
     COMPLETE_FILE, INFERENCE_FILE, complete_steps, load_torch, save_inference_checkpoint, save_torch, step_folder,
 )
 

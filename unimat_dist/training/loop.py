@@ -30,7 +30,7 @@ import torch
 from unimat_dist.config import to_dict
 from unimat_dist.model.conditioning import PropertyScaler
 from unimat_dist.representation import Normalizer, UniMatSpec
-from unimat_dist.sampling.checkpoint import inference_payload
+from unimat_dist.inference.checkpoint import inference_payload
 
 from .batches import Batcher
 from .checkpoint import Checkpointer, RNGState

@@ -75,7 +75,7 @@ class QualityMonitor:
         from unimat_dist.evaluation.emd import emd
         from unimat_dist.evaluation.fingerprints import analyse_record
         from unimat_dist.evaluation.structures_io import StructureRecord
-        from unimat_dist.sampling.generator import SampleRequest, StructureGenerator
+        from unimat_dist.inference.generator import SampleRequest, StructureGenerator
 
         t0 = time.perf_counter()
         was_training = diffusion.training

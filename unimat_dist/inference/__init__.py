@@ -1,6 +1,6 @@
 """Generation from trained UniMat models: the inference checkpoint format and the batched generator.
 
-    from unimat_dist.sampling import load_generator
+    from unimat_dist.inference import load_generator
     structures = load_generator("out/run").sample(16, composition="SrTiO3", sampler="ddim", steps=100)
 """
 from .checkpoint import (

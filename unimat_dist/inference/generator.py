@@ -1,6 +1,6 @@
 """Structure generation from an inference checkpoint.
 
-    from unimat_dist.sampling import load_generator
+    from unimat_dist.inference import load_generator
     g = load_generator("out/run/checkpoints")               # file, directory or fsspec URI
     structures = g.sample(64, composition="Fe2O3", exact_counts=True,
                           properties={"formation_energy_per_atom": -1.2}, guidance=1.0,

@@ -14,7 +14,7 @@ import torch
 from unimat_dist.diffusion import GaussianDiffusion
 from unimat_dist.model import PropertyScaler
 from unimat_dist.representation import Normalizer, spec_for_elements
-from unimat_dist.sampling import (
+from unimat_dist.inference import (
     SampleRequest,
     inference_payload,
     load_generator,
