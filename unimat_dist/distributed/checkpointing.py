@@ -362,7 +362,6 @@ class RayCheckpointer:
         import torch
 
         from unimat_dist.inference.checkpoint import INFERENCE_FILE, load_torch
-        from unimat_dist.training.ema import EMA
 
         ckpt_dir, meta, universal = self.source
         ckpt, ds, rank = Path(ckpt_dir), trainer.engine.ds, trainer.rank
@@ -384,12 +383,11 @@ class RayCheckpointer:
         else:
             state0 = safe_io.torch_loads((ckpt / rank_file(0)).read_bytes(), str(ckpt / rank_file(0)))
             trainer.state.load_state_dict(state0["train_state"])
-            if isinstance(trainer.ema, EMA):
-                trainer.ema.load_state_dict(state0["ema"])
-            else:
+            def full_weights() -> dict:  # the EMA weights of the whole model, for a sharded EMA
                 inf = load_torch(str(ckpt / INFERENCE_FILE))
-                full = {f"denoiser.{k}": v for k, v in inf["state_dict"].items()}
-                trainer.ema.load_full(full, state0["ema"]["num_updates"])
+                return {f"denoiser.{k}": v for k, v in inf["state_dict"].items()}
+
+            trainer.ema.load_resharded(state0["ema"], full_weights)
             src = trainer.train_source
             src.load_state_dict(src.resize_state(state0["data"], meta["world_size"], meta["micro_batch"]))
             reseed = trainer.cfg.seed * 1_000_003 + trainer.state.step * 1009 + rank

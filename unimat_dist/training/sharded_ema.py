@@ -10,10 +10,12 @@ Ranks with ZeRO 0-2 hold full parameters and use the plain ``unimat_dist.trainin
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from .ema import WarmupDecay
 
 
 def partition_of(full: torch.Tensor, rank: int, partition_numel: int) -> torch.Tensor:
@@ -27,18 +29,13 @@ def partition_of(full: torch.Tensor, rank: int, partition_numel: int) -> torch.T
     return out
 
 
-class ShardedEMA:
+class ShardedEMA(WarmupDecay):
     def __init__(self, module: nn.Module, decay: float, rank: int) -> None:
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"ema decay must be in [0, 1), got {decay}")
-        self.decay, self.rank = decay, rank
-        self.num_updates = 0
+        super().__init__(decay)
+        self.rank = rank
         self.names = [n for n, _ in module.named_parameters()]
         self.shadow = [p.ds_tensor.detach().float().clone() for _, p in module.named_parameters()]
         self._module_ref = module
-
-    def current_decay(self) -> float:
-        return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
 
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
@@ -88,6 +85,11 @@ class ShardedEMA:
                 raise ValueError("EMA shard size differs: the checkpoint was written with another world size")
             dst.copy_(src.to(dst.device))
         self.num_updates = int(state["num_updates"])
+
+    def load_resharded(self, rank0: dict[str, Any], full_weights: Callable[[], dict[str, torch.Tensor]]) -> None:
+        """Resume on another world size: rank 0's shards fit no rank now, so the full EMA weights
+        (``full_weights()``, the checkpoint's inference file) are re-partitioned for this rank."""
+        self.load_full(full_weights(), rank0["num_updates"])
 
     def load_full(self, full: dict[str, torch.Tensor], num_updates: int) -> None:
         """Re-partition full EMA weights for this rank (resume on a different number of workers)."""
