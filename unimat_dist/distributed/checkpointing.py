@@ -192,18 +192,19 @@ def resume_point(storage_path: str, run_name: str, storage_options: dict | None,
     node's ranks share it."""
     import torch.distributed as dist
 
-    found = latest_complete(storage_path, run_name, storage_options)
-    ckpt_ctx = ckpt_dir = ckpt_tmp = verified = None
-    if found is not None:
-        ckpt_dir, ckpt_tmp = local_copy(found[0], storage_options)
-    elif ray_checkpoint is not None:
-        ckpt_ctx = ray_checkpoint.as_directory()
-        ckpt_dir = ckpt_ctx.__enter__()
-    try:
-        if ckpt_dir is None:
+    with contextlib.ExitStack() as cleanup:  # on exit, newest first: the verified copy, Ray's folder, the download
+        found = latest_complete(storage_path, run_name, storage_options)
+        if found is not None:
+            ckpt_dir, downloaded = local_copy(found[0], storage_options)
+            if downloaded is not None:
+                cleanup.callback(shutil.rmtree, downloaded, ignore_errors=True)
+        elif ray_checkpoint is not None:
+            ckpt_dir = cleanup.enter_context(ray_checkpoint.as_directory())
+        else:
             yield None
             return
         verified = tempfile.mkdtemp(prefix=f"unimat-verified-r{rank}-")
+        cleanup.callback(shutil.rmtree, verified, ignore_errors=True)
         meta = verified_copy(ckpt_dir, verified)
         universal = None
         if meta["world_size"] != world_size:
@@ -213,13 +214,6 @@ def resume_point(storage_path: str, run_name: str, storage_options: dict | None,
             dist.barrier()
             universal = universal or (str(out), f"{DS_TAG}_universal")
         yield verified, meta, universal
-    finally:
-        if verified is not None:
-            shutil.rmtree(verified, ignore_errors=True)
-        if ckpt_ctx is not None:
-            ckpt_ctx.__exit__(None, None, None)
-        if ckpt_tmp is not None:
-            shutil.rmtree(ckpt_tmp, ignore_errors=True)
 
 
 CHECKSUMS_PREFIX = "sha256_rank_"

@@ -88,7 +88,7 @@ def deepspeed_parts(cfg: TrainConfig, setup, *, device: torch.device, rank: int,
         template = build_diffusion(cfg, setup.spec, len(setup.scaler.names), setup.normalizer).to(device)
     else:
         ema, template = EMA(engine.module, cfg.optim.ema_decay), None
-    amp = torch.bfloat16 if resolve_precision(cfg.distributed.precision, device.type) == "bf16" else None
+    amp = torch.bfloat16 if "torch_autocast" in ds_cfg else None  # what deepspeed_config resolved
     return engine, ema, template, amp
 
 
