@@ -21,15 +21,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from unimat_dist.observability.series import Series, ray_series
+
 log = logging.getLogger(__name__)
 
+# exported by Ray as ray_<name>
 RAY_SERIES = {
-    "unimat_ingest_records_read_total": ("counter", "records read (written + quarantined)"),
-    "unimat_ingest_records_written_total": ("counter", "records written to shards"),
-    "unimat_ingest_records_quarantined_total": ("counter", "records quarantined, by reason"),
-    "unimat_ingest_units_done": ("gauge", "work units committed, including those skipped on resume"),
-    "unimat_ingest_units_total": ("gauge", "work units of the job"),
-    "unimat_ingest_records_per_second": ("gauge", "records read per second since the first unit"),
+    "unimat_ingest_records_read_total": Series("counter", "records read (written + quarantined)"),
+    "unimat_ingest_records_written_total": Series("counter", "records written to shards"),
+    "unimat_ingest_records_quarantined_total": Series("counter", "records quarantined, by reason", tags=("reason",)),
+    "unimat_ingest_units_done": Series("gauge", "work units committed, including those skipped on resume"),
+    "unimat_ingest_units_total": Series("gauge", "work units of the job"),
+    "unimat_ingest_records_per_second": Series("gauge", "records read per second since the first unit"),
 }
 
 
@@ -47,19 +50,9 @@ class IngestMetrics:
             return self.series
         self._tried = True
         try:
-            import ray
-
-            if not ray.is_initialized():
-                return None
-            from ray.util.metrics import Counter, Gauge
-
-            out = {}
-            for name, (kind, desc) in RAY_SERIES.items():
-                keys = ("job", "reason") if name.endswith("quarantined_total") else ("job",)
-                out[name] = (Counter if kind == "counter" else Gauge)(name, desc, tag_keys=keys)
-                out[name].set_default_tags({"job": self.job})
-            out["unimat_ingest_units_total"].set(self.total_units)
-            self.series = out
+            self.series = ray_series(RAY_SERIES, {"job": self.job}, "unimat_ingest_")
+            if self.series is not None:
+                self.series["units_total"].set(self.total_units)
         except Exception as exc:  # noqa: BLE001 - metrics never fail a job
             log.debug("ingest metrics unavailable: %s", exc)
         return self.series
@@ -72,16 +65,16 @@ class IngestMetrics:
         try:
             c = record["counts"]
             if c.get("read"):
-                s["unimat_ingest_records_read_total"].inc(c["read"])
+                s["records_read_total"].inc(c["read"])
             if c.get("written"):
-                s["unimat_ingest_records_written_total"].inc(c["written"])
+                s["records_written_total"].inc(c["written"])
             for reason, n in (c.get("quarantined_by_reason") or {}).items():
                 if n:
-                    s["unimat_ingest_records_quarantined_total"].inc(n, tags={"reason": str(reason)[:64]})
-            s["unimat_ingest_units_done"].set(self.units)
+                    s["records_quarantined_total"].inc(n, tags={"reason": str(reason)[:64]})
+            s["units_done"].set(self.units)
             # with every update, not once: a gauge set only at the start was missing from later exports
             # of Ray's metrics agent on a slow machine, next to units_done
-            s["unimat_ingest_units_total"].set(self.total_units)
-            s["unimat_ingest_records_per_second"].set(records_per_second)
+            s["units_total"].set(self.total_units)
+            s["records_per_second"].set(records_per_second)
         except Exception as exc:  # noqa: BLE001
             log.debug("ingest metrics not recorded: %s", exc)

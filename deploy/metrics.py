@@ -31,9 +31,25 @@ import time
 from collections import Counter
 from typing import Any
 
-LATENCY_BOUNDARIES = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300]  # seconds
-BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256]  # requests per batch
-SAMPLE_BOUNDARIES = [1, 4, 16, 64, 256, 1024, 4096]  # rows per network evaluation
+from unimat_dist.observability.series import Series, ray_series
+
+LATENCY_BOUNDARIES = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)  # seconds
+BATCH_BOUNDARIES = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # requests per batch
+SAMPLE_BOUNDARIES = (1, 4, 16, 64, 256, 1024, 4096)  # rows per network evaluation
+
+# exported by Ray as ray_<name>, tagged with the deployment
+RAY_SERIES = {
+    "unimat_serve_requests_total": Series("counter", "HTTP requests by route and status", tags=("route", "status")),
+    "unimat_serve_errors_total": Series("counter", "failed requests by error type", tags=("type",)),
+    "unimat_serve_request_latency_seconds": Series("histogram", "request latency, seconds", tags=("route",),
+                                                   boundaries=LATENCY_BOUNDARIES),
+    "unimat_serve_batch_requests": Series("histogram", "requests admitted together", boundaries=BATCH_BOUNDARIES),
+    "unimat_serve_step_requests": Series("histogram", "requests per network evaluation", boundaries=BATCH_BOUNDARIES),
+    "unimat_serve_step_samples": Series("histogram", "rows per network evaluation", boundaries=SAMPLE_BOUNDARIES),
+    "unimat_serve_sampling_seconds": Series("histogram", "sampling time of one request, seconds",
+                                            boundaries=LATENCY_BOUNDARIES),
+    "unimat_serve_structures_total": Series("counter", "generated crystals by outcome", tags=("outcome",)),
+}
 
 
 class ServiceMetrics:
@@ -50,28 +66,28 @@ class ServiceMetrics:
         self.step_seconds = 0.0
         self.sampling_seconds = 0.0
         self.structures: Counter[str] = Counter()
-        self._prom = _prometheus_series(deployment)
+        self._prom = ray_series(RAY_SERIES, {"deployment": deployment}, "unimat_serve_")
 
     # --------------------------------------------------------------------- recording
     def request(self, route: str, status: int, seconds: float | None = None) -> None:
         with self._lock:
             self.requests[f"{route} {status}"] += 1
         if self._prom:
-            self._prom["requests"].inc(tags={"route": route, "status": str(status)})
+            self._prom["requests_total"].inc(tags={"route": route, "status": str(status)})
             if seconds is not None:
-                self._prom["latency"].observe(seconds, tags={"route": route})
+                self._prom["request_latency_seconds"].observe(seconds, tags={"route": route})
 
     def error(self, type_: str) -> None:
         with self._lock:
             self.errors[type_] += 1
         if self._prom:
-            self._prom["errors"].inc(tags={"type": type_})
+            self._prom["errors_total"].inc(tags={"type": type_})
 
     def batch(self, num_requests: int) -> None:
         with self._lock:
             self.batch_sizes[int(num_requests)] += 1
         if self._prom:
-            self._prom["batch"].observe(num_requests)
+            self._prom["batch_requests"].observe(num_requests)
 
     def step(self, rows: int, requests: int, seconds: float) -> None:
         """One network evaluation of the running loop: its rows, the requests they belong to, its duration."""
@@ -81,7 +97,7 @@ class ServiceMetrics:
             self.step_seconds += seconds
         if self._prom:
             self._prom["step_requests"].observe(requests)
-            self._prom["step_rows"].observe(rows)
+            self._prom["step_samples"].observe(rows)
 
     def sampled(self, seconds: float) -> None:
         """One request's sampling finished (admission to last step)."""
@@ -96,7 +112,7 @@ class ServiceMetrics:
         if self._prom:
             for outcome, n in outcomes.items():
                 if n:
-                    self._prom["structures"].inc(n, tags={"outcome": outcome})
+                    self._prom["structures_total"].inc(n, tags={"outcome": outcome})
 
     # --------------------------------------------------------------------- reporting
     def snapshot(self) -> dict[str, Any]:
@@ -120,39 +136,3 @@ class ServiceMetrics:
                 "sampling_seconds_total": self.sampling_seconds,
                 "structures": dict(sorted(self.structures.items())),
             }
-
-
-def _prometheus_series(deployment: str) -> dict[str, Any] | None:
-    """The ``ray.util.metrics`` objects, or None outside a Ray worker (unit tests, plain Python)."""
-    import ray
-
-    if not ray.is_initialized():
-        return None
-    from ray.util.metrics import Counter as RayCounter
-    from ray.util.metrics import Histogram
-
-    tags = {"deployment": deployment}
-
-    def with_default(metric):
-        metric.set_default_tags(tags)
-        return metric
-
-    return {
-        "requests": with_default(RayCounter("unimat_serve_requests_total", "HTTP requests by route and status",
-                                            tag_keys=("deployment", "route", "status"))),
-        "errors": with_default(RayCounter("unimat_serve_errors_total", "failed requests by error type",
-                                          tag_keys=("deployment", "type"))),
-        "latency": with_default(Histogram("unimat_serve_request_latency_seconds", "request latency, seconds",
-                                          boundaries=LATENCY_BOUNDARIES, tag_keys=("deployment", "route"))),
-        "batch": with_default(Histogram("unimat_serve_batch_requests", "requests admitted together",
-                                        boundaries=BATCH_BOUNDARIES, tag_keys=("deployment",))),
-        "step_requests": with_default(Histogram("unimat_serve_step_requests", "requests per network evaluation",
-                                                boundaries=BATCH_BOUNDARIES, tag_keys=("deployment",))),
-        "step_rows": with_default(Histogram("unimat_serve_step_samples", "rows per network evaluation",
-                                            boundaries=SAMPLE_BOUNDARIES, tag_keys=("deployment",))),
-        "sampling_seconds": with_default(Histogram("unimat_serve_sampling_seconds",
-                                                   "sampling time of one request, seconds",
-                                                   boundaries=LATENCY_BOUNDARIES, tag_keys=("deployment",))),
-        "structures": with_default(RayCounter("unimat_serve_structures_total", "generated crystals by outcome",
-                                              tag_keys=("deployment", "outcome"))),
-    }

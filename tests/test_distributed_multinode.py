@@ -106,7 +106,7 @@ def test_progress_hub_outlives_worker_nodes():
     import ray
     from ray.cluster_utils import Cluster
 
-    from unimat_dist.distributed.progress import ProgressPrinter
+    from unimat_dist.observability.progress import ProgressPrinter
 
     class Sink:
         def write(self, s):

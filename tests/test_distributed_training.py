@@ -165,7 +165,7 @@ def test_shards_and_checkpoints_on_s3(tmp_path, s3_emulator):  # noqa: F811
 
 # ------------------------------------------------------------------------------------ bad configs
 def test_bad_configs_fail_before_any_worker_starts(tmp_path):
-    from unimat_dist.distributed.launcher import check_config
+    from unimat_dist.training.distributed_config import check_config
 
     with pytest.raises(ConfigError, match="unknown config key.*in section 'distributed': zero"):
         load_train_config(CONFIG, ["distributed.zero=2"])
@@ -198,7 +198,7 @@ def test_bad_configs_fail_before_any_worker_starts(tmp_path):
 def test_driver_relative_paths_reach_the_workers_absolute(tmp_path, monkeypatch):
     """Ray workers do not run in the driver's working directory: relative local paths become absolute,
     remote URIs stay as they are."""
-    from unimat_dist.distributed.launcher import with_absolute_paths
+    from unimat_dist.training.distributed_config import with_absolute_paths
     from unimat_dist.training.config import load_train_config
 
     monkeypatch.chdir(tmp_path)

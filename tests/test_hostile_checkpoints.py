@@ -298,7 +298,7 @@ def test_planted_rank_file_stops_a_ray_resume(ray_run):
 def test_torn_checkpoint_is_skipped_for_the_one_before(ray_run, tmp_path, caplog):
     """A rank whose node dies while Ray copies its files into storage leaves a torn checkpoint (a file cut
     short or missing, never registered by Ray). Resuming takes the newest checkpoint written whole."""
-    from unimat_dist.distributed.checkpointing import latest_complete
+    from unimat_dist.training.deepspeed_checkpoint import latest_complete
 
     run = tmp_path / "storage" / "run"
     shutil.copytree(ray_run["pristine"], run / "checkpoint_a")  # step 4
@@ -317,7 +317,7 @@ def test_torn_checkpoint_is_skipped_for_the_one_before(ray_run, tmp_path, caplog
     full = (newer / rel).stat().st_size
     with open(newer / rel, "r+b") as fh:  # the copy stopped half way
         fh.truncate(full // 2)
-    with caplog.at_level(logging.WARNING, logger="unimat_dist.distributed.checkpointing"):
+    with caplog.at_level(logging.WARNING, logger="unimat_dist.training.deepspeed_checkpoint"):
         uri, found = latest_complete(str(tmp_path / "storage"), "run")
         assert Path(uri).name == "checkpoint_a" and found["step"] == 4
         assert f"{rel} has {full // 2} bytes, rank 1 wrote {full}" in caplog.text
@@ -350,7 +350,7 @@ def _resign(ckpt: Path, rel: str) -> None:
     "deepspeed/state/zero_pp_rank_1_mp_rank_00_optim_states.pt",
 ])
 def test_planted_pickles_in_a_ray_checkpoint_never_run(ckpt_copy, tmp_path, rel):
-    from unimat_dist.distributed.checkpointing import _WeightsOnlyCheckpointEngine, verified_copy
+    from unimat_dist.training.deepspeed_checkpoint import _WeightsOnlyCheckpointEngine, verified_copy
 
     marker = tmp_path / "PWNED"
     assert verified_copy(ckpt_copy, tmp_path / "ok")["step"] == 4  # the pristine copy verifies
@@ -367,7 +367,7 @@ def test_planted_pickles_in_a_ray_checkpoint_never_run(ckpt_copy, tmp_path, rel)
 
 
 def test_altered_or_unlisted_ray_checkpoint_files_are_refused(ckpt_copy, tmp_path, caplog):
-    from unimat_dist.distributed.checkpointing import verified_copy
+    from unimat_dist.training.deepspeed_checkpoint import verified_copy
 
     optim = ckpt_copy / "deepspeed/state/zero_pp_rank_0_mp_rank_00_optim_states.pt"
     original = optim.read_bytes()
@@ -396,7 +396,7 @@ def test_altered_or_unlisted_ray_checkpoint_files_are_refused(ckpt_copy, tmp_pat
     meta = json.loads((ckpt_copy / "meta.json").read_text())
     del meta["checksums"]
     (ckpt_copy / "meta.json").write_text(json.dumps(meta))
-    with caplog.at_level(logging.WARNING, logger="unimat_dist.distributed.checkpointing"):
+    with caplog.at_level(logging.WARNING, logger="unimat_dist.training.deepspeed_checkpoint"):
         assert verified_copy(ckpt_copy, tmp_path / "d")["step"] == 4
     assert "written without checksums" in caplog.text and "UNVERIFIED" in caplog.text
     assert (tmp_path / "d" / "deepspeed/state/mp_rank_00_model_states.pt").read_bytes() == \

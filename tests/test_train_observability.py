@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from metrics_scrape import MetricsScraper, init_ray_with_metrics_port, metric_value
-from unimat_dist.distributed.progress import ProgressPrinter, _Hub, format_eta
+from unimat_dist.observability.progress import ProgressPrinter, _Hub, format_eta
 from unimat_dist.launch import run_training
 from unimat_dist.training import load_train_config
 

@@ -10,7 +10,7 @@ was written (bit rot, a partial copy, tampering) must be refused before its cont
   ``UnsafeFileError`` naming the file, before any of it runs.
 * sha256 sidecars: ``<file>.sha256`` holds ``"<hex digest>  <file name>"`` (the format of ``sha256sum``,
   so ``sha256sum -c model.pt.sha256`` checks a downloaded file by hand). ``write_with_sidecar`` writes
-  both. Readers (``inference.checkpoint.load_torch``, ``distributed.checkpointing.verified_copy``) read a file
+  both. Readers (``inference.checkpoint.load_torch``, ``training.deepspeed_checkpoint.verified_copy``) read a file
   once, check those bytes and parse the same bytes: no window in which it can be swapped in between.
 * A file without a sidecar (written before checksums existed) still loads, with a logged warning, unless
   the caller knows one must exist (``required=True``: checkpoint directories record that they were

@@ -34,7 +34,7 @@ def print_config(cfg) -> None:
 
     text = config_yaml(cfg)
     if cfg.trainer == "ray":
-        from unimat_dist.distributed.launcher import run_name_of, storage_of
+        from unimat_dist.training.distributed_config import run_name_of, storage_of
 
         text += (f"# resolved: run name {run_name_of(cfg)}, run storage {storage_of(cfg)}, "
                  f"world size(s) {cfg.distributed.worker_counts()}\n")

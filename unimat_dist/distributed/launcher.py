@@ -15,78 +15,23 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from unimat_dist.config import config_yaml, to_dict
 from unimat_dist.training.config import TrainConfig
+from unimat_dist.training.distributed_config import check_config, run_name_of, storage_of, with_absolute_paths
 from unimat_dist.training.loop import TrainResult
 
 log = logging.getLogger(__name__)
-
-
-def run_name_of(cfg: TrainConfig) -> str:
-    name = cfg.distributed.run_name or Path(cfg.out_dir.rstrip("/")).name or "unimat"
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-
-
-def storage_of(cfg: TrainConfig) -> str:
-    d = cfg.distributed
-    if d.storage_path:
-        return d.storage_path if "://" in d.storage_path else os.path.abspath(d.storage_path)
-    if "://" in cfg.out_dir and not cfg.out_dir.startswith("file://"):
-        return f"{cfg.out_dir.rstrip('/')}/ray"
-    return os.path.abspath(os.path.join(cfg.out_dir.removeprefix("file://"), "ray"))
-
-
-def check_config(cfg: TrainConfig) -> None:
-    """Every check that needs no worker; raises ValueError/FileNotFoundError with one clear message."""
-    d = cfg.distributed
-    for world in d.worker_counts():
-        try:
-            cfg.train.grad_accum_steps(world)
-        except ValueError as exc:
-            raise ValueError(f"train.global_batch_size does not fit {world} worker(s): {exc}") from None
-    if cfg.data.manifest:
-        from unimat_dist.data.manifest import read_manifest
-        from unimat_dist.training.setup import manifest_spec
-
-        m = read_manifest(cfg.data.manifest, cfg.data.storage_options or None)
-        manifest_spec(cfg.data, m)
-        for split in (cfg.data.train_split, cfg.data.val_split):
-            if split not in m.split_counts:
-                raise ValueError(f"{m.uri}: no split {split!r} (has {sorted(m.split_counts)})")
-        n_shards = len(m.shards_of(cfg.data.train_split))
-        if n_shards < d.num_workers:
-            raise ValueError(
-                f"{m.uri}: the {cfg.data.train_split} split has {n_shards} shard(s) for up to {d.num_workers} workers; "
-                "every worker needs at least one (re-ingest with smaller shards)"
-            )
-    else:
-        from unimat_dist.datasets import resolve_split
-
-        resolve_split(cfg.data.dataset, cfg.data.train_split)
-        resolve_split(cfg.data.dataset, cfg.data.val_split)
-    from unimat_dist.training.deepspeed_engine import deepspeed_config
-
-    deepspeed_config(cfg, world_size=d.num_workers, device_type="cuda" if d.use_gpu else "cpu")
-    if d.fail_at.step is not None and not 0 <= d.fail_at.rank < (d.min_workers or d.num_workers):
-        raise ValueError(f"distributed.fail_at.rank {d.fail_at.rank} is not a rank of every worker group")
-
-
-def _ray_init(cfg: TrainConfig) -> None:
-    from unimat_dist.ray_local import init_ray
-
-    init_ray(cfg.distributed.ray_address)  # a new local Ray binds 127.0.0.1 (ray_local)
 
 
 def run_ray_training(cfg: TrainConfig) -> TrainResult:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from unimat_dist.ray_local import init_ray
     from unimat_dist.storage import pyarrow_filesystem, write_bytes_atomic
 
     from .worker import train_worker
@@ -99,7 +44,7 @@ def run_ray_training(cfg: TrainConfig) -> TrainResult:
     resolved = config_yaml(cfg)
     write_bytes_atomic(f"{cfg.out_dir.rstrip('/')}/config.yaml", resolved.encode(), d.storage_options or None)
     log.info("config:\n%s", resolved)
-    _ray_init(cfg)
+    init_ray(d.ray_address)  # a new local Ray binds 127.0.0.1 (ray_local)
     pa_fs, pa_path = pyarrow_filesystem(storage, d.storage_options or None)
     if "://" not in storage:
         Path(storage).mkdir(parents=True, exist_ok=True)
@@ -110,7 +55,7 @@ def run_ray_training(cfg: TrainConfig) -> TrainResult:
         resources_per_worker={"CPU": d.cpus_per_worker, **({"GPU": 1} if d.use_gpu else {})},
         elastic_resize_monitor_interval_s=d.elastic_resize_interval_s,
     )
-    from .progress import ProgressPrinter, failure_callback
+    from unimat_dist.observability.progress import ProgressPrinter, failure_callback
 
     printer = ProgressPrinter(cfg.train.steps, cfg.train.global_batch_size)
     hub = printer.start()
@@ -150,31 +95,12 @@ def run_ray_training(cfg: TrainConfig) -> TrainResult:
     return _collect(cfg, result, run_name)
 
 
-def _abs_local(path: str | None) -> str | None:
-    if path is None or ("://" in path and not path.startswith("file://")):
-        return path
-    return os.path.abspath(os.path.expanduser(path.removeprefix("file://")))
-
-
-def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
-    """Local paths relative to the driver's working directory made absolute: Ray workers run elsewhere
-    (their own working directory, or another node with the same shared file system)."""
-    import dataclasses
-
-    data = dataclasses.replace(cfg.data, manifest=_abs_local(cfg.data.manifest), cache_dir=_abs_local(cfg.data.cache_dir))
-    dist = cfg.distributed
-    if dist.storage_path:
-        dist = dataclasses.replace(dist, storage_path=_abs_local(dist.storage_path))
-    return dataclasses.replace(cfg, out_dir=_abs_local(cfg.out_dir), checkpoint_dir=_abs_local(cfg.checkpoint_dir),
-                               data=data, distributed=dist)
-
-
 def _collect(cfg: TrainConfig, result, run_name: str) -> TrainResult:
     """Copy the last checkpoint's inference file and loss curve to ``out_dir``; plot loss and throughput."""
     from unimat_dist.storage import filesystem
     from unimat_dist.inference.checkpoint import INFERENCE_FILE
 
-    from . import checkpointing as ck
+    from unimat_dist.training import deepspeed_checkpoint as ck
     from unimat_dist.training.plots import plot_metrics
 
     ret: dict[str, Any] = result.return_value or {}
@@ -219,4 +145,4 @@ def _collect(cfg: TrainConfig, result, run_name: str) -> TrainResult:
     )
 
 
-__all__ = ["check_config", "run_ray_training", "run_name_of", "storage_of"]
+__all__ = ["run_ray_training"]

@@ -27,9 +27,10 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
     from unimat_dist.training.run import build_trainer
 
     from . import checkpointing as ck
-    from .metrics import TrainMetrics
-    from .observers import FailureInjection, RankZeroReporting
-    from .progress import ProgressReporter
+    from unimat_dist.observability.progress import ProgressReporter
+    from unimat_dist.observability.training import RankZeroReporting, TrainMetrics
+
+    from .observers import FailureInjection
 
     os.environ.setdefault("PYTHONUNBUFFERED", "1")  # processes this worker starts flush their lines at once
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -14,7 +14,7 @@ Checked, in order, each failing with one line that names the config key:
 * storage: the run storage (``distributed.storage_path``, default ``<out_dir>/ray``) or the local run's
   ``out_dir`` / ``checkpoint_dir`` is listed and a probe file written and deleted there (fsspec), within
   ``timeout_s``;
-* ``trainer: ray``: the DeepSpeed config and ``distributed.fail_at`` (``distributed.launcher.check_config``).
+* ``trainer: ray``: the DeepSpeed config and ``distributed.fail_at`` (``training.distributed_config.check_config``).
 
 Ray itself is not started.
 """
@@ -136,7 +136,7 @@ def run_preflight(cfg: TrainConfig, *, storage_timeout_s: float = 30.0) -> list[
                 raise PreflightError(f"{key}: {d.dataset}/{split}: {r.path} does not exist")
             lines.append(f"data: {d.dataset}/{split} -> {r.path}")
     if cfg.trainer == "ray":
-        from unimat_dist.distributed.launcher import check_config, run_name_of, storage_of
+        from unimat_dist.training.distributed_config import check_config, run_name_of, storage_of
 
         dist = cfg.distributed
         key = "distributed.storage_path" if dist.storage_path else "out_dir"

@@ -13,7 +13,6 @@ JIT build of DeepSpeed's fused CPU Adam.
 """
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
@@ -21,16 +20,7 @@ from torch import nn
 
 from unimat_dist.training.batches import ModelBatch
 from unimat_dist.training.config import TrainConfig
-
-log = logging.getLogger(__name__)
-
-
-def resolve_precision(precision: str, device_type: str) -> str:
-    if precision == "auto":
-        return "bf16" if device_type == "cuda" else "fp32"
-    if precision == "bf16" and device_type != "cuda":
-        log.warning("bf16 autocast on CPU is slow; consider distributed.precision: fp32")
-    return precision
+from unimat_dist.training.engine import resolve_autocast
 
 
 def deepspeed_config(cfg: TrainConfig, *, world_size: int, device_type: str, load_universal: bool = False) -> dict[str, Any]:
@@ -67,7 +57,7 @@ def deepspeed_config(cfg: TrainConfig, *, world_size: int, device_type: str, loa
         "wall_clock_breakdown": False,
         "checkpoint": {"load_universal": load_universal},
     }
-    if resolve_precision(d.precision, device_type) == "bf16":
+    if resolve_autocast(d.precision, device_type) is not None:
         ds["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
     return ds
 
@@ -107,7 +97,7 @@ class DeepSpeedEngine:
         import deepspeed
 
         # Marks the checkpoints as convertible to DeepSpeed's universal format, which is how a run resumes
-        # on a different number of workers (see checkpointing.py).
+        # on a different number of workers (see deepspeed_checkpoint.py).
         module.universal_checkpoint_info = {"universal_checkpoint_version": 0.2}
         groups = module.denoiser.optim_groups(weight_decay) if hasattr(module, "denoiser") else module.parameters()
         ds_engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=groups, config=ds_config)
@@ -138,7 +128,7 @@ class DeepSpeedEngine:
         norm = self.ds.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
 
-    # Model/optimizer state goes through DeepSpeed's own (sharded) checkpoint files, see checkpointing.py.
+    # Model/optimizer state goes through DeepSpeed's own (sharded) checkpoint files, see deepspeed_checkpoint.py.
     def state_dict(self) -> dict[str, Any]:
         return {}
 

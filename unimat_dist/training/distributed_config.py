@@ -13,7 +13,10 @@
 """
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 
@@ -71,3 +74,75 @@ class DistributedConfig:
         """Every world size this run may have."""
         lo = self.min_workers or self.num_workers
         return list(range(lo, self.num_workers + 1))
+
+
+def run_name_of(cfg) -> str:
+    """The Ray Train run name of a ``TrainConfig``: ``distributed.run_name``, else ``out_dir``'s last folder."""
+    name = cfg.distributed.run_name or Path(cfg.out_dir.rstrip("/")).name or "unimat"
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def storage_of(cfg) -> str:
+    """Where Ray Train keeps the run's checkpoints: ``distributed.storage_path``, else ``<out_dir>/ray``."""
+    d = cfg.distributed
+    if d.storage_path:
+        return d.storage_path if "://" in d.storage_path else os.path.abspath(d.storage_path)
+    if "://" in cfg.out_dir and not cfg.out_dir.startswith("file://"):
+        return f"{cfg.out_dir.rstrip('/')}/ray"
+    return os.path.abspath(os.path.join(cfg.out_dir.removeprefix("file://"), "ray"))
+
+
+def check_config(cfg) -> None:
+    """Every check of a ``trainer: ray`` config (a ``TrainConfig``) that needs no worker: the global batch on
+    every world size, the manifest's splits and shards per worker, the DeepSpeed config, ``fail_at``. Raises
+    ValueError/FileNotFoundError with one clear message."""
+    d = cfg.distributed
+    for world in d.worker_counts():
+        try:
+            cfg.train.grad_accum_steps(world)
+        except ValueError as exc:
+            raise ValueError(f"train.global_batch_size does not fit {world} worker(s): {exc}") from None
+    if cfg.data.manifest:
+        from unimat_dist.data.manifest import read_manifest
+        from unimat_dist.training.setup import manifest_spec
+
+        m = read_manifest(cfg.data.manifest, cfg.data.storage_options or None)
+        manifest_spec(cfg.data, m)
+        for split in (cfg.data.train_split, cfg.data.val_split):
+            if split not in m.split_counts:
+                raise ValueError(f"{m.uri}: no split {split!r} (has {sorted(m.split_counts)})")
+        n_shards = len(m.shards_of(cfg.data.train_split))
+        if n_shards < d.num_workers:
+            raise ValueError(
+                f"{m.uri}: the {cfg.data.train_split} split has {n_shards} shard(s) for up to {d.num_workers} workers; "
+                "every worker needs at least one (re-ingest with smaller shards)"
+            )
+    else:
+        from unimat_dist.datasets import resolve_split
+
+        resolve_split(cfg.data.dataset, cfg.data.train_split)
+        resolve_split(cfg.data.dataset, cfg.data.val_split)
+    from unimat_dist.training.deepspeed_engine import deepspeed_config
+
+    deepspeed_config(cfg, world_size=d.num_workers, device_type="cuda" if d.use_gpu else "cpu")
+    if d.fail_at.step is not None and not 0 <= d.fail_at.rank < (d.min_workers or d.num_workers):
+        raise ValueError(f"distributed.fail_at.rank {d.fail_at.rank} is not a rank of every worker group")
+
+
+def _abs_local(path: str | None) -> str | None:
+    if path is None or ("://" in path and not path.startswith("file://")):
+        return path
+    return os.path.abspath(os.path.expanduser(path.removeprefix("file://")))
+
+
+def with_absolute_paths(cfg):
+    """Local paths relative to the driver's working directory made absolute: Ray workers run elsewhere
+    (their own working directory, or another node with the same shared file system)."""
+    import dataclasses
+
+    data = dataclasses.replace(cfg.data, manifest=_abs_local(cfg.data.manifest), cache_dir=_abs_local(cfg.data.cache_dir))
+    dist = cfg.distributed
+    if dist.storage_path:
+        dist = dataclasses.replace(dist, storage_path=_abs_local(dist.storage_path))
+    return dataclasses.replace(cfg, out_dir=_abs_local(cfg.out_dir), checkpoint_dir=_abs_local(cfg.checkpoint_dir),
+                               data=data, distributed=dist)

@@ -17,10 +17,13 @@ the gradient-accumulation boundary, which DeepSpeed counts itself), ``step`` ret
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any, Protocol
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 from .batches import ModelBatch
 
@@ -52,10 +55,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_autocast(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast dtype, or None for fp32. ``auto`` = bf16 on CUDA, fp32 on CPU."""
+def resolve_autocast(precision: str, device: torch.device | str) -> torch.dtype | None:
+    """bf16 autocast dtype, or None for fp32, of either engine (``device``: a device or its type).
+    ``auto`` = bf16 on CUDA, fp32 on CPU."""
+    device_type = getattr(device, "type", device)
     if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
+        return torch.bfloat16 if device_type == "cuda" else None
+    if precision == "bf16" and device_type != "cuda":
+        log.warning("bf16 autocast on CPU is slow on most CPUs; precision=fp32 is the CPU default")
     return torch.bfloat16 if precision == "bf16" else None
 
 

@@ -86,8 +86,6 @@ def _local_parts(cfg: TrainConfig, setup: RunSetup, device: torch.device):
     """(engine, EMA, template, autocast dtype) of ``trainer: local``: torch's AdamW in this process."""
     t, o = cfg.train, cfg.optim
     amp = resolve_autocast(t.precision, device)
-    if amp is not None and device.type == "cpu":
-        log.warning("bf16 autocast on CPU is slow on most CPUs; precision=fp32 is the CPU default")
     _, accum = t.grad_accum_steps(world_size=1)
     diffusion = setup.diffusion
     optimizer = build_optimizer(

@@ -1,4 +1,5 @@
-"""Metrics of a distributed training run, exported by rank 0.
+"""Metrics of a training run, exported by rank 0 of a ``trainer: ray`` run, and the rank-0 observer that
+reports them with the driver's console records.
 
 Two exporters, the same series:
 
@@ -35,47 +36,27 @@ Two exporters, the same series:
 from __future__ import annotations
 
 import logging
+from typing import Any
+
+from .series import Series, ray_series
 
 log = logging.getLogger(__name__)
 
 STEP_BUCKETS = (0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100)
 
-# name (as passed to ray.util.metrics) -> (kind, description); Ray exports them as ray_<name>
+# exported by Ray as ray_<name>
 RAY_SERIES = {
-    "unimat_train_step": ("gauge", "optimizer steps done"),
-    "unimat_train_total_steps": ("gauge", "train.steps of the run"),
-    "unimat_train_loss": ("gauge", "training loss (mean over the logging window)"),
-    "unimat_train_samples_per_second": ("gauge", "crystals/s over all ranks"),
-    "unimat_train_slots_per_second": ("gauge", "L*H*W tensor slots/s over all ranks"),
-    "unimat_train_data_wait_seconds_total": ("counter", "rank-0 time waiting for batches, seconds"),
-    "unimat_train_step_seconds": ("histogram", "optimizer step wall time, seconds"),
-    "unimat_train_gpu_memory_bytes": ("gauge", "peak CUDA memory allocated on rank 0"),
-    "unimat_train_world_size": ("gauge", "workers in the current worker group"),
-    "unimat_train_restarts": ("gauge", "times this run resumed from a checkpoint"),
+    "unimat_train_step": Series("gauge", "optimizer steps done"),
+    "unimat_train_total_steps": Series("gauge", "train.steps of the run"),
+    "unimat_train_loss": Series("gauge", "training loss (mean over the logging window)"),
+    "unimat_train_samples_per_second": Series("gauge", "crystals/s over all ranks"),
+    "unimat_train_slots_per_second": Series("gauge", "L*H*W tensor slots/s over all ranks"),
+    "unimat_train_data_wait_seconds_total": Series("counter", "rank-0 time waiting for batches, seconds"),
+    "unimat_train_step_seconds": Series("histogram", "optimizer step wall time, seconds", boundaries=STEP_BUCKETS),
+    "unimat_train_gpu_memory_bytes": Series("gauge", "peak CUDA memory allocated on rank 0"),
+    "unimat_train_world_size": Series("gauge", "workers in the current worker group"),
+    "unimat_train_restarts": Series("gauge", "times this run resumed from a checkpoint"),
 }
-
-
-def _ray_series(run: str) -> dict | None:
-    """The ``ray.util.metrics`` objects with the default tag ``run``; None outside Ray."""
-    try:
-        import ray
-
-        if not ray.is_initialized():
-            return None
-        from ray.util.metrics import Counter, Gauge, Histogram
-    except Exception:  # noqa: BLE001
-        return None
-    out = {}
-    for name, (kind, desc) in RAY_SERIES.items():
-        if kind == "gauge":
-            m = Gauge(name, desc, tag_keys=("run",))
-        elif kind == "counter":
-            m = Counter(name, desc, tag_keys=("run",))
-        else:
-            m = Histogram(name, desc, boundaries=list(STEP_BUCKETS), tag_keys=("run",))
-        m.set_default_tags({"run": run})
-        out[name.removeprefix("unimat_train_")] = m
-    return out
 
 
 class TrainMetrics:
@@ -84,7 +65,7 @@ class TrainMetrics:
 
     def __init__(self, port: int | None, host: str, run: str, *, ray_metrics: bool = False) -> None:
         self.enabled = port is not None  # the prometheus-client exporter
-        self.ray = _ray_series(run) if ray_metrics else None
+        self.ray = ray_series(RAY_SERIES, {"run": run}, "unimat_train_") if ray_metrics else None
         if not self.enabled:
             return
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -155,3 +136,25 @@ class TrainMetrics:
         if self.enabled:
             self.server.shutdown()
             self.server.server_close()
+
+
+class RankZeroReporting:
+    """Trainer observer (``training.loop.TrainObserver``) of rank 0: Ray/Prometheus metrics per step and per
+    logged record, the record on the driver's console (``progress.ProgressReporter``) and one log line in the
+    worker's log."""
+
+    def __init__(self, metrics: TrainMetrics, progress, run_name: str) -> None:
+        self.metrics, self.progress, self.run_name = metrics, progress, run_name
+
+    def on_step(self, trainer, seconds: float, data_wait: float) -> None:
+        if trainer.is_main:
+            s = trainer.spec
+            self.metrics.observe_step(step=trainer.state.step, seconds=seconds, data_wait=data_wait,
+                                      samples_per_step=trainer.cfg.train.global_batch_size, slots=s.L * s.H * s.W)
+
+    def on_log(self, trainer, record: dict[str, Any]) -> None:
+        self.metrics.observe_loss(float(record["loss"]))
+        if self.progress is not None:
+            self.progress.step(record)
+        log.info("run=%s step=%d loss=%.5f lr=%.3g samples/s=%.1f", self.run_name, record["step"], record["loss"],
+                 record.get("lr", float("nan")), record.get("samples_per_s", float("nan")))
