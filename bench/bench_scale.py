@@ -349,8 +349,8 @@ def train_once(args, work: Path, name: str, extra: list[str]) -> dict:
 
 
 def phase_train(args, work: Path) -> dict:
-    from unimat_dist.data.manifest import read_manifest
-    from unimat_dist.data.shards import assign_shards
+    from unimat_dist.shards.manifest import read_manifest
+    from unimat_dist.shards.reader import assign_shards
 
     m = read_manifest(str(work / f"shards_{args.n}"))
     train = [s for s in m.shards if s.split == "train"]

@@ -154,8 +154,8 @@ def stage_profile(release: Path, limit: int) -> dict:
     from data_pipeline.fast_cif import parse_p1_cif
     from data_pipeline.splits import formulas, split_of
     from data_pipeline.validate import validate_arrays
-    from unimat_dist.data.sample_format import pack_sample
-    from unimat_dist.data.tar_shards import ShardWriter
+    from unimat_dist.shards.sample_format import pack_sample
+    from unimat_dist.shards.tar_shards import ShardWriter
     from unimat_dist.datasets import structure_from_cif
     from unimat_dist.representation import encode_arrays, structure_arrays
 

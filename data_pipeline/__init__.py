@@ -14,5 +14,5 @@ Module map, in the order a record flows through:
     ray_executor.py    the Ray Data glue
     gnome_format.py    writes the GNoME layout (fixtures, synthetic benchmark data)
 
-Docs: docs/data_pipeline.md. The training side lives in ``unimat_dist.data``.
+Docs: docs/data_pipeline.md. The training side lives in ``unimat_dist.shards``.
 """

@@ -5,7 +5,7 @@
 
 Output layout (``output.uri``):
 
-    manifest.json              written last; lists only committed shards (see unimat_dist.data.manifest)
+    manifest.json              written last; lists only committed shards (see unimat_dist.shards.manifest)
     train/u000000-0.tar ...    WebDataset shards, one or more per split per work unit
     quarantine/u000003.jsonl   rejected records with reasons (only units that rejected something)
     _units/u000000.json        per-unit commit records (resume state, statistics)
@@ -36,8 +36,8 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from unimat_dist.config import to_dict
-from unimat_dist.data.manifest import FORMAT, MANIFEST_NAME, SCHEMA_VERSION, SPLITS
-from unimat_dist.data.sample_format import ARRAY_NAMES, META_MEMBER, ARRAYS_MEMBER
+from unimat_dist.shards.manifest import FORMAT, MANIFEST_NAME, SCHEMA_VERSION, SPLITS
+from unimat_dist.shards.sample_format import ARRAY_NAMES, META_MEMBER, ARRAYS_MEMBER
 from unimat_dist.output_guard import OutputLayout, UnitJob, claim_output
 from unimat_dist.representation import LatticeStats, Normalizer, UniMatSpec
 

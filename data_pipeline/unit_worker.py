@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from unimat_dist.data.sample_format import json_bytes, pack_sample
+from unimat_dist.shards.sample_format import json_bytes, pack_sample
 from unimat_dist.storage import join_uri, put_file_atomic, write_bytes_atomic
-from unimat_dist.data.tar_shards import ShardWriter
+from unimat_dist.shards.tar_shards import ShardWriter
 from unimat_dist.representation import LatticeStats, UniMatSpec, encode_arrays
 
 from .quarantine import Rejected, quarantine_entry

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipeline.fast_cif import parse_p1_cif
-from unimat_dist.data import iter_samples, read_manifest
+from unimat_dist.shards import iter_samples, read_manifest
 from unimat_dist.datasets import iter_cdvae_csv, resolve_split, structure_from_cif
 from unimat_dist.representation import UniMatSpec, UniMatTensor, decode, encode_arrays
 

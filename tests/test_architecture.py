@@ -92,7 +92,7 @@ def test_packages_import_only_from_lower_tiers():
                     if _package(a) != _package(b) and tier[_package(b)] >= tier[_package(a)]})
     assert not wrong, "imports against the direction (importer -> imported):\n" + "\n".join(f"  {a} -> {b}" for a, b in wrong)
     # evaluation sees structures only: no tensors, models or checkpoints
-    blind = {"representation", "model", "diffusion", "inference", "data"}
+    blind = {"representation", "model", "diffusion", "inference", "shards"}
     seen = sorted({b for a, b, _ in _imports(mods) if _package(a) == "evaluation" and _package(b) in blind})
     assert not seen, f"evaluation imports {seen}"
 

@@ -10,7 +10,7 @@ from data_pipeline.job import run_ingest
 from shard_checks import GNOME_MINI, cdvae_sources, check_dataset, gnome_sources, quarantine_lines
 from storage_emulators import gcs_emulator, s3_emulator  # noqa: F401 (fixtures)
 from tests_expectations import GNOME_MINI_BAD, GNOME_MINI_GOOD
-from unimat_dist.data import open_shards, read_manifest
+from unimat_dist.shards import open_shards, read_manifest
 from unimat_dist.storage import read_bytes
 from unimat_dist.ray_local import init_ray
 

@@ -19,7 +19,7 @@ from job_kill import kill_after_units
 from shard_checks import GNOME_MINI, cdvae_sources, check_dataset
 from storage_emulators import gcs_emulator, s3_emulator  # noqa: F401 (fixtures)
 from unimat_dist.config import load_config
-from unimat_dist.data import read_manifest
+from unimat_dist.shards import read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIMAT = str(Path(sys.executable).parent / "unimat")

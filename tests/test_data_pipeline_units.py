@@ -22,8 +22,8 @@ from data_pipeline.splits import check_fractions, formulas, split_of
 from data_pipeline.structure_parse import record_arrays
 from data_pipeline.records import RawRecord
 from data_pipeline.validate import validate_arrays
-from unimat_dist.data.sample_format import pack_sample, unpack_sample
-from unimat_dist.data.tar_shards import ShardWriter, iter_tar_samples
+from unimat_dist.shards.sample_format import pack_sample, unpack_sample
+from unimat_dist.shards.tar_shards import ShardWriter, iter_tar_samples
 from unimat_dist.datasets import iter_cdvae_csv, structure_from_cif
 from unimat_dist.representation import UniMatSpec, encode_arrays, structure_arrays
 
@@ -245,7 +245,7 @@ def _structure_folder(root: Path) -> dict[str, str]:
 def test_structure_dir_reader_and_local_ingest(tmp_path, as_zip):
     from data_pipeline.config import IngestConfig
     from data_pipeline.job import run_ingest
-    from unimat_dist.data import iter_samples, read_manifest
+    from unimat_dist.shards import iter_samples, read_manifest
 
     expected = _structure_folder(tmp_path / "structs")
     src = tmp_path / "structs"

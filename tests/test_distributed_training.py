@@ -68,11 +68,13 @@ def runs(tmp_path_factory):
 
 
 def test_zero2_matches_local_loop(runs):
-    """Gradient averaging over 2 ranks == gradient accumulation over 2 micro-batches in one process."""
+    """Gradient averaging over 2 ranks == gradient accumulation over 2 micro-batches in one process, to
+    float32 rounding: measured on the 2-core VM, 9 of 10 steps equal and one 1 ulp apart (6.0e-8); the bound
+    is 4 ulp at a loss of ~1: a reordered reduction passes, a step that differs does not."""
     a, b = losses(runs["root"] / "local"), losses(runs["root"] / "zero2")
     assert sorted(a) == sorted(b) == list(range(1, 11))
     worst = max(abs(a[s] - b[s]) / a[s] for s in a)
-    assert worst < 1e-4, f"local vs ZeRO-2 losses differ by up to {worst:.2e} (relative)"
+    assert worst < 5e-7, f"local vs ZeRO-2 losses differ by up to {worst:.2e} (relative)"
     assert runs["zero2"].steps == 10 and runs["zero2"].last_loss < runs["zero2"].first_loss
 
 

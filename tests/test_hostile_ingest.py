@@ -25,7 +25,7 @@ from data_pipeline.job import run_ingest
 from data_pipeline.quarantine import REASONS, Rejected
 from data_pipeline.validate import check_counts
 from data_pipeline.zip_index import TooLarge, ZipIndex
-from unimat_dist.data import iter_samples, read_manifest
+from unimat_dist.shards import iter_samples, read_manifest
 from unimat_dist.datasets import iter_cdvae_csv
 from unimat_dist.representation import UniMatSpec
 

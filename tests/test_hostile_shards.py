@@ -3,7 +3,7 @@
 Policy under test: a shard whose size or sha256 differs from the manifest stops the reader with
 ``ShardIntegrityError`` naming the shard, *before* its first sample is yielded - also when the reader
 would stop early (batch windows, shuffle buffers, a validation limit), which is how tampered shards
-used to train unnoticed. Training stops rather than skipping the shard (see ``unimat_dist.data.shards``).
+used to train unnoticed. Training stops rather than skipping the shard (see ``unimat_dist.shards.reader``).
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 
 from data_pipeline.config import IngestConfig
 from data_pipeline.job import run_ingest
-from unimat_dist.data import iter_samples, open_shards, read_manifest
-from unimat_dist.data.shards import ShardIntegrityError
+from unimat_dist.shards import iter_samples, open_shards, read_manifest
+from unimat_dist.shards.reader import ShardIntegrityError
 from unimat_dist.training.shard_source import ShardSource, encoded_from_shards
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,8 +57,8 @@ def tamper(path: Path) -> None:
 
 
 def _shard_ids(ds: Path, shard) -> set[str]:
-    from unimat_dist.data.shards import StreamPlan, StreamReader
-    from unimat_dist.data.sample_format import unpack_sample
+    from unimat_dist.shards.reader import StreamPlan, StreamReader
+    from unimat_dist.shards.sample_format import unpack_sample
 
     m = read_manifest(str(ds))
     reader = StreamReader(m.properties, 1, 0, None, verify_checksums=True)

@@ -1,4 +1,4 @@
-"""The training reader (``unimat_dist.data.open_shards``) on real ingested shards: the batch contract,
+"""The training reader (``unimat_dist.shards.open_shards``) on real ingested shards: the batch contract,
 disjoint rank/worker sharding, determinism, exact resume from (epoch, batch), checksums, spec checks."""
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 from data_pipeline.config import IngestConfig
 from data_pipeline.job import run_ingest
 from shard_checks import GNOME_MINI, cdvae_sources, check_dataset
-from unimat_dist.data import iter_samples, open_shards, read_manifest
-from unimat_dist.data.shards import round_robin
+from unimat_dist.shards import iter_samples, open_shards, read_manifest
+from unimat_dist.shards.reader import round_robin
 from unimat_dist.representation import UniMatSpec
 
 SPEC = UniMatSpec(max_atoms_per_element=20)

@@ -109,7 +109,7 @@ def run_preflight(cfg: TrainConfig, *, storage_timeout_s: float = 30.0) -> list[
     lines += [f"batch: {ln}" for ln in check_batches(cfg)]
     d = cfg.data
     if d.manifest:
-        from unimat_dist.data.manifest import read_manifest
+        from unimat_dist.shards.manifest import read_manifest
         from unimat_dist.training.setup import manifest_spec
 
         m = _bounded(lambda: read_manifest(d.manifest, d.storage_options or None), storage_timeout_s,

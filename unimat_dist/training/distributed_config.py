@@ -103,7 +103,7 @@ def check_config(cfg) -> None:
         except ValueError as exc:
             raise ValueError(f"train.global_batch_size does not fit {world} worker(s): {exc}") from None
     if cfg.data.manifest:
-        from unimat_dist.data.manifest import read_manifest
+        from unimat_dist.shards.manifest import read_manifest
         from unimat_dist.training.setup import manifest_spec
 
         m = read_manifest(cfg.data.manifest, cfg.data.storage_options or None)

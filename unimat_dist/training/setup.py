@@ -41,7 +41,7 @@ class RunSetup:
     notes: list[str]  # data provenance (substituted splits are departures from the official protocol)
     diffusion: GaussianDiffusion
     batcher: Batcher
-    manifest: Any = None  # unimat_dist.data.manifest.Manifest when training streams ingested shards
+    manifest: Any = None  # unimat_dist.shards.manifest.Manifest when training streams ingested shards
 
     @property
     def num_train(self) -> int:

@@ -2,7 +2,7 @@
 distributed trainer: set ``data.manifest`` in the training config.
 
 ``ShardSource`` is the shard-backed twin of ``InMemorySource``: endless micro-batches for one rank
-(epoch after epoch, shards re-dealt to ranks each epoch by ``unimat_dist.data.shards``), with the
+(epoch after epoch, shards re-dealt to ranks each epoch by ``unimat_dist.shards.reader``), with the
 position ``(epoch, batches consumed)`` as its checkpoint state, so a resumed run continues with exactly
 the batches an uninterrupted run would have seen.
 """
@@ -13,8 +13,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from unimat_dist.data.manifest import Manifest, read_manifest
-from unimat_dist.data.shards import ShardLoader, iter_samples
+from unimat_dist.shards.manifest import Manifest, read_manifest
+from unimat_dist.shards.reader import ShardLoader, iter_samples
 
 from .data import EncodedSet
 

@@ -1,10 +1,10 @@
 """The torch ``IterableDataset`` behind ``ShardLoader`` with ``num_workers > 0`` (imports torch, so it
-lives apart from ``shards``, which ingestion workers import without paying for torch)."""
+lives apart from ``reader``, which ingestion workers import without paying for torch)."""
 from __future__ import annotations
 
 import torch.utils.data
 
-from .shards import StreamPlan, StreamReader, round_robin
+from .reader import StreamPlan, StreamReader, round_robin
 
 
 class StreamDataset(torch.utils.data.IterableDataset):

@@ -344,7 +344,7 @@ def _default_worker_context():
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return None
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["unimat_dist.data.torch_stream"])  # no effect once the server runs
+    ctx.set_forkserver_preload(["unimat_dist.shards.torch_stream"])  # no effect once the server runs
     return ctx
 
 
