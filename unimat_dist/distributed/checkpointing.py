@@ -22,7 +22,7 @@ def resume_point(storage_path: str, run_name: str, storage_options: dict | None,
     copy, its meta.json, DeepSpeed universal checkpoint or None), or None for a fresh run.
 
     The newest complete checkpoint in the run's storage wins over Ray's registered one (``ray_checkpoint``,
-    the fallback when storage cannot be listed; see ``latest_complete``). Everything that loads it (DeepSpeed,
+    the fallback when storage cannot be listed; see ``deepspeed_checkpoint.latest_complete``). Everything that loads it (DeepSpeed,
     ``ds_to_universal``, the loop state) reads this rank's ``verified_copy``, never the shared storage; the
     copies are deleted on exit, so resume inside the ``with``. On another world size the node's local rank
     0 converts the copy to DeepSpeed's universal format, keyed by the original checkpoint so that the
@@ -51,7 +51,6 @@ def resume_point(storage_path: str, run_name: str, storage_options: dict | None,
             dist.barrier()
             universal = universal or (str(out), f"{dsc.DS_TAG}_universal")
         yield verified, meta, universal
-
 
 
 class RayCheckpointer:
