@@ -23,13 +23,12 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
 
     from unimat_dist.config import from_dict
     from unimat_dist.cpu_threads import configure
+    from unimat_dist.observability.progress import ProgressReporter
+    from unimat_dist.observability.training import RankZeroReporting, TrainMetrics
     from unimat_dist.training.config import TrainConfig
     from unimat_dist.training.run import build_trainer
 
     from . import checkpointing as ck
-    from unimat_dist.observability.progress import ProgressReporter
-    from unimat_dist.observability.training import RankZeroReporting, TrainMetrics
-
     from .observers import FailureInjection
 
     os.environ.setdefault("PYTHONUNBUFFERED", "1")  # processes this worker starts flush their lines at once

@@ -23,9 +23,9 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-log = logging.getLogger(__name__)
-
 from .batches import ModelBatch
+
+log = logging.getLogger(__name__)
 
 
 class Engine(Protocol):
