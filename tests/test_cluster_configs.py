@@ -74,12 +74,12 @@ def test_kuberay_rayjobs(name):
 
 def test_every_shipped_training_config_loads_and_fits_its_world_sizes():
     from unimat_dist.training.deepspeed_engine import deepspeed_config
+    from unimat_dist.training.distributed_config import batch_plan
 
     for path in sorted((ROOT / "cluster" / "jobs").glob("train_*.yaml")):
         cfg = load_train_config(path)
-        worlds = cfg.distributed.worker_counts() if cfg.trainer == "ray" else [1]
-        for w in worlds:
-            cfg.train.grad_accum_steps(w)
+        for world, micro, accum in batch_plan(cfg):
+            assert world * micro * accum == cfg.train.global_batch_size, path
         if cfg.trainer == "ray":
             ds = deepspeed_config(cfg, world_size=cfg.distributed.num_workers,
                                   device_type="cuda" if cfg.distributed.use_gpu else "cpu")

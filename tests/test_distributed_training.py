@@ -177,7 +177,7 @@ def test_bad_configs_fail_before_any_worker_starts(tmp_path):
         load_train_config(CONFIG, ["distributed.min_workers=3"])
     with pytest.raises(FileNotFoundError, match="no manifest"):
         check_config(cfg(tmp_path, f"data.manifest={tmp_path}/nowhere"))
-    with pytest.raises(ValueError, match="does not fit 3 worker"):
+    with pytest.raises(ValueError, match=r"train.global_batch_size: 16 is not divisible by workers x train.micro_batch_size = 3 x 8 \(distributed.num_workers 3\)"):
         check_config(cfg(tmp_path, "distributed.num_workers=3", "distributed.min_workers=1"))
     # shards encoded with L=3 (Perov-5) refused by a config asking for L=4
     from data_pipeline.config import IngestConfig

@@ -84,67 +84,41 @@ def probe_storage(uri: str, storage_options: dict[str, Any] | None, key: str, ti
     return _bounded(probe, timeout_s, f"{key}: storage {uri}")
 
 
-def world_sizes(cfg: TrainConfig) -> list[int]:
-    return cfg.distributed.worker_counts() if cfg.trainer == "ray" else [1]
-
-
-def check_batches(cfg: TrainConfig) -> list[str]:
-    t = cfg.train
-    out = []
-    for world in world_sizes(cfg):
-        micro = t.micro_batch_size or t.global_batch_size // world
-        if micro < 1 or t.global_batch_size % (micro * world):
-            what = "distributed.num_workers" if cfg.trainer == "ray" else "world size"
-            raise PreflightError(
-                f"train.global_batch_size: {t.global_batch_size} is not divisible by workers x train.micro_batch_size "
-                f"= {world} x {micro} ({what} {world})"
-            )
-        out.append(f"{world} worker(s): micro-batch {micro} x {t.global_batch_size // (micro * world)} accumulation")
-    return out
-
-
 def run_preflight(cfg: TrainConfig, *, storage_timeout_s: float = 30.0) -> list[str]:
-    """All checks; returns one 'ok' line per check, raises PreflightError (a ValueError) on the first failure."""
-    lines = [f"trainer: {cfg.trainer}, world size(s) {world_sizes(cfg)}"]
-    lines += [f"batch: {ln}" for ln in check_batches(cfg)]
+    """All checks; returns one 'ok' line per check, raises PreflightError (a ValueError) on the first failure.
+    The config checks are ``training.distributed_config``'s, the ones ``run_training`` applies; what this
+    adds is reading the manifest and probing storage within ``storage_timeout_s``."""
+    from unimat_dist.training.distributed_config import (batch_plan, check_config, check_dataset, check_manifest,
+                                                         run_name_of, storage_of)
+
+    try:
+        plan = batch_plan(cfg)
+    except ValueError as exc:
+        raise PreflightError(str(exc)) from None
+    lines = [f"trainer: {cfg.trainer}, world size(s) {[w for w, _, _ in plan]}"]
+    lines += [f"batch: {w} worker(s): micro-batch {micro} x {accum} accumulation" for w, micro, accum in plan]
     d = cfg.data
-    if d.manifest:
-        from unimat_dist.shards.manifest import read_manifest
-        from unimat_dist.training.setup import manifest_spec
+    manifest = None
+    try:
+        if d.manifest:
+            from unimat_dist.shards.manifest import read_manifest
 
-        m = _bounded(lambda: read_manifest(d.manifest, d.storage_options or None), storage_timeout_s,
-                     f"data.manifest: {d.manifest}")
-        try:
-            manifest_spec(d, m)
-        except ValueError as exc:
-            raise PreflightError(f"data.manifest: {exc}") from None
-        for key, split in (("data.train_split", d.train_split), ("data.val_split", d.val_split)):
-            if split not in m.split_counts:
-                raise PreflightError(f"{key}: {m.uri} has no split {split!r} (has {sorted(m.split_counts)})")
-        lines.append(f"data: manifest {m.uri}, splits {dict(m.split_counts)}")
-    else:
-        from pathlib import Path
-
-        from unimat_dist.datasets import resolve_split
-
-        for key, split in (("data.train_split", d.train_split), ("data.val_split", d.val_split)):
-            try:
-                r = resolve_split(d.dataset, split)
-            except (ValueError, KeyError, FileNotFoundError) as exc:
-                raise PreflightError(f"data.dataset: {d.dataset}/{split}: {exc}") from None
-            if not Path(r.path).exists():
-                raise PreflightError(f"{key}: {d.dataset}/{split}: {r.path} does not exist")
-            lines.append(f"data: {d.dataset}/{split} -> {r.path}")
+            manifest = _bounded(lambda: read_manifest(d.manifest, d.storage_options or None), storage_timeout_s,
+                                f"data.manifest: {d.manifest}")
+            check_manifest(cfg, manifest)
+            lines.append(f"data: manifest {manifest.uri}, splits {dict(manifest.split_counts)}")
+        else:
+            lines += [f"data: {d.dataset}/{split} -> {path}" for split, path in check_dataset(cfg)]
+    except (ValueError, FileNotFoundError) as exc:
+        raise PreflightError(str(exc)) from None
     if cfg.trainer == "ray":
-        from unimat_dist.training.distributed_config import check_config, run_name_of, storage_of
-
         dist = cfg.distributed
         key = "distributed.storage_path" if dist.storage_path else "out_dir"
         storage = storage_of(cfg)
         kind = probe_storage(storage, dist.storage_options, key, storage_timeout_s)
         lines.append(f"storage: {storage} writable ({kind}), run name {run_name_of(cfg)}")
         try:
-            check_config(cfg)
+            check_config(cfg, manifest=manifest)  # no second read: the manifest above is passed in
         except (ValueError, FileNotFoundError) as exc:
             raise PreflightError(str(exc)) from None
         lines.append(f"ray: {dist.num_workers} worker(s), ZeRO-{dist.zero_stage}, "

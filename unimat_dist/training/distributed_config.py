@@ -92,36 +92,82 @@ def storage_of(cfg) -> str:
     return os.path.abspath(os.path.join(cfg.out_dir.removeprefix("file://"), "ray"))
 
 
-def check_config(cfg) -> None:
-    """Every check of a ``trainer: ray`` config (a ``TrainConfig``) that needs no worker: the global batch on
-    every world size, the manifest's splits and shards per worker, the DeepSpeed config, ``fail_at``. Raises
-    ValueError/FileNotFoundError with one clear message."""
-    d = cfg.distributed
-    for world in d.worker_counts():
+def batch_plan(cfg) -> list[tuple[int, int, int]]:
+    """``(world size, micro-batch, accumulation steps)`` for every world size the run may have (1 for
+    ``trainer: local``). ValueError naming the keys when the global batch does not divide."""
+    t = cfg.train
+    worlds = cfg.distributed.worker_counts() if cfg.trainer == "ray" else [1]
+    plan = []
+    for world in worlds:
         try:
-            cfg.train.grad_accum_steps(world)
-        except ValueError as exc:
-            raise ValueError(f"train.global_batch_size does not fit {world} worker(s): {exc}") from None
-    if cfg.data.manifest:
-        from unimat_dist.shards.manifest import read_manifest
-        from unimat_dist.training.setup import manifest_spec
-
-        m = read_manifest(cfg.data.manifest, cfg.data.storage_options or None)
-        manifest_spec(cfg.data, m)
-        for split in (cfg.data.train_split, cfg.data.val_split):
-            if split not in m.split_counts:
-                raise ValueError(f"{m.uri}: no split {split!r} (has {sorted(m.split_counts)})")
-        n_shards = len(m.shards_of(cfg.data.train_split))
-        if n_shards < d.num_workers:
+            micro, accum = t.grad_accum_steps(world)
+        except ValueError:
+            micro = t.micro_batch_size or t.global_batch_size // world
+            what = "distributed.num_workers" if cfg.trainer == "ray" else "world size"
             raise ValueError(
-                f"{m.uri}: the {cfg.data.train_split} split has {n_shards} shard(s) for up to {d.num_workers} workers; "
-                "every worker needs at least one (re-ingest with smaller shards)"
-            )
-    else:
-        from unimat_dist.datasets import resolve_split
+                f"train.global_batch_size: {t.global_batch_size} is not divisible by workers x "
+                f"train.micro_batch_size = {world} x {micro} ({what} {world})"
+            ) from None
+        plan.append((world, micro, accum))
+    return plan
 
-        resolve_split(cfg.data.dataset, cfg.data.train_split)
-        resolve_split(cfg.data.dataset, cfg.data.val_split)
+
+def check_manifest(cfg, manifest) -> None:
+    """The shard manifest against the config: the encoding spec, both splits and, for ``trainer: ray``, at
+    least one training shard per worker. Pure: ``manifest`` is already read. ValueError naming the key."""
+    from unimat_dist.training.setup import manifest_spec
+
+    data = cfg.data
+    try:
+        manifest_spec(data, manifest)
+    except ValueError as exc:
+        raise ValueError(f"data.manifest: {exc}") from None
+    for key, split in (("data.train_split", data.train_split), ("data.val_split", data.val_split)):
+        if split not in manifest.split_counts:
+            raise ValueError(f"{key}: {manifest.uri} has no split {split!r} (has {sorted(manifest.split_counts)})")
+    workers = cfg.distributed.num_workers if cfg.trainer == "ray" else 1
+    n_shards = len(manifest.shards_of(data.train_split))
+    if n_shards < workers:
+        raise ValueError(
+            f"data.manifest: {manifest.uri}: the {data.train_split} split has {n_shards} shard(s) for up to "
+            f"{workers} workers; every worker needs at least one (re-ingest with smaller shards)"
+        )
+
+
+def check_dataset(cfg) -> list[tuple[str, str]]:
+    """Both splits of ``data.dataset`` resolved to files that exist: ``[(split, path)]``. ValueError /
+    FileNotFoundError naming the key."""
+    from unimat_dist.datasets import resolve_split
+
+    d = cfg.data
+    out = []
+    for key, split in (("data.train_split", d.train_split), ("data.val_split", d.val_split)):
+        try:
+            r = resolve_split(d.dataset, split)
+        except (ValueError, KeyError, FileNotFoundError) as exc:
+            raise ValueError(f"data.dataset: {d.dataset}/{split}: {exc}") from None
+        if not Path(r.path).exists():
+            raise FileNotFoundError(f"{key}: {d.dataset}/{split}: {r.path} does not exist")
+        out.append((split, str(r.path)))
+    return out
+
+
+def check_config(cfg, manifest=None) -> None:
+    """Every check of a ``trainer: ray`` config (a ``TrainConfig``) that needs no worker: the global batch on
+    every world size, the manifest's spec, splits and shards per worker (read here unless the caller already
+    read ``manifest``) or the data set's splits, the DeepSpeed config, ``fail_at``. Raises
+    ValueError/FileNotFoundError with one clear message that names the key. ``unimat train --dry-run``
+    (``launch/preflight.py``) runs these same checks, with the storage reads bounded in time."""
+    d = cfg.distributed
+    batch_plan(cfg)
+    if cfg.data.manifest:
+        if manifest is None:
+            from unimat_dist.shards.manifest import read_manifest
+
+            manifest = read_manifest(cfg.data.manifest, cfg.data.storage_options or None)
+        check_manifest(cfg, manifest)
+    else:
+        check_dataset(cfg)
     from unimat_dist.training.deepspeed_engine import deepspeed_config
 
     deepspeed_config(cfg, world_size=d.num_workers, device_type="cuda" if d.use_gpu else "cpu")
