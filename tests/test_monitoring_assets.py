@@ -55,7 +55,7 @@ def test_every_dashboard_metric_exists_in_the_code():
 
 
 def test_training_series_exported_through_ray_match_the_dashboard():
-    from unimat_dist.observability.training import RAY_SERIES
+    from unimat_dist.observability.training import SERIES as RAY_SERIES
 
     names = dashboard_metrics()
     train = {n.removeprefix("ray_") for n in names if n.startswith("ray_unimat_train_")}

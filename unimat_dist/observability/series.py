@@ -1,4 +1,5 @@
-"""Prometheus series through Ray's metrics system: the one place ``ray.util.metrics`` objects are made.
+"""Prometheus series from one table: through Ray's metrics system (``ray_series``, the one place
+``ray.util.metrics`` objects are made) or a prometheus-client registry (``client_series``).
 
 Each exporter (``observability.training``, ``data_pipeline.metrics``, ``deploy.metrics``) declares its series
 as a table ``{name: Series(...)}``. Ray's metrics agent on every node serves them, prefixed ``ray_``, on the
@@ -36,4 +37,23 @@ def ray_series(table: dict[str, Series], default_tags: dict[str, str], prefix: s
             metric = {"counter": Counter, "gauge": Gauge}[s.kind](name, s.description, tag_keys=keys)
         metric.set_default_tags(default_tags)
         out[name.removeprefix(prefix)] = metric
+    return out
+
+
+def client_series(table: dict[str, Series], labels: dict[str, str], prefix: str, registry) -> dict[str, Any]:
+    """The same ``table`` as prometheus-client metrics in ``registry``, labelled with ``labels`` and keyed by
+    name without ``prefix`` (series with per-observation ``tags`` are not supported here). Names are
+    exported as written: a counter named ``..._total`` keeps that name."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    out = {}
+    for name, s in table.items():
+        if s.tags:
+            raise ValueError(f"{name}: per-observation tags are not supported by the prometheus-client exporter")
+        keys = list(labels)
+        if s.kind == "histogram":
+            metric = Histogram(name, s.description, keys, registry=registry, buckets=list(s.boundaries))
+        else:
+            metric = {"counter": Counter, "gauge": Gauge}[s.kind](name, s.description, keys, registry=registry)
+        out[name.removeprefix(prefix)] = metric.labels(**labels)
     return out

@@ -29,8 +29,7 @@ Two exporters, the same series:
   ``WorkerId`` and ``SessionName``.
 
 * **prometheus-client** on a fixed port (``distributed.metrics_port``; off by default): the same
-  names without ``ray_`` (the counters ``unimat_train_data_wait_seconds_total`` and
-  ``unimat_train_restarts_total``), scraped at ``http://HOST:PORT/metrics`` of rank 0's node - handy
+  series from the same table (``SERIES``), named without ``ray_``, scraped at ``http://HOST:PORT/metrics`` of rank 0's node - handy
   on one machine, but the port moves with rank 0.
 """
 from __future__ import annotations
@@ -38,14 +37,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .series import Series, ray_series
+from .series import Series, client_series, ray_series
 
 log = logging.getLogger(__name__)
 
 STEP_BUCKETS = (0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100)
 
-# exported by Ray as ray_<name>
-RAY_SERIES = {
+# exported by Ray as ray_<name>, and by the prometheus-client exporter as <name>
+SERIES = {
     "unimat_train_step": Series("gauge", "optimizer steps done"),
     "unimat_train_total_steps": Series("gauge", "train.steps of the run"),
     "unimat_train_loss": Series("gauge", "training loss (mean over the logging window)"),
@@ -60,80 +59,51 @@ RAY_SERIES = {
 
 
 class TrainMetrics:
-    """Rank 0's series. ``port``: the prometheus-client exporter (None = off); ``ray_metrics``: export
-    through Ray's metrics agent when running inside Ray."""
+    """Rank 0's series, from the one table ``SERIES``. ``port``: the prometheus-client exporter (None =
+    off); ``ray_metrics``: export through Ray's metrics agent when running inside Ray."""
 
     def __init__(self, port: int | None, host: str, run: str, *, ray_metrics: bool = False) -> None:
-        self.enabled = port is not None  # the prometheus-client exporter
-        self.ray = ray_series(RAY_SERIES, {"run": run}, "unimat_train_") if ray_metrics else None
-        if not self.enabled:
-            return
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+        self.exporters: list[dict[str, Any]] = []
+        self.server = None
+        if ray_metrics and (ray := ray_series(SERIES, {"run": run}, "unimat_train_")) is not None:
+            self.exporters.append(ray)
+        if port is not None:
+            from prometheus_client import CollectorRegistry, start_http_server
 
-        self.registry = CollectorRegistry()
-        labels = ["run"]
-        r = self.registry
-        self.step = Gauge("unimat_train_step", "optimizer steps done", labels, registry=r).labels(run)
-        self.loss = Gauge("unimat_train_loss", "training loss", labels, registry=r).labels(run)
-        self.samples = Gauge("unimat_train_samples_per_second", "crystals/s over all ranks", labels, registry=r).labels(run)
-        self.slots = Gauge("unimat_train_slots_per_second", "L*H*W tensor slots/s over all ranks", labels, registry=r).labels(run)
-        self.data_wait = Counter("unimat_train_data_wait_seconds", "rank-0 time waiting for batches", labels, registry=r).labels(run)
-        self.step_time = Histogram(
-            "unimat_train_step_seconds", "optimizer step wall time", labels, registry=r, buckets=STEP_BUCKETS,
-        ).labels(run)
-        self.gpu_mem = Gauge("unimat_train_gpu_memory_bytes", "peak CUDA memory on rank 0", labels, registry=r).labels(run)
-        self.world = Gauge("unimat_train_world_size", "workers", labels, registry=r).labels(run)
-        self.restarts = Counter("unimat_train_restarts", "resumes from checkpoint", labels, registry=r).labels(run)
-        self.server, self.thread = start_http_server(port, addr=host, registry=r)
-        log.info("Prometheus metrics on http://%s:%d/metrics", host, port)
+            self.registry = CollectorRegistry()
+            self.exporters.append(client_series(SERIES, {"run": run}, "unimat_train_", self.registry))
+            self.server, self.thread = start_http_server(port, addr=host, registry=self.registry)
+            log.info("Prometheus metrics on http://%s:%d/metrics", host, port)
+
+    def _set(self, **values: float) -> None:
+        for series in self.exporters:
+            for key, value in values.items():
+                series[key].set(value)
 
     def started(self, *, world_size: int, total_steps: int, step: int, resumes: int) -> None:
-        """A worker group started (``resumes``: times the run resumed from a checkpoint, this start included)."""
-        if self.enabled:
-            self.world.set(world_size)
-            self.step.set(step)
-            if resumes:
-                self.restarts.inc()
-        if self.ray:
-            self.ray["world_size"].set(world_size)
-            self.ray["total_steps"].set(total_steps)
-            self.ray["step"].set(step)
-            self.ray["restarts"].set(resumes)
+        """A worker group started (``resumes``: times the run resumed from a checkpoint, this start included;
+        carried in the checkpoint, so a gauge that is right on whichever node rank 0 now runs)."""
+        self._set(world_size=world_size, total_steps=total_steps, step=step, restarts=resumes)
 
     def observe_step(self, *, step: int, seconds: float, data_wait: float, samples_per_step: int, slots: int) -> None:
-        if not (self.enabled or self.ray):
+        if not self.exporters:
             return
         import torch
 
         gpu = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
-        if self.enabled:
-            self.step.set(step)
-            self.step_time.observe(seconds)
-            self.data_wait.inc(data_wait)
-            if seconds > 0:
-                self.samples.set(samples_per_step / seconds)
-                self.slots.set(samples_per_step * slots / seconds)
-            if gpu:
-                self.gpu_mem.set(gpu)
-        if self.ray:
-            r = self.ray
-            r["step"].set(step)
-            r["step_seconds"].observe(seconds)
+        self._set(step=step, gpu_memory_bytes=gpu)
+        if seconds > 0:
+            self._set(samples_per_second=samples_per_step / seconds, slots_per_second=samples_per_step * slots / seconds)
+        for series in self.exporters:
+            series["step_seconds"].observe(seconds)
             if data_wait > 0:
-                r["data_wait_seconds_total"].inc(data_wait)
-            if seconds > 0:
-                r["samples_per_second"].set(samples_per_step / seconds)
-                r["slots_per_second"].set(samples_per_step * slots / seconds)
-            r["gpu_memory_bytes"].set(gpu)
+                series["data_wait_seconds_total"].inc(data_wait)
 
     def observe_loss(self, loss: float) -> None:
-        if self.enabled:
-            self.loss.set(loss)
-        if self.ray:
-            self.ray["loss"].set(loss)
+        self._set(loss=loss)
 
     def close(self) -> None:
-        if self.enabled:
+        if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
 
