@@ -353,43 +353,15 @@ def open_shards(
     split: str,
     spec: UniMatSpec,
     *,
-    rank: int = 0,
-    world_size: int = 1,
-    batch_size: int = 64,
-    shuffle_buffer: int = 1000,
-    seed: int = 0,
-    epoch: int = 0,
-    num_workers: int = 0,
-    start_batch: int = 0,
-    drop_last: bool = False,
-    even_batches: bool = True,
     storage_options: dict[str, Any] | None = None,
-    verify_checksums: bool = True,
-    prefetch_factor: int = 2,
-    multiprocessing_context: str | None = None,
+    **loader: Any,
 ) -> ShardLoader:
-    """Batches of ``split`` for ``rank`` in ``epoch`` (see module doc). ``manifest_uri`` is the manifest
-    or the dataset folder. Raises ``ValueError`` if the shards were encoded with a different ``spec``."""
+    """Batches of ``split`` (a ``ShardLoader``; ``loader`` are its keyword arguments: rank, world_size,
+    batch_size, seed, epoch, ...) after reading the manifest at ``manifest_uri`` (the manifest or the dataset
+    folder). Raises ``ValueError`` if the shards were encoded with a different ``spec``."""
     manifest = read_manifest(manifest_uri, storage_options)
     check_spec(manifest, spec)
-    return ShardLoader(
-        manifest,
-        split,
-        rank=rank,
-        world_size=world_size,
-        batch_size=batch_size,
-        shuffle_buffer=shuffle_buffer,
-        seed=seed,
-        epoch=epoch,
-        num_workers=num_workers,
-        start_batch=start_batch,
-        drop_last=drop_last,
-        even_batches=even_batches,
-        storage_options=storage_options,
-        verify_checksums=verify_checksums,
-        prefetch_factor=prefetch_factor,
-        multiprocessing_context=multiprocessing_context,
-    )
+    return ShardLoader(manifest, split, storage_options=storage_options, **loader)
 
 
 def iter_samples(
