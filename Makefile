@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 PIP = $(VENV)/bin/python -m pip
 LOCK = requirements/lock-cpu.txt
 OUT ?= out/quickstart
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=30  # the 30 slowest tests at the end of the log
 
 .PHONY: setup browser quickstart test bench results-cpu clean
 
