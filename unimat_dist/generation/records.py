@@ -88,9 +88,9 @@ def summarize_flags(flags: Iterable[Mapping[str, bool | None]]) -> dict[str, Any
 def structure_to_cif(structure, block_name: str | None = None) -> str:
     """CIF text (P1, pymatgen's writer); ``block_name`` replaces the ``data_`` line (one block per crystal
     lets many crystals share one CIF file)."""
-    from pymatgen.io.cif import CifWriter
+    from unimat_dist.crystal_files import p1_cif
 
-    text = str(CifWriter(structure))
+    text = p1_cif(structure)
     if block_name is not None:
         lines = text.split("\n")
         for i, line in enumerate(lines):
