@@ -14,7 +14,7 @@ Checked, in order, each failing with one line that names the config key:
 * storage: the run storage (``distributed.storage_path``, default ``<out_dir>/ray``) or the local run's
   ``out_dir`` / ``checkpoint_dir`` is listed and a probe file written and deleted there (fsspec), within
   ``timeout_s``;
-* ``trainer: ray``: the DeepSpeed config and ``distributed.fail_at`` (``training.distributed_config.check_config``).
+* ``trainer: ray``: the DeepSpeed config and ``distributed.fail_at`` (``training.distributed_config.check_engine``).
 
 Ray itself is not started.
 """
@@ -88,7 +88,7 @@ def run_preflight(cfg: TrainConfig, *, storage_timeout_s: float = 30.0) -> list[
     """All checks; returns one 'ok' line per check, raises PreflightError (a ValueError) on the first failure.
     The config checks are ``training.distributed_config``'s, the ones ``run_training`` applies; what this
     adds is reading the manifest and probing storage within ``storage_timeout_s``."""
-    from unimat_dist.training.distributed_config import (batch_plan, check_config, check_dataset, check_manifest,
+    from unimat_dist.training.distributed_config import (batch_plan, check_dataset, check_engine, check_manifest,
                                                          run_name_of, storage_of)
 
     try:
@@ -98,7 +98,6 @@ def run_preflight(cfg: TrainConfig, *, storage_timeout_s: float = 30.0) -> list[
     lines = [f"trainer: {cfg.trainer}, world size(s) {[w for w, _, _ in plan]}"]
     lines += [f"batch: {w} worker(s): micro-batch {micro} x {accum} accumulation" for w, micro, accum in plan]
     d = cfg.data
-    manifest = None
     try:
         if d.manifest:
             from unimat_dist.shards.manifest import read_manifest
@@ -118,8 +117,8 @@ def run_preflight(cfg: TrainConfig, *, storage_timeout_s: float = 30.0) -> list[
         kind = probe_storage(storage, dist.storage_options, key, storage_timeout_s)
         lines.append(f"storage: {storage} writable ({kind}), run name {run_name_of(cfg)}")
         try:
-            check_config(cfg, manifest=manifest)  # no second read: the manifest above is passed in
-        except (ValueError, FileNotFoundError) as exc:
+            check_engine(cfg)  # batch and data were checked above; the manifest is not read again
+        except ValueError as exc:
             raise PreflightError(str(exc)) from None
         lines.append(f"ray: {dist.num_workers} worker(s), ZeRO-{dist.zero_stage}, "
                      f"address {dist.ray_address or 'RAY_ADDRESS or a new local Ray'}")

@@ -152,27 +152,31 @@ def check_dataset(cfg) -> list[tuple[str, str]]:
     return out
 
 
-def check_config(cfg, manifest=None) -> None:
-    """Every check of a ``trainer: ray`` config (a ``TrainConfig``) that needs no worker: the global batch on
-    every world size, the manifest's spec, splits and shards per worker (read here unless the caller already
-    read ``manifest``) or the data set's splits, the DeepSpeed config, ``fail_at``. Raises
-    ValueError/FileNotFoundError with one clear message that names the key. ``unimat train --dry-run``
-    (``launch/preflight.py``) runs these same checks, with the storage reads bounded in time."""
+def check_engine(cfg) -> None:
+    """The checks of a ``trainer: ray`` config beyond batch and data: the DeepSpeed config it builds and
+    ``distributed.fail_at``. ValueError naming the key."""
     d = cfg.distributed
-    batch_plan(cfg)
-    if cfg.data.manifest:
-        if manifest is None:
-            from unimat_dist.shards.manifest import read_manifest
-
-            manifest = read_manifest(cfg.data.manifest, cfg.data.storage_options or None)
-        check_manifest(cfg, manifest)
-    else:
-        check_dataset(cfg)
     from unimat_dist.training.deepspeed_engine import deepspeed_config
 
     deepspeed_config(cfg, world_size=d.num_workers, device_type="cuda" if d.use_gpu else "cpu")
     if d.fail_at.step is not None and not 0 <= d.fail_at.rank < (d.min_workers or d.num_workers):
         raise ValueError(f"distributed.fail_at.rank {d.fail_at.rank} is not a rank of every worker group")
+
+
+def check_config(cfg) -> None:
+    """Every check of a ``trainer: ray`` config (a ``TrainConfig``) that needs no worker: the global batch on
+    every world size, the manifest's spec, splits and shards per worker or the data set's splits, the
+    DeepSpeed config, ``fail_at``. Raises ValueError/FileNotFoundError with one clear message that names the
+    key. ``unimat train --dry-run`` (``launch/preflight.py``) runs these same checks one by one, with the
+    manifest read and the storage probes bounded in time."""
+    batch_plan(cfg)
+    if cfg.data.manifest:
+        from unimat_dist.shards.manifest import read_manifest
+
+        check_manifest(cfg, read_manifest(cfg.data.manifest, cfg.data.storage_options or None))
+    else:
+        check_dataset(cfg)
+    check_engine(cfg)
 
 
 def _abs_local(path: str | None) -> str | None:
