@@ -84,3 +84,23 @@ def test_every_shipped_training_config_loads_and_fits_its_world_sizes():
             ds = deepspeed_config(cfg, world_size=cfg.distributed.num_workers,
                                   device_type="cuda" if cfg.distributed.use_gpu else "cpu")
             assert ds["train_batch_size"] == cfg.train.global_batch_size
+
+
+def test_bf16_on_cpu_is_said_once_per_process(caplog):
+    """The config check, the DeepSpeed config and the engine each resolve the precision: a CPU run asking
+    for bf16 reads the slow-CPU warning once, not once per call."""
+    import logging
+
+    from unimat_dist.training import engine
+    from unimat_dist.training.deepspeed_engine import deepspeed_config
+
+    cfg = load_train_config(ROOT / "cluster" / "jobs" / "results" / "perov5_transformer_cpu.yaml",
+                            ["trainer=ray", "distributed.num_workers=2", "distributed.precision=bf16",
+                             "train.global_batch_size=64"])
+    engine._warn_once.cache_clear()
+    with caplog.at_level(logging.WARNING, logger=engine.__name__):
+        for _ in range(3):
+            assert deepspeed_config(cfg, world_size=2, device_type="cpu")["torch_autocast"]["dtype"] == "bfloat16"
+        assert engine.resolve_autocast("bf16", "cpu") is not None
+    assert [r.getMessage() for r in caplog.records].count(
+        "bf16 autocast on CPU is slow on most CPUs; precision=fp32 is the CPU default") == 1

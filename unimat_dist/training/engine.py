@@ -17,6 +17,7 @@ the gradient-accumulation boundary, which DeepSpeed counts itself), ``step`` ret
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from typing import Any, Protocol
 
@@ -62,8 +63,15 @@ def resolve_autocast(precision: str, device: torch.device | str) -> torch.dtype 
     if precision == "auto":
         return torch.bfloat16 if device_type == "cuda" else None
     if precision == "bf16" and device_type != "cuda":
-        log.warning("bf16 autocast on CPU is slow on most CPUs; precision=fp32 is the CPU default")
+        _warn_once("bf16 autocast on CPU is slow on most CPUs; precision=fp32 is the CPU default")
     return torch.bfloat16 if precision == "bf16" else None
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    """One warning per process: the config check, the engine and the DeepSpeed config all resolve the
+    precision, and the user needs to read it once."""
+    log.warning(message)
 
 
 def build_optimizer(denoiser, *, lr: float, betas, eps: float, weight_decay: float, device: torch.device):
