@@ -57,7 +57,9 @@ UNIMAT = $(VENV)/bin/unimat
 results-cpu: setup
 	$(UNIMAT) train --config cluster/jobs/results/perov5_transformer_cpu.yaml
 	$(UNIMAT) train --config cluster/jobs/results/carbon24_transformer_cpu.yaml
-	$(UNIMAT) results evaluate --checkpoint out/results/perov5_transformer_cpu/checkpoints --dataset perov_5 \
+	$(UNIMAT) model sampling out/results/perov5_transformer_cpu/checkpoints --distinct-compositions on \
+		--out out/results/perov5_transformer_cpu/release.pt --overwrite
+	$(UNIMAT) results evaluate --checkpoint out/results/perov5_transformer_cpu/release.pt --dataset perov_5 \
 		--num $(RESULTS_NUM) --csp --label "transformer small (CPU, 1.6M)" --out $(RESULTS)/perov5_transformer_cpu
 	$(UNIMAT) model sampling out/results/carbon24_transformer_cpu/checkpoints/step_00010000 --sampler ddim \
 		--steps 100 --eta 1 --noise-scale 0.3 --restart 100:20 \

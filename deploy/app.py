@@ -302,7 +302,9 @@ class UniMatGenerator:
         run = self.g.sampling_settings()
         out = {"sampler": run["sampler"], "steps_ddim": min(s.default_steps_ddim, T), "steps_ddpm": T,
                "eta": run["eta"], "noise_scale": run["noise_scale"],
-               "restart": list(run["restart"]) if run["restart"] else None, "format": s.default_format}
+               "restart": list(run["restart"]) if run["restart"] else None, "format": s.default_format,
+               # unconditional / element-type requests: no composition twice among one request's samples
+               "distinct_compositions": self.g.distinct_compositions}
         if run["steps"] is not None:  # the checkpoint's own step count, for either sampler
             out["steps_ddim"] = out["steps_ddpm"] = min(run["steps"], T)
         return out

@@ -230,11 +230,24 @@ def test_sampling_defaults_travel_in_the_checkpoint(ckpt, tmp_path):
     assert json.loads((out4 / "summary.json").read_text())["request"]["restart"] is None
     assert main(["model", "sampling", str(tuned), "--restart", "100:3", "--out", str(tmp_path / "x.pt")]) == 2
 
+    # drawing compositions without repeats is a release setting too; a flag turns it off for one run
+    distinct = tmp_path / "distinct.pt"
+    assert main(["model", "sampling", str(tuned), "--distinct-compositions", "on", "--out", str(distinct)]) == 0
+    gd = load_generator(str(distinct), device="cpu")
+    assert gd.sampling_defaults["distinct_compositions"] is True and gd.distinct_compositions
+    assert gd.sampling_settings() == g.sampling_settings()  # not a sampler field
+    assert not g.distinct_compositions
+    out5 = tmp_path / "s5"
+    assert main(["sample", "--checkpoint", str(distinct), "--num", "1", "--composition", "Fe2O3", "--out", str(out5),
+                 "--device", "cpu", "--no-gallery", "--distinct-compositions", "off"]) == 0
+    assert json.loads((out5 / "summary.json").read_text())["request"]["distinct_compositions"] is False
+
     payload = load_inference_checkpoint(str(ckpt))
     for bad, match in (({"noise_scale": 2.0}, "noise_scale"), ({"sampler": "euler"}, "sampler"),
                        ({"restart": [100, 20]}, "restart t"), ({"restart": [10, 20]}, "restart"),
                        ({"restart": [10]}, "restart"), ({"restart": [True, 1]}, "restart"),
                        ({"steps": 101}, "exceed"), ({"steps": True}, "steps"), ({"temperature": 0.1}, "keys"),
+                       ({"distinct_compositions": "yes"}, "distinct_compositions"),
                        ("ddpm", "mapping")):
         p = dict(payload, sampling=bad)
         p.pop("path")

@@ -14,7 +14,8 @@ from unimat_dist.inference import load_generator
 ROOT = Path(__file__).resolve().parents[1]
 # file: (composition request, its counts, allowed atom counts, the range the median shortest interatomic
 # distance of unconditional samples must fall in (A), the least structural validity). Each model samples
-# with the settings it was released with (the checkpoint's "sampling": Perov-5 none, i.e. DDIM η 0;
+# with the settings it was released with (the checkpoint's "sampling": Perov-5 DDIM η 0 with its compositions
+# drawn without repeats;
 # Carbon-24 DDIM η 1 at noise scale 0.3 with a restart pass, autoguided by its step-6,000 network), at 50
 # steps. Measured on 1,000 DDIM-100 samples: structural validity Perov-5 99.4 %, Carbon-24 99.4 %.
 # Data: Perov-5 1.98 A (range +-15 %), Carbon-24 1.40 A (range +-10 %; the first release's U-Nets: 0.97 / 0.67).
@@ -79,3 +80,18 @@ def test_released_checkpoint_has_learned_its_data(name):
     shortest = np.array([_shortest(s) for s in out])
     assert np.mean(shortest > 0.5) >= least_valid  # CDVAE's structural validity
     assert lo < np.median(shortest) < hi, np.median(shortest)
+
+
+def test_perov5_release_draws_each_composition_once():
+    """The Perov-5 release carries ``distinct_compositions``: 1,000 unconditional draws are 1,000 different
+    5-atom compositions (its prior alone repeats 12.7 % of them), and ``--distinct-compositions off`` is the
+    plain prior. Measured: COV-R 86.2 -> 89.1 % at 1,000 samples, README."""
+    from unimat_dist.inference import SampleRequest
+
+    gen = load_generator(str(ROOT / "checkpoints" / "perov5_transformer_cpu.pt"), device="cpu")
+    assert gen.distinct_compositions
+    for distinct, least, most in ((None, 1000, 1000), (False, 800, 950)):
+        cond, _ = gen.condition([SampleRequest()] * 1000, seed=0, distinct=distinct)
+        counts = cond.composition.sum(1).reshape(1000, -1)
+        assert torch.all(counts.sum(1) == 5)
+        assert least <= len({tuple(r.tolist()) for r in counts}) <= most

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from unimat_dist.diffusion.positions import PositionSpace
+from unimat_dist.inference import SampleRequest
 from unimat_dist.model import CompositionModel, Condition, TransformerConfig
 from unimat_dist.model.transformer import CrystalTransformer, token_buckets
 from unimat_dist.representation import UniMatSpec
@@ -158,6 +159,29 @@ def test_composition_prior_stays_in_the_training_support():
     assert torch.equal(fe_o > 0, required)
 
 
+def test_distinct_draws_repeat_no_composition_until_the_support_runs_out():
+    """``sample_distinct`` is sampling without replacement: 60 different compositions where the support
+    holds hundreds; for Fe-O only (15 count pairs fit 7 atoms with at most L = 4 of each), the 15 first and
+    then repeats of them, in the hard rules' support, seeded."""
+    spec = UniMatSpec(4, elements=("Li", "Fe", "P", "O"))
+    prior = CompositionModel(spec.z_at_cell, spec.L, dim=16)
+    cells = {z: int(np.ravel_multi_index(spec.cell_of_z[z], (spec.H, spec.W))) for z in (3, 26, 15, 8)}
+    counts = torch.zeros((2, spec.H * spec.W), dtype=torch.long)
+    counts[0, [cells[3], cells[26], cells[15], cells[8]]] = torch.tensor([1, 1, 1, 4])  # LiFePO4
+    counts[1, [cells[26], cells[8]]] = torch.tensor([2, 3])  # Fe2O3
+    prior.observe(counts)
+    rows = prior.sample_distinct(60, generator=torch.Generator().manual_seed(0))
+    assert len({tuple(r.tolist()) for r in rows}) == 60
+    assert rows.sum(1).max() <= 7 and (rows > 0).sum(1).max() <= 4
+    assert torch.equal(rows, prior.sample_distinct(60, generator=torch.Generator().manual_seed(0)))
+    required = torch.zeros((20, spec.H * spec.W), dtype=torch.bool)
+    required[:, [cells[26], cells[8]]] = True
+    fe_o = [tuple(r.tolist()) for r in prior.sample_distinct(20, generator=torch.Generator().manual_seed(1),
+                                                             required=required)]
+    assert len(set(fe_o[:15])) == 15 and set(fe_o[15:]) <= set(fe_o[:15])
+    assert all(r[cells[26]] >= 1 and r[cells[8]] >= 1 and sum(r) <= 7 for r in fe_o)
+
+
 # ----------------------------------------------------------------------------------- proof that it learns
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -245,6 +269,22 @@ def test_unconditional_samples_use_the_prior(trained):
     with pytest.raises(ValueError, match="never appear"):
         unseen = next(e for e in ("Og", "Ts", "Lv", "Mc", "Fl") if e not in seen)
         g.sample(1, composition=unseen, exact_counts=False, steps=5)
+
+
+def test_distinct_unconditional_samples_repeat_no_composition(trained):
+    """With ``distinct`` the 24 unconditional draws of one call are 24 compositions (the 48-crystal prior
+    repeats some without it), still 5-atom cells of seen elements, reproducible from the seed."""
+    _, data, spec, g, _ = trained
+    seen = {e for c in compositions_of(data, spec) for e in c}
+    cond, _ = g.condition([SampleRequest()] * 24, seed=3, distinct=True)
+    comps = [tuple(c.reshape(-1).tolist()) for c in cond.composition.sum(1)]
+    assert len(set(comps)) == 24
+    plain, _ = g.condition([SampleRequest()] * 24, seed=3, distinct=False)
+    assert len({tuple(c.reshape(-1).tolist()) for c in plain.composition.sum(1)}) < 24
+    out = g.sample(24, sampler="ddim", steps=10, seed=3, distinct=True)
+    assert len({s.composition for s in out}) == 24
+    assert all(len(s) == 5 and {str(e) for e in s.composition.elements} <= seen for s in out)
+    assert [s.composition for s in out] == [s.composition for s in g.sample(24, steps=10, seed=3, distinct=True)]
 
 
 def test_serving_jobs_draw_one_composition_per_sample(trained):

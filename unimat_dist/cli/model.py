@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ps.add_argument("--noise-scale", type=float)
     ps.add_argument("--restart", type=parse_restart, metavar="T:K",
                     help="restart pass: noise to timestep T, K deterministic steps back ('none': drop it)")
+    ps.add_argument("--distinct-compositions", choices=("on", "off"),
+                    help="unconditional draws avoid repeating a composition (model/composition.py: sample_distinct)")
     ps.add_argument("--autoguide-with", metavar="CKPT",
                     help="an earlier checkpoint of the same run to guide with (diffusion/autoguidance.py); "
                          "its weights travel inside the new file")
@@ -107,6 +109,8 @@ def run_sampling(args) -> int:
                                ("noise_scale", args.noise_scale)) if v is not None}
     if args.restart is not None:
         given["restart"] = list(args.restart) or None
+    if args.distinct_compositions is not None:
+        given["distinct_compositions"] = args.distinct_compositions == "on"
     guiding = args.autoguide_with is not None or args.autoguidance is not None or args.autoguidance_max_t is not None
     if not given and not args.clear and not guiding:
         print(json.dumps({"sampling": payload["sampling"], "autoguidance": autoguidance_summary(payload)}))

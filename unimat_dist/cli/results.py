@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from .sample import parse_restart
+from .sample import on_off, parse_restart
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="restart sampling: noise to timestep T, K deterministic steps back ('none': off)")
     e.add_argument("--autoguidance", type=float, default=None, metavar="W",
                    help="weight of the checkpoint's guide network (default: the checkpoint's; 0: off)")
+    e.add_argument("--distinct-compositions", choices=("on", "off"), default=None,
+                   help="draw the run's compositions from the prior without repeats (default: the checkpoint's)")
     e.add_argument("--batch-size", type=int, default=500)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--workers", type=int, help="evaluation processes (default: all CPUs)")
@@ -70,7 +72,8 @@ def run_evaluate(args) -> int:
     r = evaluate_run(RunOptions(
         checkpoint=args.checkpoint, dataset=args.dataset, out=Path(args.out), num=args.num, sampler=args.sampler,
         steps=args.steps, eta=args.eta, noise_scale=args.noise_scale, restart=args.restart,
-        autoguidance=args.autoguidance, batch_size=args.batch_size, seed=args.seed, workers=args.workers,
+        autoguidance=args.autoguidance, distinct_compositions=on_off(args.distinct_compositions),
+        batch_size=args.batch_size, seed=args.seed, workers=args.workers,
         energy_samples=args.energy_samples, relax_steps=args.relax_steps, property_emd=args.property_emd,
         limit_reference=args.limit_reference, limit_train=args.limit_train, label=args.label,
         conditional=args.conditional, per_composition=args.per_composition, csp=args.csp, limit_csp=args.limit_csp,

@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(restart sampling; 'none': off; default: the checkpoint's)")
     p.add_argument("--autoguidance", type=float, default=None, metavar="W",
                    help="weight of the checkpoint's guide network (default: the checkpoint's; 0: off, half the cost)")
+    p.add_argument("--distinct-compositions", choices=("on", "off"), default=None,
+                   help="compositions drawn from the model's prior without repeats while it has new ones "
+                        "(default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
@@ -76,6 +79,11 @@ def parse_restart(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected T:K (e.g. 100:20) or none, got {text!r}") from None
 
 
+def on_off(value: str | None) -> bool | None:
+    """``on``/``off`` flags whose absence means "the checkpoint's setting"."""
+    return None if value is None else value == "on"
+
+
 def parse_properties(items: list[str]) -> dict[str, float]:
     out = {}
     for item in items:
@@ -104,6 +112,7 @@ def sample_to_folder(
     noise_scale: float | None = None,
     restart: tuple[int, ...] | None = None,
     autoguidance: float | None = None,
+    distinct_compositions: bool | None = None,
     seed: int = 0,
     batch_size: int = 256,
     device: str | None = None,
@@ -138,6 +147,7 @@ def sample_to_folder(
     structures = g.sample(
         num, composition, exact_counts, properties or {}, guidance, sampler=sampler, steps=steps, eta=eta,
         noise_scale=noise_scale, restart=restart, seed=seed, batch_size=batch_size, progress=progress,
+        distinct=distinct_compositions,
     )
     t_sample = time.perf_counter() - t0
     out_dir = Path(out)
@@ -157,6 +167,7 @@ def sample_to_folder(
             "num": num, "composition": composition, "exact_counts": exact_counts, "properties": properties or {},
             "guidance": guidance, "sampler": sampler, "steps": steps, "eta": eta, "noise_scale": noise_scale,
             "restart": list(restart) if restart else None, "autoguidance": g.meta.get("autoguidance"), "seed": seed,
+            "distinct_compositions": g.distinct_compositions if distinct_compositions is None else distinct_compositions,
         },
         "spec": g.spec.to_dict(),
         "num_decoded": sum(s is not None for s in structures),
@@ -274,8 +285,8 @@ def run(args) -> int:
         args.checkpoint, args.num, args.out, composition=args.composition, exact_counts=not args.types_only,
         properties=parse_properties(args.property), guidance=args.guidance, sampler=args.sampler, steps=args.steps,
         eta=args.eta, noise_scale=args.noise_scale, restart=args.restart,
-        autoguidance=args.autoguidance, seed=args.seed, batch_size=args.batch_size, device=args.device,
-        precision=args.precision,
+        autoguidance=args.autoguidance, distinct_compositions=on_off(args.distinct_compositions), seed=args.seed,
+        batch_size=args.batch_size, device=args.device, precision=args.precision,
         fmt=args.format, overwrite=args.overwrite, symprec=args.symprec, facts_workers=args.facts_workers,
         gallery=not args.no_gallery,
     )

@@ -82,12 +82,12 @@ def inference_payload(
     }
 
 
-SAMPLING_KEYS = ("sampler", "steps", "eta", "noise_scale", "restart")
+SAMPLING_KEYS = ("sampler", "steps", "eta", "noise_scale", "restart", "distinct_compositions")
 
 
 def sampling_defaults(value: Any, where: str, timesteps: int | None = None) -> dict[str, Any]:
     """The sampler settings a checkpoint carries (``"sampling"``: any of sampler, steps, eta, noise_scale,
-    restart [t, steps]), checked: they come from a file that may not be ours. Requests and command-line flags override them
+    restart [t, steps], distinct_compositions), checked: they come from a file that may not be ours. Requests and command-line flags override them
     field by field; a checkpoint without them samples with the library's defaults (DDIM-100, η 0, λ 1).
     ``timesteps``: the model's T, which bounds steps and the restart's t."""
     from unimat_dist.diffusion.samplers import SAMPLERS, check_restart
@@ -117,6 +117,11 @@ def sampling_defaults(value: Any, where: str, timesteps: int | None = None) -> d
     restart = check_restart(value.get("restart"), timesteps, f"{where} restart")
     if restart is not None:
         out["restart"] = list(restart)
+    if "distinct_compositions" in value:  # composition prior: no repeats within one call (generator.condition)
+        if not isinstance(value["distinct_compositions"], bool):
+            raise ValueError(f"{where}: distinct_compositions must be true or false, "
+                             f"got {repr(value['distinct_compositions'])[:80]}")
+        out["distinct_compositions"] = value["distinct_compositions"]
     return out
 
 

@@ -94,6 +94,13 @@ class StructureGenerator:
         """The sampler settings the checkpoint was released with (``"sampling"``; {} when it has none)."""
         return dict(self.meta.get("sampling") or {})
 
+    @property
+    def distinct_compositions(self) -> bool:
+        """Whether compositions drawn from the prior for one call avoid repeats
+        (``CompositionModel.sample_distinct``): the checkpoint's ``distinct_compositions`` sampling default,
+        else off."""
+        return bool(self.sampling_defaults.get("distinct_compositions", False))
+
     def sampling_settings(self, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
                           noise_scale: float | None = None, restart=None) -> dict[str, Any]:
         """{sampler, steps, eta, noise_scale, restart} to sample with: each given value, else the checkpoint's
@@ -134,9 +141,9 @@ class StructureGenerator:
         element types only, with a model that has a prior (composition first, docs/learning_core.md)."""
         return self.composition_prior is not None and (request.composition is None or not request.exact_counts)
 
-    def _draw_counts(self, composition, n: int, generator: torch.Generator) -> np.ndarray:
+    def _draw_counts(self, composition, n: int, generator: torch.Generator, distinct: bool = False) -> np.ndarray:
         """(n, L, H, W) exact-count compositions drawn from the prior: any (``composition`` None) or with
-        exactly the elements of ``composition``."""
+        exactly the elements of ``composition``; ``distinct``: no composition twice while the prior has others."""
         prior = self.composition_prior
         required = None
         if composition is not None:
@@ -147,16 +154,19 @@ class StructureGenerator:
                 raise ValueError(f"element(s) with Z={sorted(int(v) for v in z)} never appear in this model's "
                                  "training data; give exact counts to place them anyway")
             required = torch.as_tensor(types, device=prior.seen.device)[None].expand(n, -1)
-        counts = prior.sample(n, generator=generator, required=required).cpu().numpy()  # (n, H*W)
+        draw = prior.sample_distinct if distinct else prior.sample
+        counts = draw(n, generator=generator, required=required).cpu().numpy()  # (n, H*W)
         L, H, W = self.spec.shape[:3]
         slots = np.arange(L)[None, :, None]
         return (slots < counts.reshape(n, 1, H * W)).reshape(n, L, H, W).astype(np.float32)
 
-    def condition(self, requests: Sequence[SampleRequest], seed: int | None = 0) -> tuple[Condition, torch.Tensor]:
+    def condition(self, requests: Sequence[SampleRequest], seed: int | None = 0,
+                  distinct: bool | None = None) -> tuple[Condition, torch.Tensor]:
         """(Condition, guidance (B,)) for a list of per-sample requests.
 
         With a composition prior, requests without exact counts get counts drawn from it (one per row,
-        from a generator seeded with ``seed``) and become exact-count conditions."""
+        from a generator seeded with ``seed``) and become exact-count conditions. ``distinct``: identical
+        requests get different compositions while the prior has them (None: ``distinct_compositions``)."""
         if not requests:
             raise ValueError("no sample requests")
         comps, exact, values, masks, w = [], [], [], [], []
@@ -182,11 +192,12 @@ class StructureGenerator:
             masks.append(m[0])
             w.append(float(r.guidance))
         if drawn:
+            distinct = self.distinct_compositions if distinct is None else bool(distinct)
             gen = torch.Generator(device=self.composition_prior.seen.device)
             gen.manual_seed(int(seed) if seed is not None else torch.seed())
             for key, rows in drawn.items():
                 try:
-                    counts = self._draw_counts(requests[rows[0]].composition, len(rows), gen)
+                    counts = self._draw_counts(requests[rows[0]].composition, len(rows), gen, distinct)
                 except ValueError as exc:
                     raise ValueError(f"request {rows[0]}: {exc}") from None
                 for j, i in enumerate(rows):
@@ -254,11 +265,13 @@ class StructureGenerator:
         seed: int | None = 0,
         batch_size: int = 256,
         progress: bool = False,
+        distinct: bool | None = None,
     ) -> list:
-        """Structures for a list of (possibly different) requests, ``batch_size`` per denoising loop."""
+        """Structures for a list of (possibly different) requests, ``batch_size`` per denoising loop
+        (``distinct``: see ``condition``)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        cond, w = self.condition(requests, seed=seed)
+        cond, w = self.condition(requests, seed=seed, distinct=distinct)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(seed if seed is not None else torch.seed())
         structures: list = []
@@ -292,14 +305,16 @@ class StructureGenerator:
         seed: int | None = 0,
         batch_size: int = 256,
         progress: bool = False,
+        distinct: bool | None = None,
     ) -> list:
-        """``num`` structures under one request (see ``SampleRequest`` for the arguments)."""
+        """``num`` structures under one request (see ``SampleRequest`` for the arguments; ``distinct``:
+        see ``condition``)."""
         if num < 1:
             raise ValueError(f"num must be >= 1, got {num}")
         req = SampleRequest(composition, exact_counts, dict(properties or {}), guidance)
         return self.sample_requests(
             [req] * num, sampler=sampler, steps=steps, eta=eta, noise_scale=noise_scale, restart=restart, seed=seed,
-            batch_size=batch_size, progress=progress,
+            batch_size=batch_size, progress=progress, distinct=distinct,
         )
 
 

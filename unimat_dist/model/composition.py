@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 _NEG = -1e9
+DISTINCT_ROUNDS = 16  # rejection rounds of sample_distinct: at most 16 n draws for n distinct compositions
 
 
 class CompositionModel(nn.Module):
@@ -183,6 +184,37 @@ class CompositionModel(nn.Module):
                 break
             x = (self.element_emb(el) + self.count_emb(ct))[:, None]
         return counts
+
+    @torch.no_grad()
+    def sample_distinct(self, n: int, generator: torch.Generator | None = None, required: torch.Tensor | None = None,
+                        rounds: int = DISTINCT_ROUNDS) -> torch.Tensor:
+        """(n, C) counts like ``sample``, but no composition twice while the prior has new ones to give:
+        sampling without replacement, by rejection. Draws ``n`` at a time, up to ``rounds`` times, and keeps
+        each composition's first draw, in draw order; a round that finds nothing new ends the search (the
+        support is used up, e.g. element types with few stoichiometries), and the rest repeat the earliest
+        repeated draws. Seeded like ``sample``.
+
+        Why: a prior fitted to a few thousand crystals is sharper than the data (the released Perov-5 prior
+        repeats a composition in 12.7 % of 1,000 draws, where 1,000 of its real training crystals do in
+        2-3 %), and a repeated composition adds a second guess at a crystal already guessed instead of a new
+        candidate (docs/learning_core.md)."""
+        kept: list[np.ndarray] = []
+        spare: list[np.ndarray] = []
+        seen: set[bytes] = set()
+        for _ in range(max(int(rounds), 1)):
+            before = len(kept)
+            for row in self.sample(n, generator=generator, required=required).cpu().numpy():
+                key = row.tobytes()
+                if key not in seen:
+                    seen.add(key)
+                    kept.append(row)
+                    if len(kept) == n:
+                        return torch.from_numpy(np.stack(kept)).to(self.seen.device)
+                elif len(spare) < n:
+                    spare.append(row)
+            if len(kept) == before:
+                break
+        return torch.from_numpy(np.stack(kept + spare[:n - len(kept)])).to(self.seen.device)
 
     def element_probabilities(self) -> torch.Tensor:
         """(C,) how often each cell's element appears in samples of the first step's distribution (a

@@ -52,6 +52,8 @@ class RunOptions:
     noise_scale: float | None = None  # multiplies the added noise (sampling temperature; diffusion/samplers.py)
     restart: tuple[int, ...] | None = None  # (t, steps) restart pass; () none; None: the checkpoint's default
     autoguidance: float | None = None  # weight of the checkpoint's guide network; None: the checkpoint's, 0: off
+    # compositions of the run drawn without repeats (CompositionModel.sample_distinct); None: the checkpoint's
+    distinct_compositions: bool | None = None
     batch_size: int = 500
     seed: int = 0
     workers: int | None = None
@@ -142,6 +144,8 @@ def with_sampling(o: RunOptions, gen) -> RunOptions:
     s = gen.sampling_settings(o.sampler, o.steps, o.eta, o.noise_scale, o.restart)
     if s["steps"] is None:
         s["steps"] = default_steps(s["sampler"], gen.diffusion.timesteps)
+    if o.distinct_compositions is None:
+        s["distinct_compositions"] = gen.distinct_compositions
     return replace(o, **s)
 
 
@@ -174,11 +178,15 @@ def sample_run(o: RunOptions) -> tuple[Path, dict[str, Any]]:
     import torch
 
     generator = torch.Generator(device=gen.device).manual_seed(o.seed)
+    if o.distinct_compositions:  # no composition twice in the whole run: all drawn at once
+        every = gen.condition([_uncond()] * o.num, seed=o.seed * 1_000_003, distinct=True)
     with open(tmp, "w") as fh:
         for start in tqdm(range(0, o.num, o.batch_size), desc=f"sampling {o.dataset}", unit="batch"):
             n = min(o.batch_size, o.num - start)
-            # the composition prior's draws are seeded per batch: batches must not repeat each other's
-            cond, w = gen.condition([_uncond()] * n, seed=o.seed * 1_000_003 + start)
+            if o.distinct_compositions:
+                cond, w = every[0][start:start + n], every[1][start:start + n]
+            else:  # the composition prior's draws are seeded per batch: batches must not repeat each other's
+                cond, w = gen.condition([_uncond()] * n, seed=o.seed * 1_000_003 + start, distinct=False)
             batch = gen.sample_condition(cond, w, sampler=o.sampler, steps=o.steps, eta=o.eta,
                                          noise_scale=o.noise_scale, restart=o.restart,
                                          generator=generator)
@@ -211,6 +219,7 @@ def sample_run(o: RunOptions) -> tuple[Path, dict[str, Any]]:
         "eta": o.eta,
         "noise_scale": o.noise_scale,
         "restart": list(o.restart) if o.restart else None,
+        "distinct_compositions": bool(o.distinct_compositions),
         "autoguidance": gen.meta.get("autoguidance"),  # {weight, guide_step, guide_weights} or None
         "sampling_seconds": seconds,
         "facts_seconds": t_facts,
