@@ -9,11 +9,14 @@ Layout exactly as ``gs://gdm_materials_discovery/gnome_data`` (``data/GNOME_FORM
 (the first structure of each composition / reduced formula, as the release keeps one per composition).
 
 Structures are drawn from and perturbed around the bundled real crystals (MP-20 subset, Perov-5,
-Carbon-24), then held to a target distribution of elements per structure and atoms per cell:
+Carbon-24), then held to a target distribution of elements per structure, atoms per cell and, when the
+target has one, volume per atom (the lattice size per atom):
 
-1. draw the number of elements ``k`` and an atoms-per-cell bin from the target histograms;
-2. pick a bundled crystal and a supercell (1, 2, 3, 4, 6 or 8 cells) whose atom count lands in the bin
-   and that has at most ``k`` elements;
+1. draw the number of elements ``k``, an atoms-per-cell bin and (with a volume target) a volume-per-atom
+   bin from the target histograms;
+2. pick a bundled crystal and a supercell (1, 2, 3, 4, 6 or 8 cells) whose atom count lands in the bin,
+   that has at most ``k`` elements and whose volume per atom lands in its bin (else the nearest bin that
+   has such a crystal: crystals are chosen, never rescaled, so bonds keep real lengths);
 3. raise its element count to ``k`` by chemically similar substitution, the way GNoME's candidates were
    made (SAPS): half of the sites of one element become the element next to it in its periodic-table
    group (else its period) that the crystal does not contain yet;
@@ -23,8 +26,10 @@ Carbon-24), then held to a target distribution of elements per structure and ato
 The target histograms: ``DEFAULT_STATS`` below, an approximation of the shape of GNoME's stable set
 (mostly ternary and quaternary, cells up to ~80 atoms); the real summary CSV is not redistributable
 here, so its exact histograms are not in the repository. ``--stats-from`` reads them from any real
-``stable_materials_summary.csv`` (its ``Elements`` and ``NSites`` columns) - then the synthetic release
-follows the real one. The generator reports the target and achieved histograms at the end.
+``stable_materials_summary.csv`` (its ``Elements``, ``NSites`` and ``Volume`` columns) - then the synthetic
+release follows the real one, volume per atom included. ``DEFAULT_STATS`` has no volume target (the
+volumes are the bundled crystals' own: median 12.4 A^3/atom, carbon allotropes ~6). The generator reports
+the target and achieved histograms at the end.
 
 Same seed, same size, same stats -> byte-identical files. Memory is flat in the number of rows (the
 zips are written member by member; only the set of compositions already written is kept, 8 bytes each).
@@ -60,6 +65,8 @@ DEFAULT_STATS = {
     "n_elements": {"1": 0.002, "2": 0.04, "3": 0.32, "4": 0.47, "5": 0.15, "6": 0.018},
     "nsites": {"1-4": 0.04, "5-8": 0.14, "9-12": 0.18, "13-20": 0.34, "21-40": 0.24, "41-80": 0.06, "81-400": 0.0},
 }
+# Volume-per-atom bins (A^3/atom, lower bound inclusive): the lattice size per atom.
+VOLUME_BINS = ((0, 8), (8, 12), (12, 16), (16, 20), (20, 25), (25, 35), (35, 1000))
 SUPERCELLS = ((1, 1, 1), (2, 1, 1), (3, 1, 1), (2, 2, 1), (3, 2, 1), (2, 2, 2))  # 1, 2, 3, 4, 6, 8 cells
 MAX_SUBSTITUTIONS = 3
 MAX_Z = 94  # substitutes stop at Pu: heavier actinides are not in DFT databases' stable sets
@@ -78,6 +85,19 @@ def nsites_bin(n: int) -> str:
     return bin_label(*NSITES_BINS[-1])
 
 
+def volume_bin(v: float) -> str:
+    for lo, hi in VOLUME_BINS:
+        if lo <= v < hi:
+            return bin_label(lo, hi)
+    return bin_label(*VOLUME_BINS[-1])
+
+
+def cell_volume(params: np.ndarray) -> float:
+    """Volume (A^3) of a cell given (a, b, c, alpha, beta, gamma) in A and degrees."""
+    ca, cb, cg = np.cos(np.radians(params[3:]))
+    return float(np.prod(params[:3]) * np.sqrt(max(1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg, 1e-9)))
+
+
 def _normalised(hist: dict[str, float]) -> dict[str, float]:
     total = float(sum(hist.values()))
     if total <= 0:
@@ -86,16 +106,19 @@ def _normalised(hist: dict[str, float]) -> dict[str, float]:
 
 
 def stats_from_summary(path: str | Path, limit: int | None = None) -> dict:
-    """The element-count and atoms-per-cell histograms of a GNoME summary CSV (real or synthetic)."""
+    """The element-count, atoms-per-cell and volume-per-atom histograms of a GNoME summary CSV (real or
+    synthetic; the volume one only when the CSV has a usable ``Volume`` column)."""
     import ast
 
     n_el: dict[str, int] = {}
     sites: dict[str, int] = {bin_label(*b): 0 for b in NSITES_BINS}
-    rows = 0
+    volumes: dict[str, int] = {bin_label(*b): 0 for b in VOLUME_BINS}
+    rows = with_volume = 0
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh)
         header = [h.strip().lower() for h in next(reader)]
         i_el, i_ns = header.index("elements"), header.index("nsites")
+        i_vol = header.index("volume") if "volume" in header else None
         for row in reader:
             if limit is not None and rows >= limit:
                 break
@@ -108,11 +131,21 @@ def stats_from_summary(path: str | Path, limit: int | None = None) -> dict:
             n_el[key] = n_el.get(key, 0) + 1
             sites[nsites_bin(n)] += 1
             rows += 1
+            try:
+                v = float(row[i_vol]) / n if i_vol is not None and n > 0 else float("nan")
+            except (ValueError, IndexError):
+                v = float("nan")
+            if np.isfinite(v) and v > 0:
+                volumes[volume_bin(v)] += 1
+                with_volume += 1
     if not rows:
         raise ValueError(f"{path}: no usable rows (Elements, NSites)")
-    return {"about": f"histograms of {path} ({rows:,} rows)", "rows": rows,
-            "n_elements": {k: v / rows for k, v in sorted(n_el.items())},
-            "nsites": {k: v / rows for k, v in sites.items()}}
+    out = {"about": f"histograms of {path} ({rows:,} rows)", "rows": rows,
+           "n_elements": {k: v / rows for k, v in sorted(n_el.items())},
+           "nsites": {k: v / rows for k, v in sites.items()}}
+    if with_volume:
+        out["volume_per_atom"] = {k: v / with_volume for k, v in volumes.items()}
+    return out
 
 
 def _similar(z: int, present: set[int]) -> int | None:
@@ -177,18 +210,35 @@ class Synthesizer:
         self._k_p = np.array([self.target_k[k] for k in self._k_keys])
         self._bin_keys = list(self.target_bins)
         self._bin_p = np.array([self.target_bins[k] for k in self._bin_keys])
+        # volume per atom: a target only when the stats have one (then the draw order gains one choice)
+        vol = {k: v for k, v in (stats.get("volume_per_atom") or {}).items() if float(v) > 0}
+        unknown = sorted(set(vol) - {bin_label(*b) for b in VOLUME_BINS})
+        if unknown:
+            raise ValueError(f"volume_per_atom bins {unknown} are not among {[bin_label(*b) for b in VOLUME_BINS]}")
+        self.target_volume = _normalised(vol) if vol else None
+        self._vol_keys = list(self.target_volume or {})
+        self._vol_p = np.array([self.target_volume[k] for k in self._vol_keys]) if vol else None
+        self._vol_index = {bin_label(*b): i for i, b in enumerate(VOLUME_BINS)}
+        base_vbin = [self._vol_index[volume_bin(cell_volume(b.params) / len(b.z))] for b in self.bases]
+        # (bin, k) -> {volume bin index: options}: the same options as above, split by the base's volume/atom
+        self.volume_options: dict[tuple[str, int], dict[int, list[tuple[int, int]]]] = {}
+        for key, opts in self.options.items():
+            split = self.volume_options.setdefault(key, {})
+            for bi, si in opts:
+                split.setdefault(base_vbin[bi], []).append((bi, si))
 
     def _choose(self) -> tuple[Base, tuple[int, int, int], int]:
         k = int(self.rng.choice(self._k_keys, p=self._k_p))
         lab = self._bin_keys[int(self.rng.choice(len(self._bin_keys), p=self._bin_p))]
-        opts = self.options.get((lab, k))
-        if not opts:  # no crystal reaches this corner: nearest element count that does, same bin
-            for dk in range(1, 8):
-                opts = self.options.get((lab, k - dk)) or self.options.get((lab, k + dk))
-                if opts:
-                    break
-        if not opts:  # nothing in this bin at all (e.g. 81-400 without big bases): any option
-            opts = next(iter(self.options.values()))
+        key = (lab, k)
+        if key not in self.options:  # no crystal reaches this corner: nearest element count that does, same bin
+            key = next((c for dk in range(1, 8) for c in ((lab, k - dk), (lab, k + dk)) if c in self.options),
+                       next(iter(self.options)))  # nothing in this bin at all (e.g. 81-400): any option
+        opts = self.options[key]
+        if self.target_volume is not None:
+            want = self._vol_index[self._vol_keys[int(self.rng.choice(len(self._vol_keys), p=self._vol_p))]]
+            split = self.volume_options[key]
+            opts = split[min(split, key=lambda vb: (abs(vb - want), vb))]  # that bin, else the nearest one
         bi, si = opts[int(self.rng.integers(len(opts)))]
         return self.bases[bi], SUPERCELLS[si], k
 
@@ -229,8 +279,7 @@ class Synthesizer:
         for _ in range(n):
             z, f, p = self.draw()
             mid = next(ids)
-            ca, cb, cg = np.cos(np.radians(p[3:]))
-            volume = float(np.prod(p[:3]) * np.sqrt(max(1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg, 1e-9)))
+            volume = cell_volume(p)
             density = float(masses[z].sum()) * 1.66053906660 / volume if masses is not None else 0.0
             row = _summary_row(z, mid, volume, density, ("1", "P1", 1, "triclinic"), self.rng,
                                bandgap_nan=bool(self.rng.random() < 0.2))
@@ -277,6 +326,7 @@ def write_synthetic_release(out: str | Path, n: int, seed: int = 0, stats: dict 
     part = {name: out / (name + ".partial") for name in OUTPUT_FILES}
     achieved_k: dict[str, int] = {}
     achieved_bins: dict[str, int] = {bin_label(*b): 0 for b in NSITES_BINS}
+    achieved_volume: dict[str, int] = {bin_label(*b): 0 for b in VOLUME_BINS}
     seen_comp: set[int] = set()
     seen_formula: set[int] = set()
     t0 = last = time.monotonic()
@@ -298,6 +348,7 @@ def write_synthetic_release(out: str | Path, n: int, seed: int = 0, stats: dict 
             k = str(min(e.row["Elements"].count("'") // 2, 6))
             achieved_k[k] = achieved_k.get(k, 0) + 1
             achieved_bins[nsites_bin(int(e.row["NSites"]))] += 1
+            achieved_volume[volume_bin(float(e.row["Volume"]) / int(e.row["NSites"]))] += 1
             now = time.monotonic()
             if stream is not None and now - last >= progress_every_s:
                 rate = (i + 1) / (now - t0)
@@ -309,9 +360,12 @@ def write_synthetic_release(out: str | Path, n: int, seed: int = 0, stats: dict 
         "compositions": len(seen_comp), "reduced_formulas": len(seen_formula),
         "target": {"about": stats.get("about", ""), "n_elements": synth.target_k and
                    {str(k): round(v, 4) for k, v in synth.target_k.items()},
-                   "nsites": {k: round(v, 4) for k, v in synth.target_bins.items()}},
+                   "nsites": {k: round(v, 4) for k, v in synth.target_bins.items()},
+                   "volume_per_atom": synth.target_volume and
+                   {k: round(v, 4) for k, v in synth.target_volume.items()}},
         "achieved": {"n_elements": {k: round(v / max(n, 1), 4) for k, v in sorted(achieved_k.items())},
-                     "nsites": {k: round(v / max(n, 1), 4) for k, v in achieved_bins.items()}},
+                     "nsites": {k: round(v / max(n, 1), 4) for k, v in achieved_bins.items()},
+                     "volume_per_atom": {k: round(v / max(n, 1), 4) for k, v in achieved_volume.items()}},
         "bytes": {name: part[name].stat().st_size for name in OUTPUT_FILES if part[name].exists()},
         "licence": "synthetic; structures derived from the bundled CDVAE splits (MIT, see data/README.md)",
     }
@@ -322,9 +376,10 @@ def write_synthetic_release(out: str | Path, n: int, seed: int = 0, stats: dict 
     os.replace(part[GNOME_SUMMARY], out / GNOME_SUMMARY)
     if stream is not None:
         print(f"[synth-gnome] wrote {n:,} rows in {info['seconds']:.1f} s to {out}", file=stream, flush=True)
-        for key in ("n_elements", "nsites"):
-            print(f"  {key:10s} target   " + "  ".join(f"{k}:{v:.3f}" for k, v in info["target"][key].items()),
-                  file=stream)
-            print(f"  {'':10s} achieved " + "  ".join(f"{k}:{v:.3f}" for k, v in info["achieved"][key].items()),
+        for key in ("n_elements", "nsites", "volume_per_atom"):
+            target = info["target"][key]
+            print(f"  {key:15s} target   " + ("  ".join(f"{k}:{v:.3f}" for k, v in target.items()) if target
+                                             else "none (the bundled crystals' own)"), file=stream)
+            print(f"  {'':15s} achieved " + "  ".join(f"{k}:{v:.3f}" for k, v in info["achieved"][key].items()),
                   file=stream)
     return info

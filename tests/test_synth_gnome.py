@@ -81,6 +81,27 @@ def test_histograms_follow_the_target_and_a_real_summary(tmp_path, bases):
     assert _tv(got["n_elements"], other["n_elements"]) < 0.05 and _tv(got["nsites"], other["nsites"]) < 0.05
 
 
+def test_volume_per_atom_follows_a_target_when_there_is_one(tmp_path, bases):
+    """Lattice sizes: a summary CSV's Volume/NSites histogram is a target too (``--stats-from`` reads it),
+    met by choosing crystals, not rescaling them, while the other two histograms still hold. Without one
+    (the default) the volumes are the bundled crystals' own, reported but not targeted."""
+    info = write_synthetic_release(tmp_path / "d", 1000, seed=2, bases=bases, stream=None)
+    assert info["target"]["volume_per_atom"] is None
+    assert sum(info["achieved"]["volume_per_atom"].values()) == pytest.approx(1.0, abs=1e-3)
+    target = dict(DEFAULT_STATS, volume_per_atom={"8-12": 0.1, "12-16": 0.3, "16-20": 0.35, "20-25": 0.2,
+                                                  "25-35": 0.05})
+    info = write_synthetic_release(tmp_path / "v", 3000, seed=1, stats=target, bases=bases, stream=None)
+    got = stats_from_summary(tmp_path / "v" / "stable_materials_summary.csv")
+    assert _tv(got["volume_per_atom"], target["volume_per_atom"]) < 0.05
+    assert got["volume_per_atom"] == pytest.approx(info["achieved"]["volume_per_atom"], abs=1e-3)
+    assert _tv(got["n_elements"], DEFAULT_STATS["n_elements"]) < 0.04 and _tv(got["nsites"], DEFAULT_STATS["nsites"]) < 0.04
+    # the volume histogram read back from the summary is a target that reproduces itself
+    again = write_synthetic_release(tmp_path / "again", 3000, seed=4, stats=got, bases=bases, stream=None)
+    assert _tv(again["achieved"]["volume_per_atom"], got["volume_per_atom"]) < 0.05
+    with pytest.raises(ValueError, match="volume_per_atom bins"):
+        Synthesizer(bases, dict(DEFAULT_STATS, volume_per_atom={"7-9": 1.0}))
+
+
 def test_substitution_is_chemically_local_and_cells_stay_sane(bases):
     s = Synthesizer(bases, seed=5)
     for _ in range(300):
