@@ -20,6 +20,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from unimat_dist.representation.lattice import volume_factor
 from unimat_dist.representation.periodic_table import SYMBOLS
 
 from .readers import GNOME_ARCHIVE, GNOME_SUMMARY
@@ -45,12 +46,17 @@ def material_id(*parts) -> str:
     return hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:10]
 
 
+def cell_volume(params: np.ndarray, floor: float = 1e-9) -> float:
+    """Volume (A^3) of the cell (a, b, c, alpha, beta, gamma), in A and degrees; ``floor`` bounds the squared
+    volume factor from below (an impossible angle triple gets a tiny, not a NaN, volume)."""
+    return float(np.prod(params[:3]) * np.sqrt(max(float(volume_factor(np.asarray(params, dtype=float))), floor)))
+
+
 def p1_cif(z: np.ndarray, frac: np.ndarray, params: np.ndarray, title: str | None = None) -> str:
     """A P1 CIF in pymatgen ``CifWriter``'s layout (8 decimals, labels Fe0 Fe1 ..., occupancy 1)."""
     _, reduced = formulas(z)
     a, b, c, al, be, ga = (float(v) for v in params)
-    ca, cb, cg = np.cos(np.radians([al, be, ga]))
-    volume = a * b * c * np.sqrt(max(1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg, 0.0))
+    volume = cell_volume(params, floor=0.0)
     counts = np.bincount(z, minlength=119)
     nz = [v for v in dict.fromkeys(z.tolist())]
     units = int(np.gcd.reduce(counts[counts > 0]))
@@ -154,9 +160,7 @@ def synthetic_entries(bases: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n:
         p[3:] += rng.normal(0.0, 0.5, 3)
         f = (frac + rng.normal(0.0, 0.01, frac.shape)) % 1.0
         mid = material_id("synthetic", seed, i)
-        a, b, c = p[:3]
-        ca, cb, cg = np.cos(np.radians(p[3:]))
-        volume = float(a * b * c * np.sqrt(max(1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg, 1e-9)))
+        volume = cell_volume(p)
         row = _summary_row(z, mid, volume, 0.0, ("1", "P1", 1, "triclinic"), rng, bandgap_nan=bool(rng.random() < 0.2))
         yield GnomeEntry(mid, p1_cif(z, f, p), row)
 

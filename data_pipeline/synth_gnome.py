@@ -52,9 +52,8 @@ import numpy as np
 
 from unimat_dist.representation.periodic_table import COL_OF_Z, ROW_OF_Z, SYMBOLS, Z_AT_CELL
 
-from .gnome_format import SUMMARY_COLUMNS, GnomeEntry, _member, _summary_row, p1_cif
+from .gnome_format import SUMMARY_COLUMNS, GnomeEntry, _member, _summary_row, cell_volume, p1_cif
 from .readers import GNOME_ARCHIVE, GNOME_SUMMARY
-from .splits import formulas
 
 # Atoms-per-cell bins (inclusive) and the default target: an approximation of GNoME's stable set, stated
 # as such (see the module doc; --stats-from replaces it with a real summary CSV's histograms).
@@ -90,12 +89,6 @@ def volume_bin(v: float) -> str:
         if lo <= v < hi:
             return bin_label(lo, hi)
     return bin_label(*VOLUME_BINS[-1])
-
-
-def cell_volume(params: np.ndarray) -> float:
-    """Volume (A^3) of a cell given (a, b, c, alpha, beta, gamma) in A and degrees."""
-    ca, cb, cg = np.cos(np.radians(params[3:]))
-    return float(np.prod(params[:3]) * np.sqrt(max(1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg, 1e-9)))
 
 
 def _normalised(hist: dict[str, float]) -> dict[str, float]:
@@ -219,13 +212,14 @@ class Synthesizer:
         self._vol_keys = list(self.target_volume or {})
         self._vol_p = np.array([self.target_volume[k] for k in self._vol_keys]) if vol else None
         self._vol_index = {bin_label(*b): i for i, b in enumerate(VOLUME_BINS)}
-        base_vbin = [self._vol_index[volume_bin(cell_volume(b.params) / len(b.z))] for b in self.bases]
         # (bin, k) -> {volume bin index: options}: the same options as above, split by the base's volume/atom
         self.volume_options: dict[tuple[str, int], dict[int, list[tuple[int, int]]]] = {}
-        for key, opts in self.options.items():
-            split = self.volume_options.setdefault(key, {})
-            for bi, si in opts:
-                split.setdefault(base_vbin[bi], []).append((bi, si))
+        if self.target_volume is not None:
+            base_vbin = [self._vol_index[volume_bin(cell_volume(b.params) / len(b.z))] for b in self.bases]
+            for key, opts in self.options.items():
+                split = self.volume_options.setdefault(key, {})
+                for bi, si in opts:
+                    split.setdefault(base_vbin[bi], []).append((bi, si))
 
     def _choose(self) -> tuple[Base, tuple[int, int, int], int]:
         k = int(self.rng.choice(self._k_keys, p=self._k_p))
