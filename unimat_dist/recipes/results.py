@@ -179,12 +179,12 @@ def sample_run(o: RunOptions) -> tuple[Path, dict[str, Any]]:
 
     generator = torch.Generator(device=gen.device).manual_seed(o.seed)
     if o.distinct_compositions:  # no composition twice in the whole run: all drawn at once
-        every = gen.condition([_uncond()] * o.num, seed=o.seed * 1_000_003, distinct=True)
+        run_cond, run_w = gen.condition([_uncond()] * o.num, seed=o.seed * 1_000_003, distinct=True)
     with open(tmp, "w") as fh:
         for start in tqdm(range(0, o.num, o.batch_size), desc=f"sampling {o.dataset}", unit="batch"):
             n = min(o.batch_size, o.num - start)
             if o.distinct_compositions:
-                cond, w = every[0][start:start + n], every[1][start:start + n]
+                cond, w = run_cond[start:start + n], run_w[start:start + n]
             else:  # the composition prior's draws are seeded per batch: batches must not repeat each other's
                 cond, w = gen.condition([_uncond()] * n, seed=o.seed * 1_000_003 + start, distinct=False)
             batch = gen.sample_condition(cond, w, sampler=o.sampler, steps=o.steps, eta=o.eta,
