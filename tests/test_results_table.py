@@ -17,6 +17,7 @@ from unimat_dist.evaluation.published import PUBLISHED
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIMAT = str(Path(sys.executable).parent / "unimat")
+pytestmark = pytest.mark.slow  # the module fixture trains and evaluates two models
 CONFIG = ROOT / "cluster" / "jobs" / "results" / "perov5_tiny_cpu.yaml"
 
 

@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_scale_bench_small(tmp_path):
     out = tmp_path / "scale.json"
     cmd = [sys.executable, str(ROOT / "bench" / "bench_scale.py"), "--work", str(tmp_path / "w"), "--n", "10000",
