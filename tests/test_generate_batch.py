@@ -220,6 +220,10 @@ def test_sampler_settings_change_the_output_identity_only_when_set():
     assert fp([], release) == fp(["sampling.eta=1", "sampling.noise_scale=0.3", "sampling.restart=[100, 20]"]) != base
     assert fp(["sampling.restart=[]"], release) == fp(["sampling.eta=1", "sampling.noise_scale=0.3"])
     assert fp(["sampling.sampler=ddpm"], release) == fp(["sampling.sampler=ddpm"])  # defaults belong to DDIM
+    # compositions without repeats: the same rules (false is the default; the checkpoint's setting counts)
+    assert fp(["sampling.distinct_compositions=false"]) == base != fp(["sampling.distinct_compositions=true"])
+    assert fp([], {"distinct_compositions": True}) == fp(["sampling.distinct_compositions=true"])
+    assert fp(["sampling.distinct_compositions=false"], {"distinct_compositions": True}) == base
     with pytest.raises(ValueError, match="resolved"):
         fingerprint(load_batch_config(None, []), "ckpt.pt", [])
 
@@ -258,3 +262,23 @@ def test_unset_sampler_settings_follow_the_checkpoint(tmp_path, tiny_checkpoint)
     assert text_imp == text_exp != text_plain
     ran = m_imp["config"]["sampling"]
     assert (ran["sampler"], ran["eta"], ran["noise_scale"], ran["restart"]) == ("ddim", 1.0, 0.5, restart)
+
+
+def test_distinct_compositions_follow_the_checkpoint_and_the_job_config(tmp_path):
+    """The released Perov-5 model carries ``distinct_compositions: true``: an unconditional request of 200
+    samples gets 200 different compositions from its prior; ``sampling.distinct_compositions=false`` gives
+    the plain prior's draws, which repeat some (a seeded draw), and the manifest says what ran."""
+    release = ROOT / "checkpoints" / "perov5_transformer_cpu.pt"
+    common = [f"model.checkpoint={release}", "requests.source=unconditional", "requests.unconditional_samples=200",
+              "requests.samples_per_request=200", "sampling.steps=2", "sampling.seed=4", "run.executor=local",
+              "run.torch_threads=1", "output.gallery=false", "output.format=extxyz"]
+    formulas = {}
+    for label, extra in (("release", []), ("plain", ["sampling.distinct_compositions=false"])):
+        summary = run_generate_batch(load_batch_config(None, common + extra + [f"output.uri={tmp_path / label}"]))
+        assert read_generated_manifest(summary.output_uri)["config"]["sampling"]["distinct_compositions"] is (
+            label == "release")
+        (rec,) = read_unit_records(summary.output_uri)
+        formulas[label] = Counter(f for e in rec["requests"] for f in e["formulas"])
+        assert sum(formulas[label].values()) == 200 and None not in formulas[label]
+    assert len(formulas["release"]) == 200
+    assert len(formulas["plain"]) < 200, formulas["plain"].most_common(3)

@@ -48,6 +48,10 @@ class SamplingConfig:
     noise_scale: Optional[float] = None  # multiplies the ancestral noise (< 1: lower temperature); null: ..., else 1
     # [t, steps]: a deterministic pass back from t after the chain; [] none; null: the checkpoint's, else none
     restart: Optional[list[int]] = None
+    # a request that draws compositions from the model's prior (unconditional, element types) gets no
+    # composition twice while the prior has new ones (model/composition.py: sample_distinct); null: the
+    # checkpoint's, else false
+    distinct_compositions: Optional[bool] = None
     seed: int = 0  # base seed; a request's seed is derived from it and the request id (layout-independent)
     max_batch_samples: int = 256  # rows per denoising loop (device memory bound); >= the largest request
 

@@ -121,6 +121,8 @@ def resolve_job_sampling(cfg: GenerateBatchConfig, defaults: dict[str, Any], tim
     s = cfg.sampling
     r = resolve_sampling(defaults, timesteps, s.sampler, s.steps, s.eta, s.noise_scale, s.restart)
     r["restart"] = list(r["restart"]) if r["restart"] is not None else None
+    distinct = s.distinct_compositions
+    r["distinct_compositions"] = bool(defaults.get("distinct_compositions", False) if distinct is None else distinct)
     return dataclasses.replace(cfg, sampling=dataclasses.replace(s, **r))
 
 
@@ -134,11 +136,12 @@ def _checkpoint_sampling(checkpoint: str, storage_options: dict[str, Any]) -> tu
 
 def fingerprint(cfg: GenerateBatchConfig, checkpoint: str, requests: list[BatchRequest]) -> str:
     """Identity of the job's output: everything that changes which crystals are written where.
-    ``sampling.max_batch_samples`` is left out: it only regroups rows into loops; ``noise_scale`` and
-    ``restart`` only when they are the defaults 1 and null (outputs written before they existed keep their
-    identity). ``cfg``'s sampler settings must be resolved (``resolve_job_sampling``): the identity is what
+    ``sampling.max_batch_samples`` is left out: it only regroups rows into loops; ``noise_scale``,
+    ``restart`` and ``distinct_compositions`` only when they are the defaults 1, null and false (outputs
+    written before they existed keep their identity). ``cfg``'s sampler settings must be resolved (``resolve_job_sampling``): the identity is what
     runs, not what the config left to the checkpoint."""
-    if cfg.sampling.sampler is None or cfg.sampling.eta is None or cfg.sampling.noise_scale is None:
+    if (cfg.sampling.sampler is None or cfg.sampling.eta is None or cfg.sampling.noise_scale is None
+            or cfg.sampling.distinct_compositions is None):
         raise ValueError("fingerprint() needs resolved sampler settings (resolve_job_sampling)")
     ident = {
         "job_version": JOB_VERSION,
@@ -146,7 +149,7 @@ def fingerprint(cfg: GenerateBatchConfig, checkpoint: str, requests: list[BatchR
         "requests": requests_digest(requests),
         "sampling": {k: v for k, v in to_dict(cfg.sampling).items()
                      if k != "max_batch_samples" and not (k == "noise_scale" and v == 1.0)
-                     and not (k == "restart" and v is None)},
+                     and not (k == "restart" and v is None) and not (k == "distinct_compositions" and not v)},
         "exact_counts": cfg.requests.exact_counts,
         "guidance": cfg.requests.guidance,
         "format": cfg.output.format,
@@ -388,9 +391,10 @@ def run_generate_batch(cfg: GenerateBatchConfig, runner: UnitRunner | None = Non
     fp = fingerprint(cfg, checkpoint, requests)
     total_samples = sum(r.num_samples for r in requests)
     sm = cfg.sampling
-    log.info("%s | %s requests, %s crystals, %d units | %s-%s eta %g noise scale %g restart %s | job %s", checkpoint,
-             f"{len(requests):,}", f"{total_samples:,}", len(units), sm.sampler, sm.steps or "default", sm.eta,
-             sm.noise_scale, sm.restart or "none", fp)
+    log.info("%s | %s requests, %s crystals, %d units | %s-%s eta %g noise scale %g restart %s%s | job %s",
+             checkpoint, f"{len(requests):,}", f"{total_samples:,}", len(units), sm.sampler, sm.steps or "default",
+             sm.eta, sm.noise_scale, sm.restart or "none",
+             " | compositions drawn without repeats" if sm.distinct_compositions else "", fp)
     _claim_output(output, opts, fp, cfg)
     job = UnitJob(output, opts, LAYOUT, fp, units, unit_name, UNITS_DIR)
     done_requests = sum(len(u.requests) for u in units if u.index in job.done)
@@ -401,6 +405,7 @@ def run_generate_batch(cfg: GenerateBatchConfig, runner: UnitRunner | None = Non
         fingerprint=fp, output_uri=output, output_options=opts, format=cfg.output.format,
         sampler=cfg.sampling.sampler, steps=cfg.sampling.steps, eta=cfg.sampling.eta,
         noise_scale=cfg.sampling.noise_scale, restart=cfg.sampling.restart, seed=cfg.sampling.seed,
+        distinct_compositions=cfg.sampling.distinct_compositions,
         max_batch_samples=cfg.sampling.max_batch_samples, exact_counts=cfg.requests.exact_counts,
         guidance=cfg.requests.guidance,
     )

@@ -59,6 +59,7 @@ class JobContext:
     noise_scale: float = 1.0
     restart: list[int] | None = None
     seed: int = 0
+    distinct_compositions: bool = False
     max_batch_samples: int = 256
     exact_counts: bool = True
     guidance: float = 0.0
@@ -84,7 +85,7 @@ def generate_unit(g, unit: WorkUnit, ctx: JobContext) -> dict[str, Any]:
     for r in unit.requests:
         request = SampleRequest(r.composition, ctx.exact_counts, dict(r.properties), ctx.guidance)
         job = GenerationJob(r.num_samples, request, ctx.sampler, ctx.steps, ctx.eta, request_seed(ctx.seed, r.id),
-                            noise_scale=ctx.noise_scale, restart=ctx.restart)
+                            noise_scale=ctx.noise_scale, restart=ctx.restart, distinct=ctx.distinct_compositions)
         try:
             accepted.append((r, prepare_job(g, job)))
         except ValueError as exc:

@@ -46,6 +46,8 @@ class GenerationJob:
     guidance: torch.Tensor | None = None  # (1,)
     noise_scale: float = 1.0  # multiplies the ancestral noise (``diffusion.samplers``: sampling temperature)
     restart: tuple[int, int] | None = None  # (t, steps): a second, deterministic pass from t (``reverse_plan``)
+    # compositions drawn from the prior without repeats (``StructureGenerator.condition``); None: the checkpoint's
+    distinct: bool | None = None
 
     @property
     def loop_key(self) -> tuple:
@@ -91,7 +93,7 @@ def prepare_job(g: StructureGenerator, job: GenerationJob) -> GenerationJob:
     job.restart = check_restart(job.restart, int(g.diffusion.timesteps))
     rows = job.num_samples if g.draws_composition(job.request) else 1
     try:
-        job.condition, job.guidance = g.condition([job.request] * rows, seed=job.seed)
+        job.condition, job.guidance = g.condition([job.request] * rows, seed=job.seed, distinct=job.distinct)
     except ValueError as exc:
         raise ValueError(str(exc).split(": ", 1)[-1] if str(exc).startswith("request ") else str(exc)) from None
     job.guidance = job.guidance[:1]
