@@ -19,6 +19,7 @@ import math
 import numpy as np
 
 from unimat_dist.representation import UniMatSpec
+from unimat_dist.representation.lattice import volume_factor
 from unimat_dist.representation.periodic_table import SYMBOLS
 
 from .quarantine import Rejected
@@ -40,12 +41,6 @@ def cell_matrix(params: np.ndarray) -> np.ndarray:
     cy = c * (ca - cb * cg) / sg
     cz = math.sqrt(max(c * c - cx * cx - cy * cy, 0.0))
     return np.array([[a, 0.0, 0.0], [b * cg, b * sg, 0.0], [cx, cy, cz]])
-
-
-def volume_factor(params: np.ndarray) -> float:
-    """1 - cos^2 a - cos^2 b - cos^2 g + 2 cos a cos b cos g: (V / abc)^2, <= 0 for impossible angles."""
-    ca, cb, cg = (math.cos(math.radians(float(v))) for v in params[3:])
-    return 1.0 - ca * ca - cb * cb - cg * cg + 2.0 * ca * cb * cg
 
 
 def min_periodic_distance(frac: np.ndarray, matrix: np.ndarray, below: float | None = None) -> tuple[float, int, int]:
@@ -111,7 +106,7 @@ def check_lattice_ranges(
     if (params[3:] < lo).any() or (params[3:] > hi).any():
         raise Rejected("lattice_out_of_range",
                        f"angles {np.round(params[3:], 4).tolist()} deg outside validate.lattice_angle_range [{lo}, {hi}]")
-    vol = float(np.prod(params[:3])) * math.sqrt(max(volume_factor(params), 0.0))
+    vol = float(np.prod(params[:3])) * math.sqrt(max(float(volume_factor(params)), 0.0))
     lo, hi = volume_per_atom
     if not lo <= vol / n_atoms <= hi:
         raise Rejected("lattice_out_of_range",
@@ -136,7 +131,7 @@ def validate_arrays(
     params = np.asarray(params, dtype=np.float64)
     if params.shape != (6,) or not np.isfinite(params).all() or (params[:3] <= 0).any():
         raise Rejected("invalid_lattice", f"lattice parameters {np.round(params, 6).tolist()}")
-    if volume_factor(params) <= 1e-8:
+    if float(volume_factor(params)) <= 1e-8:
         raise Rejected("invalid_lattice", f"angles {np.round(params[3:], 4).tolist()} describe no 3D cell")
     if frac.shape != (n, 3) or not np.isfinite(frac).all():
         bad = int(np.flatnonzero(~np.isfinite(frac).all(axis=1))[0]) if frac.shape == (n, 3) else -1

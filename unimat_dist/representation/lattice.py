@@ -44,7 +44,8 @@ def matrix_to_params(matrix):
 
 
 def volume_factor(params):
-    """sqrt(1 - cos^2 a - cos^2 b - cos^2 g + 2 cos a cos b cos g); NaN-free, <= 0 means no valid cell."""
+    """1 - cos^2 a - cos^2 b - cos^2 g + 2 cos a cos b cos g = (V / abc)^2 (angles in degrees, last axis);
+    NaN-free, <= 0 means no valid cell."""
     xp = namespace(params)
     ca, cb, cg = (xp.cos(params[..., i] * (np.pi / 180.0)) for i in (3, 4, 5))
     return 1.0 - ca * ca - cb * cb - cg * cg + 2.0 * ca * cb * cg
