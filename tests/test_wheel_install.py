@@ -101,11 +101,6 @@ def test_licence_changelog_version():
         assert module.replace("_", "-") not in core, module
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-@pytest.mark.skipif(os.environ.get("UNIMAT_SKIP_WHEEL_TEST") == "1", reason="UNIMAT_SKIP_WHEEL_TEST=1")
-
-
 def _run(cmd, *, cwd, env, timeout=600, check=True):
     proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
@@ -153,6 +148,9 @@ def _clean_env(tmp: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(os.environ.get("UNIMAT_SKIP_WHEEL_TEST") == "1", reason="UNIMAT_SKIP_WHEEL_TEST=1")
 def test_wheel_installs_lean_and_samples_and_evaluates(tmp_path):
     t0 = time.monotonic()
     timings = {}
