@@ -10,8 +10,8 @@ PIP = $(VENV)/bin/python -m pip
 LOCK = requirements/lock-cpu.txt
 OUT ?= out/quickstart
 # Two test processes (pytest-xdist; a module stays in one process; slow modules first, tests/conftest.py):
-# most tests wait on subprocesses, Ray start-ups and servers, so two overlap on 2 cores (a clean clone's 499
-# tests: 26.3 min instead of 36-48 min serially on the 2-core VM). TEST_WORKERS=0 runs them in one process.
+# most tests wait on subprocesses, Ray start-ups and servers, so two overlap on 2 cores (a clean clone's 500
+# tests: 23.6 min instead of 36-48 min serially on the 2-core VM). TEST_WORKERS=0 runs them in one process.
 TEST_WORKERS ?= 2
 PYTEST_ARGS ?= -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30  # 30 slowest at the end
 
