@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from unimat_dist.representation.lattice import volume_factor
+from unimat_dist.representation.lattice import cell_volume
 from unimat_dist.representation.periodic_table import SYMBOLS
 
 from .readers import GNOME_ARCHIVE, GNOME_SUMMARY
@@ -44,12 +44,6 @@ class GnomeEntry:
 def material_id(*parts) -> str:
     """10 lower-case hex characters, like GNoME's MaterialId."""
     return hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:10]
-
-
-def cell_volume(params: np.ndarray, floor: float = 1e-9) -> float:
-    """Volume (A^3) of the cell (a, b, c, alpha, beta, gamma), in A and degrees; ``floor`` bounds the squared
-    volume factor from below (an impossible angle triple gets a tiny, not a NaN, volume)."""
-    return float(np.prod(params[:3]) * np.sqrt(max(float(volume_factor(np.asarray(params, dtype=float))), floor)))
 
 
 def p1_cif(z: np.ndarray, frac: np.ndarray, params: np.ndarray, title: str | None = None) -> str:

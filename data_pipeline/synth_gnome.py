@@ -50,9 +50,10 @@ from typing import Iterator
 
 import numpy as np
 
+from unimat_dist.representation.lattice import cell_volume
 from unimat_dist.representation.periodic_table import COL_OF_Z, ROW_OF_Z, SYMBOLS, Z_AT_CELL
 
-from .gnome_format import SUMMARY_COLUMNS, GnomeEntry, _member, _summary_row, cell_volume, p1_cif
+from .gnome_format import SUMMARY_COLUMNS, GnomeEntry, _member, _summary_row, p1_cif
 from .readers import GNOME_ARCHIVE, GNOME_SUMMARY
 
 # Atoms-per-cell bins (inclusive) and the default target: an approximation of GNoME's stable set, stated

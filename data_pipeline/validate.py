@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from unimat_dist.representation import UniMatSpec
-from unimat_dist.representation.lattice import volume_factor
+from unimat_dist.representation.lattice import cell_volume, volume_factor
 from unimat_dist.representation.periodic_table import SYMBOLS
 
 from .quarantine import Rejected
@@ -106,7 +106,7 @@ def check_lattice_ranges(
     if (params[3:] < lo).any() or (params[3:] > hi).any():
         raise Rejected("lattice_out_of_range",
                        f"angles {np.round(params[3:], 4).tolist()} deg outside validate.lattice_angle_range [{lo}, {hi}]")
-    vol = float(np.prod(params[:3])) * math.sqrt(max(float(volume_factor(params)), 0.0))
+    vol = cell_volume(params, floor=0.0)
     lo, hi = volume_per_atom
     if not lo <= vol / n_atoms <= hi:
         raise Rejected("lattice_out_of_range",

@@ -134,6 +134,10 @@ def _checkpoint_sampling(checkpoint: str, storage_options: dict[str, Any]) -> tu
     return dict(payload["sampling"]), int(payload["diffusion"]["timesteps"])
 
 
+# sampler settings added after outputs existed: at these values they stay out of the fingerprint
+_UNFINGERPRINTED_DEFAULTS = {"noise_scale": 1.0, "restart": None, "distinct_compositions": False}
+
+
 def fingerprint(cfg: GenerateBatchConfig, checkpoint: str, requests: list[BatchRequest]) -> str:
     """Identity of the job's output: everything that changes which crystals are written where.
     ``sampling.max_batch_samples`` is left out: it only regroups rows into loops; ``noise_scale``,
@@ -148,8 +152,8 @@ def fingerprint(cfg: GenerateBatchConfig, checkpoint: str, requests: list[BatchR
         "checkpoint": checkpoint,
         "requests": requests_digest(requests),
         "sampling": {k: v for k, v in to_dict(cfg.sampling).items()
-                     if k != "max_batch_samples" and not (k == "noise_scale" and v == 1.0)
-                     and not (k == "restart" and v is None) and not (k == "distinct_compositions" and not v)},
+                     if k != "max_batch_samples"
+                     and not (k in _UNFINGERPRINTED_DEFAULTS and v == _UNFINGERPRINTED_DEFAULTS[k])},
         "exact_counts": cfg.requests.exact_counts,
         "guidance": cfg.requests.guidance,
         "format": cfg.output.format,

@@ -51,6 +51,13 @@ def volume_factor(params):
     return 1.0 - ca * ca - cb * cb - cg * cg + 2.0 * ca * cb * cg
 
 
+def cell_volume(params, floor: float = 1e-9) -> float:
+    """Volume (A^3) of one cell (a, b, c, alpha, beta, gamma), in A and degrees; ``floor`` bounds the squared
+    volume factor from below (an impossible angle triple gets a tiny, not a NaN, volume)."""
+    params = np.asarray(params, dtype=float)
+    return float(np.prod(params[:3]) * np.sqrt(max(float(volume_factor(params)), floor)))
+
+
 def clip_params(params, min_volume_factor: float = 0.05):
     """Clip lattice parameters to physical ranges and repair impossible angle triples.
 
